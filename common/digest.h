@@ -1,0 +1,16 @@
+/*
+ * digest: SHA-256 through OpenSSL, for stored-envelope checks and key ids.
+ */
+#ifndef REF_DIGEST_H
+#define REF_DIGEST_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#define DIGEST_BYTES 32
+
+/* SHA-256 of len bytes at data into out. False only if OpenSSL fails. */
+bool digest_sha256(const void *data, size_t len, uint8_t out[DIGEST_BYTES]);
+
+#endif

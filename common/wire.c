@@ -1,0 +1,572 @@
+/*
+ * wire: bounded decoding and validation of untrusted frames (wire.h).
+ *
+ * This file must never hand out a message it has not fully checked, never
+ * assert on input, and never allocate more than the caller's budget while
+ * decoding. Every rule a field must satisfy is written once, here.
+ */
+#include "wire.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "ids.h"
+
+const wire_limits wire_default_limits = {
+    .max_frame_bytes = 1u << 20,
+    .max_body_bytes = 768u << 10,
+    .budget_bytes = 8u << 20,
+};
+
+#define NAME_TEXT_MAX 64u
+#define MAX_TRACE_EVENTS 256u
+#define MAX_NOTICE_BYTES (64u << 10)
+
+const char *wire_strerror(wire_err e)
+{
+    switch (e) {
+    case WIRE_OK: return "ok";
+    case WIRE_TOO_LARGE: return "too-large";
+    case WIRE_MALFORMED: return "malformed";
+    case WIRE_OVER_BUDGET: return "over-budget";
+    case WIRE_NONCANONICAL: return "non-canonical";
+    case WIRE_VERSION: return "version-mismatch";
+    case WIRE_INVALID: return "invalid-field";
+    case WIRE_NO_MEMORY: return "no-memory";
+    }
+    return "unknown";
+}
+
+Referral__V1__ResultCode wire_result_code(wire_err e)
+{
+    switch (e) {
+    case WIRE_OK: return REFERRAL__V1__RESULT_CODE__RESULT_OK;
+    case WIRE_TOO_LARGE: return REFERRAL__V1__RESULT_CODE__RESULT_TOO_LARGE;
+    case WIRE_VERSION: return REFERRAL__V1__RESULT_CODE__RESULT_VERSION_MISMATCH;
+    case WIRE_INVALID: return REFERRAL__V1__RESULT_CODE__RESULT_INVALID_FIELD;
+    case WIRE_NO_MEMORY: return REFERRAL__V1__RESULT_CODE__RESULT_BUSY;
+    case WIRE_OVER_BUDGET:
+    case WIRE_NONCANONICAL:
+    case WIRE_MALFORMED: return REFERRAL__V1__RESULT_CODE__RESULT_MALFORMED;
+    }
+    return REFERRAL__V1__RESULT_CODE__RESULT_MALFORMED;
+}
+
+__attribute__((format(printf, 4, 5)))
+static wire_err fail(char *why, size_t why_len, wire_err e, const char *fmt, ...)
+{
+    if (why != NULL && why_len > 0) {
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(why, why_len, fmt, ap);
+        va_end(ap);
+    }
+    return e;
+}
+
+/* ---- bounded unpack ------------------------------------------------------ */
+
+typedef struct {
+    size_t used;
+    size_t budget;
+    bool is_exceeded;
+} budget;
+
+static void *budget_alloc(void *data, size_t size)
+{
+    budget *b = data;
+    if (size > b->budget - b->used) {
+        b->is_exceeded = true;
+        return NULL;
+    }
+    void *p = malloc(size == 0 ? 1 : size);
+    if (p != NULL)
+        b->used += size;
+    return p;
+}
+
+static void budget_free(void *data, void *p)
+{
+    (void)data;
+    free(p);   /* the budget only limits the decode itself */
+}
+
+static wire_err unpack(const ProtobufCMessageDescriptor *desc, const uint8_t *buf, size_t len,
+                       size_t cap, size_t budget_bytes, ProtobufCMessage **out, char *why,
+                       size_t why_len)
+{
+    *out = NULL;
+    if (len > cap)
+        return fail(why, why_len, WIRE_TOO_LARGE, "%s of %zu bytes is over the limit of %zu bytes",
+                    desc->short_name, len, cap);
+    if (buf == NULL && len > 0)
+        return fail(why, why_len, WIRE_MALFORMED, "%s: no bytes", desc->short_name);
+    budget b = {.used = 0, .budget = budget_bytes, .is_exceeded = false};
+    ProtobufCAllocator alloc = {.alloc = budget_alloc, .free = budget_free, .allocator_data = &b};
+    static const uint8_t empty[1];
+    ProtobufCMessage *m = protobuf_c_message_unpack(desc, &alloc, len, buf != NULL ? buf : empty);
+    if (m == NULL) {
+        if (b.is_exceeded)
+            return fail(why, why_len, WIRE_OVER_BUDGET,
+                        "%s of %zu bytes needs more than %zu bytes of memory to decode",
+                        desc->short_name, len, budget_bytes);
+        return fail(why, why_len, WIRE_MALFORMED, "%zu bytes are not a valid %s",
+                    len, desc->short_name);
+    }
+    size_t again = protobuf_c_message_get_packed_size(m);
+    if (again != len) {
+        protobuf_c_message_free_unpacked(m, NULL);
+        return fail(why, why_len, WIRE_NONCANONICAL,
+                    "%s re-encodes to %zu bytes, not the %zu received: a string with an "
+                    "embedded NUL or a non-canonical encoding", desc->short_name, again, len);
+    }
+    *out = m;
+    return WIRE_OK;
+}
+
+void wire_free(void *msg)
+{
+    if (msg != NULL)
+        protobuf_c_message_free_unpacked(msg, NULL);
+}
+
+uint8_t *wire_pack(const void *msg, size_t *len)
+{
+    size_t n = protobuf_c_message_get_packed_size(msg);
+    uint8_t *buf = malloc(n == 0 ? 1 : n);
+    if (buf == NULL)
+        return NULL;
+    *len = protobuf_c_message_pack(msg, buf);
+    return buf;
+}
+
+/* ---- field rules ---------------------------------------------------------- */
+
+static bool is_enum_known(const ProtobufCEnumDescriptor *d, int value)
+{
+    return value != 0 && protobuf_c_enum_descriptor_get_value(d, value) != NULL;
+}
+
+static wire_err check_id(const ProtobufCBinaryData *id, const char *what, bool may_be_empty,
+                         char *why, size_t why_len)
+{
+    if (id->len == IDS_BYTES || (may_be_empty && id->len == 0))
+        return WIRE_OK;
+    return fail(why, why_len, WIRE_INVALID, "%s must be %u bytes, not %zu", what, IDS_BYTES,
+                id->len);
+}
+
+static wire_err check_name(const char *s, const char *what, bool may_be_empty, char *why,
+                           size_t why_len)
+{
+    if (may_be_empty && (s == NULL || s[0] == '\0'))
+        return WIRE_OK;
+    if (ids_is_valid_name(s))
+        return WIRE_OK;
+    return fail(why, why_len, WIRE_INVALID,
+                "%s is not a valid id (1-64 characters of a-z 0-9 . _ -, starting and "
+                "ending with a letter or digit)", what);
+}
+
+static wire_err check_text(const char *s, size_t max, const char *what, char *why,
+                           size_t why_len)
+{
+    if (s != NULL && strnlen(s, max + 1) > max)
+        return fail(why, why_len, WIRE_TOO_LARGE, "%s is longer than %zu bytes", what, max);
+    return WIRE_OK;
+}
+
+static wire_err check_enum(const ProtobufCEnumDescriptor *d, int value, const char *what,
+                           char *why, size_t why_len)
+{
+    if (is_enum_known(d, value))
+        return WIRE_OK;
+    return fail(why, why_len, WIRE_INVALID, "%s has no valid value (got %d)", what, value);
+}
+
+static wire_err check_version(Referral__V1__ProtocolVersion v, char *why, size_t why_len)
+{
+    if (v == REFERRAL__V1__PROTOCOL_VERSION__PROTOCOL_VERSION_1)
+        return WIRE_OK;
+    return fail(why, why_len, WIRE_VERSION,
+                "protocol version %d is not spoken here; this side speaks version 1", (int)v);
+}
+
+#define TRY(expr) do { wire_err e_ = (expr); if (e_ != WIRE_OK) return e_; } while (0)
+
+wire_err wire_check_envelope(const Referral__V1__Envelope *env, const wire_limits *limits,
+                             char *why, size_t why_len)
+{
+    if (limits == NULL)
+        limits = &wire_default_limits;
+    if (env == NULL)
+        return fail(why, why_len, WIRE_INVALID, "envelope is missing");
+    if (env->header.len == 0)
+        return fail(why, why_len, WIRE_INVALID, "envelope has no header");
+    if (env->header.len > WIRE_MAX_HEADER_BYTES)
+        return fail(why, why_len, WIRE_TOO_LARGE, "header of %zu bytes is over %u bytes",
+                    env->header.len, WIRE_MAX_HEADER_BYTES);
+    if (env->sealed_body.len == 0)
+        return fail(why, why_len, WIRE_INVALID, "envelope has no sealed body");
+    if (env->sealed_body.len > limits->max_body_bytes)
+        return fail(why, why_len, WIRE_TOO_LARGE, "sealed body of %zu bytes is over %zu bytes",
+                    env->sealed_body.len, limits->max_body_bytes);
+    TRY(check_enum(&referral__v1__cipher_suite__descriptor, (int)env->suite, "envelope suite",
+                   why, why_len));
+    if (env->suite != REFERRAL__V1__CIPHER_SUITE__CIPHER_SUITE_ED25519_X25519_AES256GCM)
+        return fail(why, why_len, WIRE_INVALID,
+                    "cipher suite %d is reserved and not implemented; use suite 1",
+                    (int)env->suite);
+    if (env->signature.len != WIRE_SIGNATURE_BYTES)
+        return fail(why, why_len, WIRE_INVALID, "signature must be %u bytes, not %zu",
+                    WIRE_SIGNATURE_BYTES, env->signature.len);
+    if (env->signer_key_id.len != WIRE_KEY_ID_BYTES)
+        return fail(why, why_len, WIRE_INVALID, "signer key id must be %u bytes, not %zu",
+                    WIRE_KEY_ID_BYTES, env->signer_key_id.len);
+    if (env->n_hops > WIRE_MAX_HOPS)
+        return fail(why, why_len, WIRE_INVALID, "envelope lists %zu hops, more than %u",
+                    env->n_hops, WIRE_MAX_HOPS);
+    for (size_t i = 0; i < env->n_hops; i++)
+        TRY(check_name(env->hops[i], "a hop broker id", false, why, why_len));
+    return WIRE_OK;
+}
+
+wire_err wire_decode_envelope(const uint8_t *buf, size_t len, const wire_limits *limits,
+                              Referral__V1__Envelope **out, char *why, size_t why_len)
+{
+    if (limits == NULL)
+        limits = &wire_default_limits;
+    ProtobufCMessage *m;
+    TRY(unpack(&referral__v1__envelope__descriptor, buf, len, limits->max_frame_bytes,
+               limits->budget_bytes, &m, why, why_len));
+    wire_err e = wire_check_envelope((Referral__V1__Envelope *)m, limits, why, why_len);
+    if (e != WIRE_OK) {
+        wire_free(m);
+        return e;
+    }
+    *out = (Referral__V1__Envelope *)m;
+    return WIRE_OK;
+}
+
+static wire_err check_header(const Referral__V1__RoutingHeader *h,
+                             const Referral__V1__Envelope *env, char *why, size_t why_len)
+{
+    if (h->header_version != 1)
+        return fail(why, why_len, WIRE_VERSION,
+                    "header version %u is not spoken here; this side speaks version 1",
+                    h->header_version);
+    TRY(check_id(&h->message_id, "message_id", false, why, why_len));
+    TRY(check_id(&h->referral_id, "referral_id", false, why, why_len));
+    TRY(check_id(&h->attempt_id, "attempt_id", false, why, why_len));
+    TRY(check_id(&h->in_reply_to, "in_reply_to", true, why, why_len));
+    TRY(check_enum(&referral__v1__message_kind__descriptor, (int)h->kind, "kind", why, why_len));
+    TRY(check_name(h->from_agency, "from_agency", false, why, why_len));
+    TRY(check_name(h->to_agency, "to_agency", false, why, why_len));
+    if (h->n_backup_recipients > WIRE_MAX_BACKUPS)
+        return fail(why, why_len, WIRE_INVALID, "%zu backup recipients, more than %u",
+                    h->n_backup_recipients, WIRE_MAX_BACKUPS);
+    for (size_t i = 0; i < h->n_backup_recipients; i++)
+        TRY(check_name(h->backup_recipients[i], "a backup recipient", false, why, why_len));
+    TRY(check_enum(&referral__v1__urgency__descriptor, (int)h->urgency, "urgency", why,
+                   why_len));
+    TRY(check_name(h->escalation_policy_id, "escalation_policy_id", true, why, why_len));
+    if (h->created_at_ms == 0)
+        return fail(why, why_len, WIRE_INVALID, "created_at_ms is missing");
+    if (h->expires_at_ms <= h->created_at_ms)
+        return fail(why, why_len, WIRE_INVALID, "expires_at_ms must be after created_at_ms");
+    if (h->hop_limit < 1 || h->hop_limit > WIRE_MAX_HOPS)
+        return fail(why, why_len, WIRE_INVALID, "hop_limit must be 1 to %u, not %u",
+                    WIRE_MAX_HOPS, h->hop_limit);
+    if (h->suite != env->suite)
+        return fail(why, why_len, WIRE_INVALID, "header suite %d differs from envelope suite %d",
+                    (int)h->suite, (int)env->suite);
+    if (h->padded_size != env->sealed_body.len)
+        return fail(why, why_len, WIRE_INVALID,
+                    "header padded_size %u differs from the sealed body's %zu bytes",
+                    h->padded_size, env->sealed_body.len);
+    return WIRE_OK;
+}
+
+wire_err wire_decode_header(const Referral__V1__Envelope *env, const wire_limits *limits,
+                            Referral__V1__RoutingHeader **out, char *why, size_t why_len)
+{
+    if (limits == NULL)
+        limits = &wire_default_limits;
+    *out = NULL;
+    if (env == NULL)
+        return fail(why, why_len, WIRE_INVALID, "envelope is missing");
+    ProtobufCMessage *m;
+    TRY(unpack(&referral__v1__routing_header__descriptor, env->header.data, env->header.len,
+               WIRE_MAX_HEADER_BYTES, limits->budget_bytes, &m, why, why_len));
+    wire_err e = check_header((Referral__V1__RoutingHeader *)m, env, why, why_len);
+    if (e != WIRE_OK) {
+        wire_free(m);
+        return e;
+    }
+    *out = (Referral__V1__RoutingHeader *)m;
+    return WIRE_OK;
+}
+
+/* ---- client frames -------------------------------------------------------- */
+
+static wire_err check_client_frame(const Referral__V1__ClientFrame *f,
+                                   const wire_limits *limits, char *why, size_t why_len)
+{
+    TRY(check_version(f->version, why, why_len));
+    switch (f->body_case) {
+    case REFERRAL__V1__CLIENT_FRAME__BODY_HELLO:
+        TRY(check_name(f->hello->agency_id, "hello agency_id", false, why, why_len));
+        TRY(check_text(f->hello->client_name, NAME_TEXT_MAX, "client_name", why, why_len));
+        return check_text(f->hello->client_version, NAME_TEXT_MAX, "client_version", why,
+                          why_len);
+    case REFERRAL__V1__CLIENT_FRAME__BODY_SUBMIT:
+        return wire_check_envelope(f->submit->envelope, limits, why, why_len);
+    case REFERRAL__V1__CLIENT_FRAME__BODY_CREDIT:
+        if (f->credit->grant == 0)
+            return fail(why, why_len, WIRE_INVALID, "credit grant must be at least 1");
+        return WIRE_OK;
+    case REFERRAL__V1__CLIENT_FRAME__BODY_SETTLE:
+        TRY(check_id(&f->settle->message_id, "settle message_id", false, why, why_len));
+        TRY(check_enum(&referral__v1__settle_verb__descriptor, (int)f->settle->verb,
+                       "settle verb", why, why_len));
+        return check_text(f->settle->reason, WIRE_MAX_TEXT, "settle reason", why, why_len);
+    case REFERRAL__V1__CLIENT_FRAME__BODY_STATUS:
+        return check_id(&f->status->message_id, "status message_id", false, why, why_len);
+    case REFERRAL__V1__CLIENT_FRAME__BODY_TRACE:
+        return check_id(&f->trace->referral_id, "trace referral_id", false, why, why_len);
+    case REFERRAL__V1__CLIENT_FRAME__BODY_PING:
+        return WIRE_OK;
+    default:
+        return fail(why, why_len, WIRE_INVALID, "client frame has no body");
+    }
+}
+
+wire_err wire_decode_client_frame(const uint8_t *buf, size_t len, const wire_limits *limits,
+                                  Referral__V1__ClientFrame **out, char *why, size_t why_len)
+{
+    if (limits == NULL)
+        limits = &wire_default_limits;
+    ProtobufCMessage *m;
+    *out = NULL;
+    TRY(unpack(&referral__v1__client_frame__descriptor, buf, len, limits->max_frame_bytes,
+               limits->budget_bytes, &m, why, why_len));
+    wire_err e = check_client_frame((Referral__V1__ClientFrame *)m, limits, why, why_len);
+    if (e != WIRE_OK) {
+        wire_free(m);
+        return e;
+    }
+    *out = (Referral__V1__ClientFrame *)m;
+    return WIRE_OK;
+}
+
+/* ---- broker frames (what a client receives) ------------------------------- */
+
+static wire_err check_code(Referral__V1__ResultCode c, char *why, size_t why_len)
+{
+    return check_enum(&referral__v1__result_code__descriptor, (int)c, "result code", why,
+                      why_len);
+}
+
+static wire_err check_signed_notice(const Referral__V1__SignedNotice *n, char *why,
+                                    size_t why_len)
+{
+    if (n == NULL || n->notice.len == 0)
+        return fail(why, why_len, WIRE_INVALID, "signed notice is empty");
+    if (n->notice.len > MAX_NOTICE_BYTES)
+        return fail(why, why_len, WIRE_TOO_LARGE, "notice of %zu bytes is over %u bytes",
+                    n->notice.len, MAX_NOTICE_BYTES);
+    if (n->signature.len != 0 && n->signature.len != WIRE_SIGNATURE_BYTES)
+        return fail(why, why_len, WIRE_INVALID, "notice signature must be %u bytes",
+                    WIRE_SIGNATURE_BYTES);
+    return WIRE_OK;
+}
+
+static wire_err check_trace_event(const Referral__V1__TraceEvent *ev, char *why,
+                                  size_t why_len)
+{
+    TRY(check_id(&ev->referral_id, "trace event referral_id", false, why, why_len));
+    TRY(check_id(&ev->message_id, "trace event message_id", true, why, why_len));
+    TRY(check_enum(&referral__v1__trace_event_kind__descriptor, (int)ev->kind,
+                   "trace event kind", why, why_len));
+    TRY(check_name(ev->broker_id, "trace event broker_id", false, why, why_len));
+    TRY(check_name(ev->agency_id, "trace event agency_id", true, why, why_len));
+    return check_text(ev->detail, WIRE_MAX_TEXT, "trace event detail", why, why_len);
+}
+
+static wire_err check_trace_reply(const Referral__V1__TraceReply *r, char *why, size_t why_len)
+{
+    TRY(check_code(r->code, why, why_len));
+    if (r->n_events > MAX_TRACE_EVENTS)
+        return fail(why, why_len, WIRE_INVALID, "trace reply has %zu events, more than %u",
+                    r->n_events, MAX_TRACE_EVENTS);
+    for (size_t i = 0; i < r->n_events; i++)
+        TRY(check_trace_event(r->events[i], why, why_len));
+    return WIRE_OK;
+}
+
+static wire_err check_broker_frame(const Referral__V1__BrokerFrame *f,
+                                   const wire_limits *limits, char *why, size_t why_len)
+{
+    TRY(check_version(f->version, why, why_len));
+    switch (f->body_case) {
+    case REFERRAL__V1__BROKER_FRAME__BODY_WELCOME:
+        TRY(check_name(f->welcome->broker_id, "welcome broker_id", false, why, why_len));
+        return check_name(f->welcome->agency_id, "welcome agency_id", false, why, why_len);
+    case REFERRAL__V1__BROKER_FRAME__BODY_SUBMIT_REPLY:
+        TRY(check_id(&f->submit_reply->message_id, "submit reply message_id", true, why,
+                     why_len));
+        TRY(check_code(f->submit_reply->code, why, why_len));
+        return check_text(f->submit_reply->detail, WIRE_MAX_TEXT, "detail", why, why_len);
+    case REFERRAL__V1__BROKER_FRAME__BODY_DELIVERY: {
+        const Referral__V1__Delivery *d = f->delivery;
+        TRY(check_id(&d->message_id, "delivery message_id", false, why, why_len));
+        if (d->attempt == 0)
+            return fail(why, why_len, WIRE_INVALID, "delivery attempt must be at least 1");
+        TRY(check_enum(&referral__v1__urgency__descriptor, (int)d->urgency, "delivery urgency",
+                       why, why_len));
+        if (d->payload_case == REFERRAL__V1__DELIVERY__PAYLOAD_ENVELOPE)
+            return wire_check_envelope(d->envelope, limits, why, why_len);
+        if (d->payload_case == REFERRAL__V1__DELIVERY__PAYLOAD_NOTICE)
+            return check_signed_notice(d->notice, why, why_len);
+        return fail(why, why_len, WIRE_INVALID, "delivery has no payload");
+    }
+    case REFERRAL__V1__BROKER_FRAME__BODY_SETTLE_REPLY:
+        TRY(check_id(&f->settle_reply->message_id, "settle reply message_id", false, why,
+                     why_len));
+        TRY(check_code(f->settle_reply->code, why, why_len));
+        return check_text(f->settle_reply->detail, WIRE_MAX_TEXT, "detail", why, why_len);
+    case REFERRAL__V1__BROKER_FRAME__BODY_STATUS:
+        TRY(check_id(&f->status->message_id, "status message_id", false, why, why_len));
+        TRY(check_code(f->status->code, why, why_len));
+        return check_text(f->status->detail, WIRE_MAX_TEXT, "detail", why, why_len);
+    case REFERRAL__V1__BROKER_FRAME__BODY_TRACE:
+        return check_trace_reply(f->trace, why, why_len);
+    case REFERRAL__V1__BROKER_FRAME__BODY_PONG:
+        return WIRE_OK;
+    case REFERRAL__V1__BROKER_FRAME__BODY_ERROR:
+        TRY(check_code(f->error->code, why, why_len));
+        return check_text(f->error->detail, WIRE_MAX_TEXT, "detail", why, why_len);
+    default:
+        return fail(why, why_len, WIRE_INVALID, "broker frame has no body");
+    }
+}
+
+wire_err wire_decode_broker_frame(const uint8_t *buf, size_t len, const wire_limits *limits,
+                                  Referral__V1__BrokerFrame **out, char *why, size_t why_len)
+{
+    if (limits == NULL)
+        limits = &wire_default_limits;
+    ProtobufCMessage *m;
+    *out = NULL;
+    TRY(unpack(&referral__v1__broker_frame__descriptor, buf, len, limits->max_frame_bytes,
+               limits->budget_bytes, &m, why, why_len));
+    wire_err e = check_broker_frame((Referral__V1__BrokerFrame *)m, limits, why, why_len);
+    if (e != WIRE_OK) {
+        wire_free(m);
+        return e;
+    }
+    *out = (Referral__V1__BrokerFrame *)m;
+    return WIRE_OK;
+}
+
+/* ---- peer frames ---------------------------------------------------------- */
+
+static wire_err check_peer_frame(const Referral__V1__PeerFrame *f, const wire_limits *limits,
+                                 char *why, size_t why_len)
+{
+    TRY(check_version(f->version, why, why_len));
+    switch (f->body_case) {
+    case REFERRAL__V1__PEER_FRAME__BODY_HELLO:
+        return check_name(f->hello->broker_id, "peer hello broker_id", false, why, why_len);
+    case REFERRAL__V1__PEER_FRAME__BODY_FORWARD:
+        return wire_check_envelope(f->forward->envelope, limits, why, why_len);
+    case REFERRAL__V1__PEER_FRAME__BODY_HOP_ACK:
+        TRY(check_id(&f->hop_ack->message_id, "hop ack message_id", false, why, why_len));
+        TRY(check_code(f->hop_ack->code, why, why_len));
+        return check_text(f->hop_ack->detail, WIRE_MAX_TEXT, "detail", why, why_len);
+    case REFERRAL__V1__PEER_FRAME__BODY_HEARTBEAT:
+        return WIRE_OK;
+    case REFERRAL__V1__PEER_FRAME__BODY_TRACE_QUERY:
+        return check_id(&f->trace_query->referral_id, "trace referral_id", false, why,
+                        why_len);
+    case REFERRAL__V1__PEER_FRAME__BODY_TRACE_REPLY:
+        return check_trace_reply(f->trace_reply, why, why_len);
+    case REFERRAL__V1__PEER_FRAME__BODY_NOTICE:
+        return check_signed_notice(f->notice, why, why_len);
+    case REFERRAL__V1__PEER_FRAME__BODY_ERROR:
+        TRY(check_code(f->error->code, why, why_len));
+        return check_text(f->error->detail, WIRE_MAX_TEXT, "detail", why, why_len);
+    default:
+        return fail(why, why_len, WIRE_INVALID, "peer frame has no body");
+    }
+}
+
+wire_err wire_decode_peer_frame(const uint8_t *buf, size_t len, const wire_limits *limits,
+                                Referral__V1__PeerFrame **out, char *why, size_t why_len)
+{
+    if (limits == NULL)
+        limits = &wire_default_limits;
+    ProtobufCMessage *m;
+    *out = NULL;
+    TRY(unpack(&referral__v1__peer_frame__descriptor, buf, len, limits->max_frame_bytes,
+               limits->budget_bytes, &m, why, why_len));
+    wire_err e = check_peer_frame((Referral__V1__PeerFrame *)m, limits, why, why_len);
+    if (e != WIRE_OK) {
+        wire_free(m);
+        return e;
+    }
+    *out = (Referral__V1__PeerFrame *)m;
+    return WIRE_OK;
+}
+
+/* ---- notices and plaintexts ---------------------------------------------- */
+
+static wire_err check_notice(const Referral__V1__Notice *n, char *why, size_t why_len)
+{
+    TRY(check_id(&n->notice_id, "notice_id", false, why, why_len));
+    TRY(check_enum(&referral__v1__notice_kind__descriptor, (int)n->kind, "notice kind", why,
+                   why_len));
+    TRY(check_id(&n->referral_id, "notice referral_id", true, why, why_len));
+    TRY(check_id(&n->message_id, "notice message_id", false, why, why_len));
+    TRY(check_name(n->broker_id, "notice broker_id", false, why, why_len));
+    TRY(check_name(n->about_agency, "notice about_agency", true, why, why_len));
+    return check_text(n->detail, WIRE_MAX_TEXT, "notice detail", why, why_len);
+}
+
+wire_err wire_decode_notice(const uint8_t *buf, size_t len, const wire_limits *limits,
+                            Referral__V1__Notice **out, char *why, size_t why_len)
+{
+    if (limits == NULL)
+        limits = &wire_default_limits;
+    ProtobufCMessage *m;
+    *out = NULL;
+    TRY(unpack(&referral__v1__notice__descriptor, buf, len, MAX_NOTICE_BYTES,
+               limits->budget_bytes, &m, why, why_len));
+    wire_err e = check_notice((Referral__V1__Notice *)m, why, why_len);
+    if (e != WIRE_OK) {
+        wire_free(m);
+        return e;
+    }
+    *out = (Referral__V1__Notice *)m;
+    return WIRE_OK;
+}
+
+wire_err wire_decode_plaintext(const uint8_t *buf, size_t len, const wire_limits *limits,
+                               Referral__V1__BodyPlaintext **out, char *why, size_t why_len)
+{
+    if (limits == NULL)
+        limits = &wire_default_limits;
+    ProtobufCMessage *m;
+    *out = NULL;
+    TRY(unpack(&referral__v1__body_plaintext__descriptor, buf, len, limits->max_body_bytes,
+               limits->budget_bytes, &m, why, why_len));
+    const Referral__V1__BodyPlaintext *p = (Referral__V1__BodyPlaintext *)m;
+    if (p->body_case == REFERRAL__V1__BODY_PLAINTEXT__BODY__NOT_SET) {
+        wire_free(m);
+        return fail(why, why_len, WIRE_INVALID, "sealed body holds no content");
+    }
+    *out = (Referral__V1__BodyPlaintext *)m;
+    return WIRE_OK;
+}

@@ -1,0 +1,116 @@
+/*
+ * wire: the one door through which untrusted bytes become messages.
+ *
+ * Every frame that arrives from a socket (client, peer or broker frames)
+ * and every header inside an envelope is decoded here, in three steps:
+ *   1. a size cap before anything is parsed;
+ *   2. protobuf-c unpack with an allocator that has a byte budget, so a
+ *      small frame cannot make the decoder allocate without bound;
+ *   3. re-measuring the decoded message (a string cut at an embedded NUL,
+ *      or a non-canonical encoding, no longer has the size received) and
+ *      explicit validation of every field the code relies on: versions,
+ *      required fields, id lengths and grammar, enum ranges, counts.
+ * Only a message that passed all three is handed out. What fails gets a
+ * wire_err and a sentence for a person in the caller's buffer.
+ *
+ * Ownership: a decoded message belongs to the caller, who frees it with
+ * wire_free(). Nothing here keeps a pointer into the input buffer.
+ *
+ * Encoding: wire_pack() serialises any message into a new buffer.
+ */
+#ifndef REF_WIRE_H
+#define REF_WIRE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "referral.pb-c.h"
+
+typedef enum {
+    WIRE_OK = 0,
+    WIRE_TOO_LARGE,      /* over the size cap, or a field over its limit */
+    WIRE_MALFORMED,      /* not a protobuf message of the expected type */
+    WIRE_OVER_BUDGET,    /* decoding would need more memory than allowed */
+    WIRE_NONCANONICAL,   /* a string with an embedded NUL, or re-encoding differs */
+    WIRE_VERSION,        /* a protocol or header version not spoken here */
+    WIRE_INVALID,        /* a field is missing, out of range or a bad id */
+    WIRE_NO_MEMORY,      /* the host is out of memory */
+} wire_err;
+
+/* Limits of one decode. */
+typedef struct {
+    size_t max_frame_bytes;    /* whole frame; larger is WIRE_TOO_LARGE */
+    size_t max_body_bytes;     /* Envelope.sealed_body */
+    size_t budget_bytes;       /* heap the decoder may use for one frame */
+} wire_limits;
+
+/* Defaults: 1 MiB frames, 768 KiB bodies, 8 MiB decode budget. */
+extern const wire_limits wire_default_limits;
+
+#define WIRE_MAX_HEADER_BYTES 4096u
+#define WIRE_MAX_HOPS 16u
+#define WIRE_MAX_BACKUPS 16u
+#define WIRE_MAX_KEYS 32u
+#define WIRE_MAX_TEXT 512u            /* reasons, details, client names */
+#define WIRE_SIGNATURE_BYTES 64u
+#define WIRE_KEY_ID_BYTES 16u
+
+/* A stable short name for an error ("too-large", "malformed", ...). */
+const char *wire_strerror(wire_err e);
+
+/* The ResultCode a receiver reports for a decode error. */
+Referral__V1__ResultCode wire_result_code(wire_err e);
+
+/*
+ * Decode and validate one frame of the named kind. On WIRE_OK *out is set
+ * and owned by the caller (wire_free). On error *out is NULL and why (size
+ * why_len, may be NULL) holds a sentence naming the problem. limits NULL
+ * means wire_default_limits.
+ *
+ * A decoded ClientFrame with a Submit has its envelope checked for shape
+ * (sizes, counts, ids in hops) but the header inside is not decoded: use
+ * wire_decode_header() on envelope->header.
+ */
+wire_err wire_decode_client_frame(const uint8_t *buf, size_t len, const wire_limits *limits,
+                                  Referral__V1__ClientFrame **out, char *why, size_t why_len);
+wire_err wire_decode_broker_frame(const uint8_t *buf, size_t len, const wire_limits *limits,
+                                  Referral__V1__BrokerFrame **out, char *why, size_t why_len);
+wire_err wire_decode_peer_frame(const uint8_t *buf, size_t len, const wire_limits *limits,
+                                Referral__V1__PeerFrame **out, char *why, size_t why_len);
+
+/* Decode a serialised Envelope (as stored) and check its shape. */
+wire_err wire_decode_envelope(const uint8_t *buf, size_t len, const wire_limits *limits,
+                              Referral__V1__Envelope **out, char *why, size_t why_len);
+
+/*
+ * Decode the RoutingHeader carried in env->header and check it against the
+ * envelope (suite, padded size) and the rules of docs/protocol.md: ids of
+ * IDS_BYTES, kind, urgency and suite known, valid agency ids, created and
+ * expiry times ordered, hop limit 1..16. env is borrowed.
+ */
+wire_err wire_decode_header(const Referral__V1__Envelope *env, const wire_limits *limits,
+                            Referral__V1__RoutingHeader **out, char *why, size_t why_len);
+
+/* Decode a serialised Notice (from a SignedNotice) and check it. */
+wire_err wire_decode_notice(const uint8_t *buf, size_t len, const wire_limits *limits,
+                            Referral__V1__Notice **out, char *why, size_t why_len);
+
+/* Decode a serialised BodyPlaintext (what a sealed body opens to). */
+wire_err wire_decode_plaintext(const uint8_t *buf, size_t len, const wire_limits *limits,
+                               Referral__V1__BodyPlaintext **out, char *why, size_t why_len);
+
+/* Check the shape of an envelope that is already decoded (as a part of a
+ * frame): sizes, counts and hop ids. Used by the frame decoders; public for
+ * code that builds envelopes. */
+wire_err wire_check_envelope(const Referral__V1__Envelope *env, const wire_limits *limits,
+                             char *why, size_t why_len);
+
+/* Free a message returned by any wire_decode_* (NULL is fine). */
+void wire_free(void *msg);
+
+/* Serialise msg into a new buffer (caller frees with free()); *len gets its
+ * size. Returns NULL only when out of memory. */
+uint8_t *wire_pack(const void *msg, size_t *len);
+
+#endif

@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Command (b) of the README: install what is missing, build with
+# AddressSanitizer and UndefinedBehaviorSanitizer, run every test suite
+# (unit, integration, fault, security, fuzz; never bench) and print one
+# closing line "N passed, N failed" counted from meson's test log.
+# Exit status: 0 when nothing failed.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+bash tools/install-deps.sh
+
+builddir=build-test
+if [ ! -f "$builddir/build.ninja" ]; then
+  meson setup "$builddir" -Db_sanitize=address,undefined -Db_lundef=false \
+    -Dbuildtype=debug >/dev/null
+fi
+ninja -C "$builddir"
+
+# Sanitizer findings fail the test that triggers them.
+export ASAN_OPTIONS="abort_on_error=1:detect_leaks=1:strict_string_checks=1"
+export UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1"
+
+status=0
+meson test -C "$builddir" --no-rebuild --print-errorlogs --num-processes 2 \
+  --suite unit --suite integration --suite fault --suite security --suite fuzz \
+  || status=$?
+
+python3 - "$builddir/meson-logs/testlog.json" <<'PY'
+import json, sys
+passed = failed = skipped = 0
+with open(sys.argv[1]) as f:
+    for line in f:
+        line = line.strip()
+        if not line:
+            continue
+        r = json.loads(line).get("result")
+        if r in ("OK", "EXPECTEDFAIL"):
+            passed += 1
+        elif r == "SKIP":
+            skipped += 1
+        else:
+            failed += 1
+print(f"{passed} passed, {failed} failed, {skipped} skipped")
+PY
+exit "$status"
