@@ -570,3 +570,69 @@ wire_err wire_decode_plaintext(const uint8_t *buf, size_t len, const wire_limits
     *out = (Referral__V1__BodyPlaintext *)m;
     return WIRE_OK;
 }
+
+/* ---- hand-packed delivery frame ------------------------------------------ */
+
+static size_t varint_len(uint64_t v)
+{
+    size_t n = 1;
+    while (v >= 0x80) {
+        v >>= 7;
+        n++;
+    }
+    return n;
+}
+
+static uint8_t *put_varint(uint8_t *p, uint64_t v)
+{
+    while (v >= 0x80) {
+        *p++ = (uint8_t)(v | 0x80);
+        v >>= 7;
+    }
+    *p++ = (uint8_t)v;
+    return p;
+}
+
+/* Field tags: (number << 3) | wire type (0 varint, 2 length-delimited). */
+#define TAG(num, type) ((uint8_t)((num) << 3 | (type)))
+
+uint8_t *wire_pack_delivery(const uint8_t message_id[16], uint32_t attempt, uint32_t urgency,
+                            bool is_notice, const uint8_t *payload, size_t payload_len,
+                            size_t *len)
+{
+    /* Delivery: 1 message_id, 2 attempt, 3 urgency, 4 envelope | 5 notice.
+     * Zero-valued scalars are omitted, as proto3 encoders do. */
+    size_t inner = 1 + 1 + 16;
+    if (attempt != 0)
+        inner += 1 + varint_len(attempt);
+    if (urgency != 0)
+        inner += 1 + varint_len(urgency);
+    inner += 1 + varint_len(payload_len) + payload_len;
+    size_t total = 2 + 1 + varint_len(inner) + inner;   /* version, delivery */
+    uint8_t *buf = malloc(total), *p = buf;
+    if (buf == NULL)
+        return NULL;
+    *p++ = TAG(1, 0);
+    *p++ = 1;
+    *p++ = TAG(4, 2);
+    p = put_varint(p, inner);
+    *p++ = TAG(1, 2);
+    *p++ = 16;
+    memcpy(p, message_id, 16);
+    p += 16;
+    if (attempt != 0) {
+        *p++ = TAG(2, 0);
+        p = put_varint(p, attempt);
+    }
+    if (urgency != 0) {
+        *p++ = TAG(3, 0);
+        p = put_varint(p, urgency);
+    }
+    *p++ = is_notice ? TAG(5, 2) : TAG(4, 2);
+    p = put_varint(p, payload_len);
+    if (payload_len > 0)
+        memcpy(p, payload, payload_len);
+    p += payload_len;
+    *len = (size_t)(p - buf);
+    return buf;
+}

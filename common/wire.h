@@ -113,4 +113,15 @@ void wire_free(void *msg);
  * size. Returns NULL only when out of memory. */
 uint8_t *wire_pack(const void *msg, size_t *len);
 
+/*
+ * Pack a BrokerFrame{version 1, delivery{message_id, attempt, urgency,
+ * payload}} whose payload is already serialised (an Envelope, or a
+ * SignedNotice when is_notice), without decoding it again. The result is
+ * the canonical encoding protobuf-c would produce. Returns a new buffer
+ * (caller frees with free()) and its size in *len; NULL when out of memory.
+ */
+uint8_t *wire_pack_delivery(const uint8_t message_id[16], uint32_t attempt, uint32_t urgency,
+                            bool is_notice, const uint8_t *payload, size_t payload_len,
+                            size_t *len);
+
 #endif

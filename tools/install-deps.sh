@@ -9,7 +9,7 @@ packages=(
   libzmq3-dev libprotobuf-c-dev protobuf-c-compiler
   liblmdb-dev lmdb-utils libssl-dev
   libinih-dev libjson-c-dev libcmocka-dev
-  python3 python3-zmq python3-protobuf python3-cryptography
+  python3 python3-zmq python3-protobuf python3-cryptography protobuf-compiler
 )
 
 missing=()

@@ -1,0 +1,71 @@
+/*
+ * broker: the state of one running referrald, shared by loop.c (the event
+ * loop), ingress.c (submissions) and main.c (start and stop).
+ */
+#ifndef REF_BROKER_BROKER_H
+#define REF_BROKER_BROKER_H
+
+#include <signal.h>
+#include <stdbool.h>
+
+#include "config.h"
+#include "delivery.h"
+#include "session.h"
+#include "store.h"
+#include "wire.h"
+
+/* Exit codes of referrald (documented in --help and docs/operations.md). */
+enum {
+    BROKER_EXIT_OK = 0,
+    BROKER_EXIT_USAGE = 2,        /* bad arguments or configuration */
+    BROKER_EXIT_STORE = 3,        /* the store cannot be opened, or a commit failed */
+    BROKER_EXIT_TRANSPORT = 4,    /* ZeroMQ cannot bind, or lacks CURVE */
+};
+
+/* One frame waiting to go out after the turn's commit. */
+typedef struct {
+    uint8_t rid[SESSION_RID_MAX];
+    size_t rid_len;
+    uint8_t *data;                /* owned: free() after sending */
+    size_t len;
+    bool is_delivery;             /* a failed send returns message_id to its queue */
+    uint8_t message_id[IDS_BYTES];
+} outgoing;
+
+typedef struct {
+    config cfg;
+    store *st;
+    void *zctx;
+    void *router;                 /* client ROUTER socket */
+    session_table sessions;
+    delivery_ctx dc;
+    wire_limits limits;
+
+    outgoing *out;                /* frames for after the commit */
+    size_t n_out, cap_out;
+    uint8_t (*lost)[IDS_BYTES];   /* deliveries whose send failed: return next turn */
+    size_t n_lost, cap_lost;
+
+    uint64_t next_due_ms;         /* earliest deadline, UINT64_MAX if none */
+    bool is_busy;                 /* more work waits: poll without sleeping */
+    volatile sig_atomic_t *stop;  /* set by SIGTERM / SIGINT */
+} broker;
+
+/* Run the loop until *b->stop. Returns a BROKER_EXIT_* code. */
+int loop_run(broker *b);
+
+/* Queue a packed frame for rid (takes ownership of data). False when out of
+ * memory (data is freed then). */
+bool loop_queue_frame(broker *b, const uint8_t *rid, size_t rid_len, uint8_t *data, size_t len);
+
+/*
+ * Handle one Submit from session sess inside the turn's transaction: check,
+ * store in a child transaction, and queue the SubmitReply for after the
+ * commit. Returns STORE_FAILED only when the store failed (the broker must
+ * exit); refusals are replies, not errors.
+ */
+store_err ingress_submit(broker *b, MDB_txn *txn, const session *sess,
+                         const Referral__V1__Submit *submit, bool has_room,
+                         const char *room_why, uint64_t now_ms);
+
+#endif

@@ -1,0 +1,187 @@
+/*
+ * config: INI configuration for referrald (config.h). Parsing is inih's;
+ * this file only maps keys to fields, with units and ranges. It must never
+ * accept a key it does not know.
+ */
+#include "config.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <ini.h>
+
+void config_defaults(config *cfg)
+{
+    memset(cfg, 0, sizeof *cfg);
+    cfg->log_level = LOGL_INFO;
+    cfg->max_frame_bytes = 1u << 20;
+    cfg->max_body_bytes = 768u << 10;
+    cfg->max_batch = 256;
+    cfg->max_sessions = 1024;
+    cfg->max_credit = 1024;
+    cfg->max_ttl_ms = 30ull * 24 * 3600 * 1000;
+    cfg->clock_skew_ms = 24ull * 3600 * 1000;
+    cfg->session_idle_ms = 120000;
+    cfg->map_size_bytes = 1ull << 30;
+    cfg->high_water_percent = 85;
+    cfg->min_free_disk_bytes = 64ull << 20;
+    cfg->ack_timeout_ms = 30000;
+    cfg->max_nak_delay_ms = 3600000;
+    cfg->notice_ttl_ms = 30ull * 24 * 3600 * 1000;
+    cfg->max_deadlines_per_turn = 1024;
+}
+
+typedef struct {
+    config *cfg;
+    char *err;
+    size_t err_len;
+    bool has_error;
+} parse_state;
+
+static bool parse_u64(const char *v, uint64_t lo, uint64_t hi, uint64_t *out)
+{
+    char *end;
+    errno = 0;
+    if (v[0] == '-' || v[0] == '\0')
+        return false;
+    unsigned long long x = strtoull(v, &end, 10);
+    if (errno != 0 || *end != '\0' || x < lo || x > hi)
+        return false;
+    *out = x;
+    return true;
+}
+
+static bool copy_text(const char *v, char *dst, size_t cap)
+{
+    size_t n = strlen(v);
+    if (n == 0 || n >= cap)
+        return false;
+    memcpy(dst, v, n + 1);
+    return true;
+}
+
+typedef enum { K_U32, K_U64, K_TEXT, K_ID, K_LEVEL } key_type;
+
+typedef struct {
+    const char *section;
+    const char *name;
+    key_type type;
+    size_t offset;
+    size_t size;            /* K_TEXT capacity */
+    uint64_t lo, hi;        /* numeric range */
+    const char *hint;       /* what a valid value looks like */
+} key_spec;
+
+#define OFF(f) offsetof(config, f)
+#define DAY_MS (24ull * 3600 * 1000)
+
+static const key_spec keys[] = {
+    {"broker", "id", K_ID, OFF(id), 0, 0, 0, "an id such as broker.qingdao"},
+    {"broker", "listen", K_TEXT, OFF(listen), sizeof ((config *)0)->listen, 0, 0,
+     "a ZeroMQ endpoint such as tcp://127.0.0.1:7400"},
+    {"broker", "data_dir", K_TEXT, OFF(data_dir), sizeof ((config *)0)->data_dir, 0, 0,
+     "a directory path"},
+    {"broker", "log_level", K_LEVEL, OFF(log_level), 0, 0, 0, "error, warn, info or debug"},
+    {"limits", "max_frame_bytes", K_U32, OFF(max_frame_bytes), 0, 4096, 64u << 20, "4096..67108864"},
+    {"limits", "max_body_bytes", K_U32, OFF(max_body_bytes), 0, 1024, 60u << 20, "1024..62914560"},
+    {"limits", "max_batch", K_U32, OFF(max_batch), 0, 1, 65536, "1..65536"},
+    {"limits", "max_sessions", K_U32, OFF(max_sessions), 0, 1, 1000000, "1..1000000"},
+    {"limits", "max_credit", K_U32, OFF(max_credit), 0, 1, 1000000, "1..1000000"},
+    {"limits", "max_ttl_ms", K_U64, OFF(max_ttl_ms), 0, 1000, 365 * DAY_MS, "1000..31536000000"},
+    {"limits", "clock_skew_ms", K_U64, OFF(clock_skew_ms), 0, 1000, 30 * DAY_MS, "1000..2592000000"},
+    {"limits", "session_idle_ms", K_U64, OFF(session_idle_ms), 0, 1000, DAY_MS, "1000..86400000"},
+    {"store", "map_size_bytes", K_U64, OFF(map_size_bytes), 0, 1u << 20, 1ull << 44, "1048576..17592186044416"},
+    {"store", "high_water_percent", K_U32, OFF(high_water_percent), 0, 10, 99, "10..99"},
+    {"store", "min_free_disk_bytes", K_U64, OFF(min_free_disk_bytes), 0, 0, 1ull << 44, "0..17592186044416"},
+    {"delivery", "ack_timeout_ms", K_U64, OFF(ack_timeout_ms), 0, 100, DAY_MS, "100..86400000"},
+    {"delivery", "max_nak_delay_ms", K_U64, OFF(max_nak_delay_ms), 0, 0, 7 * DAY_MS, "0..604800000"},
+    {"delivery", "notice_ttl_ms", K_U64, OFF(notice_ttl_ms), 0, 1000, 365 * DAY_MS, "1000..31536000000"},
+    {"delivery", "max_deadlines_per_turn", K_U32, OFF(max_deadlines_per_turn), 0, 1, 1000000, "1..1000000"},
+};
+
+static bool apply(const key_spec *k, config *cfg, const char *value)
+{
+    char *field = (char *)cfg + k->offset;
+    uint64_t x;
+    switch (k->type) {
+    case K_U32:
+        if (!parse_u64(value, k->lo, k->hi, &x))
+            return false;
+        *(uint32_t *)(void *)field = (uint32_t)x;
+        return true;
+    case K_U64:
+        if (!parse_u64(value, k->lo, k->hi, &x))
+            return false;
+        *(uint64_t *)(void *)field = x;
+        return true;
+    case K_TEXT:
+        return copy_text(value, field, k->size);
+    case K_ID:
+        if (!ids_is_valid_name(value))
+            return false;
+        return copy_text(value, field, IDS_NAME_MAX + 1);
+    case K_LEVEL:
+        return log_level_from_name(value, (log_level *)(void *)field);
+    }
+    return false;
+}
+
+static int on_key(void *user, const char *section, const char *name, const char *value)
+{
+    parse_state *st = user;
+    if (st->has_error)
+        return 0;
+    for (size_t i = 0; i < sizeof keys / sizeof keys[0]; i++) {
+        if (strcmp(keys[i].section, section) == 0 && strcmp(keys[i].name, name) == 0) {
+            if (apply(&keys[i], st->cfg, value))
+                return 1;
+            snprintf(st->err, st->err_len, "[%s] %s = \"%.64s\" is not valid; expected %s",
+                     section, name, value, keys[i].hint);
+            st->has_error = true;
+            return 0;
+        }
+    }
+    snprintf(st->err, st->err_len, "unknown key [%s] %s (see etc/referrald.example.ini)",
+             section, name);
+    st->has_error = true;
+    return 0;
+}
+
+bool config_load(const char *path, config *cfg, char *err, size_t err_len)
+{
+    config_defaults(cfg);
+    char detail[384] = "";
+    parse_state st = {.cfg = cfg, .err = detail, .err_len = sizeof detail, .has_error = false};
+    FILE *f = fopen(path, "r");
+    if (f == NULL) {
+        snprintf(err, err_len, "cannot open configuration %s: %s", path, strerror(errno));
+        return false;
+    }
+    int rc = ini_parse_file(f, on_key, &st);
+    fclose(f);
+    if (st.has_error) {   /* inih returns the line of the first key we refused */
+        snprintf(err, err_len, "configuration %s line %d: %s", path, rc, detail);
+        return false;
+    }
+    if (rc != 0) {
+        snprintf(err, err_len, "configuration %s: line %d is not valid INI syntax", path, rc);
+        return false;
+    }
+    const char *missing = cfg->id[0] == '\0' ? "[broker] id"
+                        : cfg->listen[0] == '\0' ? "[broker] listen"
+                        : cfg->data_dir[0] == '\0' ? "[broker] data_dir" : NULL;
+    if (missing != NULL) {
+        snprintf(err, err_len, "configuration %s: required key %s is missing", path, missing);
+        return false;
+    }
+    if (cfg->max_body_bytes + 8192u > cfg->max_frame_bytes) {
+        snprintf(err, err_len, "configuration %s: [limits] max_body_bytes (%" PRIu32
+                 ") must be at least 8192 below max_frame_bytes (%" PRIu32 ")",
+                 path, cfg->max_body_bytes, cfg->max_frame_bytes);
+        return false;
+    }
+    return true;
+}

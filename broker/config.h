@@ -1,0 +1,58 @@
+/*
+ * config: referrald's configuration file (INI, parsed by Debian's inih).
+ *
+ * Every key, its unit and its default is listed in etc/referrald.example.ini,
+ * which is the reference. An unknown section or key, a value out of range,
+ * or a missing required key is an error that names the line: a typo must
+ * never silently leave a default in force.
+ */
+#ifndef REF_BROKER_CONFIG_H
+#define REF_BROKER_CONFIG_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "ids.h"
+#include "log.h"
+
+typedef struct {
+    /* [broker] */
+    char id[IDS_NAME_MAX + 1];        /* required: this broker's id */
+    char listen[256];                 /* required: ZeroMQ endpoint for clients */
+    char data_dir[512];               /* required: LMDB store directory */
+    log_level log_level;
+
+    /* [limits] */
+    uint32_t max_frame_bytes;
+    uint32_t max_body_bytes;
+    uint32_t max_batch;               /* frames read in one loop turn (one commit) */
+    uint32_t max_sessions;
+    uint32_t max_credit;              /* per session */
+    uint64_t max_ttl_ms;              /* expires_at may be at most this far ahead */
+    uint64_t clock_skew_ms;           /* created_at window; added to dedup lifetime */
+    uint64_t session_idle_ms;         /* a silent session is forgotten after this */
+
+    /* [store] */
+    uint64_t map_size_bytes;
+    uint32_t high_water_percent;      /* refuse submissions above this use of the map */
+    uint64_t min_free_disk_bytes;     /* refuse submissions when the disk has less */
+
+    /* [delivery] */
+    uint64_t ack_timeout_ms;          /* unsettled deliveries return to the queue after this */
+    uint64_t max_nak_delay_ms;
+    uint64_t notice_ttl_ms;           /* how long a notice to a sender is kept for delivery */
+    uint32_t max_deadlines_per_turn;
+} config;
+
+/* Fill cfg with every default (required keys empty). */
+void config_defaults(config *cfg);
+
+/*
+ * Read path into cfg (which config_load first resets to defaults). Returns
+ * true on success; on failure false, with a sentence naming the file, the
+ * line and the problem in err (size err_len).
+ */
+bool config_load(const char *path, config *cfg, char *err, size_t err_len);
+
+#endif

@@ -1,0 +1,34 @@
+/*
+ * deadline: the durable due-time index.
+ *
+ * Key: due_ms (8 bytes, big-endian) kind (1) message id (16). A cursor at
+ * the start yields the earliest deadline, so finding what is due costs the
+ * same whatever the backlog. Deadlines live in LMDB, so they survive a
+ * restart; one that passed while the broker was down fires at start, once
+ * (firing deletes it in the same transaction that acts on it).
+ */
+#ifndef REF_BROKER_DEADLINE_H
+#define REF_BROKER_DEADLINE_H
+
+#include "store.h"
+
+typedef enum {
+    DEADLINE_RETURN = 1,   /* an in-flight delivery goes back to its queue */
+    DEADLINE_EXPIRE = 2,   /* the message's expires_at: undeliverable if still here */
+    DEADLINE_FORGET = 3,   /* dedup entry and final-state record may be deleted */
+} deadline_kind;
+
+store_err deadline_put(store *s, MDB_txn *txn, uint64_t due_ms, deadline_kind kind,
+                       const uint8_t id[IDS_BYTES]);
+store_err deadline_del(store *s, MDB_txn *txn, uint64_t due_ms, deadline_kind kind,
+                       const uint8_t id[IDS_BYTES]);
+
+/* The earliest due time, STORE_NOT_FOUND when there is none. */
+store_err deadline_next(store *s, MDB_txn *txn, uint64_t *due_ms);
+
+/* Remove and return the earliest deadline due at or before now_ms;
+ * STORE_NOT_FOUND when nothing is due. */
+store_err deadline_pop(store *s, MDB_txn *txn, uint64_t now_ms, uint64_t *due_ms,
+                       deadline_kind *kind, uint8_t id[IDS_BYTES]);
+
+#endif

@@ -1,0 +1,466 @@
+/*
+ * delivery: state moves of stored messages (delivery.h).
+ *
+ * This file must never lose a message: every move leaves it either in a
+ * queue, in flight with a return deadline, or in a final state that was
+ * traced and reported to the sender. It must never report to a sender about
+ * a notice (that would loop).
+ */
+#include "delivery.h"
+
+#include <assert.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "ids.h"
+#include "log.h"
+#include "queue.h"
+#include "wire.h"
+
+#define S_QUEUED REFERRAL__V1__MESSAGE_STATE__MESSAGE_STATE_QUEUED
+#define S_IN_FLIGHT REFERRAL__V1__MESSAGE_STATE__MESSAGE_STATE_IN_FLIGHT
+#define S_DELIVERED REFERRAL__V1__MESSAGE_STATE__MESSAGE_STATE_DELIVERED
+#define S_REJECTED REFERRAL__V1__MESSAGE_STATE__MESSAGE_STATE_REJECTED
+#define S_UNDELIVERABLE REFERRAL__V1__MESSAGE_STATE__MESSAGE_STATE_UNDELIVERABLE
+#define S_QUARANTINED REFERRAL__V1__MESSAGE_STATE__MESSAGE_STATE_QUARANTINED
+
+#define TRY(expr) do { store_err e_ = (expr); if (e_ != STORE_OK) return e_; } while (0)
+
+void delivery_assert_move(uint8_t from, uint8_t to)
+{
+    bool ok = false;
+    switch (to) {
+    case S_QUEUED: ok = from == 0 || from == S_IN_FLIGHT; break;
+    case S_IN_FLIGHT: ok = from == S_QUEUED || from == S_IN_FLIGHT; break;
+    case S_DELIVERED:
+    case S_REJECTED:
+    case S_UNDELIVERABLE: ok = from == S_QUEUED || from == S_IN_FLIGHT; break;
+    case S_QUARANTINED: ok = from == S_QUEUED; break;
+    default: ok = false;
+    }
+    assert(ok && "message state move not in delivery.h's table");
+    (void)ok;
+}
+
+static void set_state(store_msg *m, uint8_t to, uint64_t now_ms)
+{
+    delivery_assert_move(m->state, to);
+    m->state = to;
+    m->updated_at_ms = now_ms;
+}
+
+static bool is_final(uint8_t state)
+{
+    return state == S_DELIVERED || state == S_REJECTED || state == S_UNDELIVERABLE ||
+           state == S_QUARANTINED;
+}
+
+store_err delivery_trace(const delivery_ctx *dc, MDB_txn *txn, const store_msg *m,
+                         Referral__V1__TraceEventKind kind, Referral__V1__ResultCode code,
+                         const char *detail, uint64_t now_ms)
+{
+    Referral__V1__TraceEvent ev = REFERRAL__V1__TRACE_EVENT__INIT;
+    ev.referral_id.data = (uint8_t *)(uintptr_t)m->referral_id;
+    ev.referral_id.len = IDS_BYTES;
+    ev.message_id.data = (uint8_t *)(uintptr_t)m->id;
+    ev.message_id.len = IDS_BYTES;
+    ev.kind = kind;
+    ev.broker_id = (char *)(uintptr_t)dc->broker_id;
+    ev.agency_id = (char *)(uintptr_t)m->recipient;
+    ev.at_ms = now_ms;
+    ev.code = code;
+    ev.attempt = m->attempts;
+    ev.detail = (char *)(uintptr_t)(detail != NULL ? detail : "");
+    uint8_t buf[1024];
+    size_t n = referral__v1__trace_event__get_packed_size(&ev);
+    if (n > sizeof buf)
+        return STORE_OK;   /* details are capped well below this; never fail a move for it */
+    referral__v1__trace_event__pack(&ev, buf);
+    return store_trace_put(dc->st, txn, m->referral_id, buf, n);
+}
+
+/* Tell m's sender about a final state of m, as a notice queued for it. */
+static store_err notify_sender(const delivery_ctx *dc, MDB_txn *txn, const store_msg *m,
+                               Referral__V1__NoticeKind kind, Referral__V1__AckLevel level,
+                               Referral__V1__ResultCode code, const char *detail,
+                               uint64_t now_ms)
+{
+    char idhex[IDS_HEX_LEN + 1];
+    if (m->payload_kind == STORE_PAYLOAD_NOTICE) {
+        log_warn("delivery", "notice ended undelivered msg=%s recipient=%s code=%d",
+                 ids_hex(m->id, IDS_BYTES, idhex), m->recipient, (int)code);
+        return STORE_OK;
+    }
+    store_msg n;
+    memset(&n, 0, sizeof n);
+    if (!ids_new(n.id, now_ms))
+        return STORE_FAILED;
+    Referral__V1__Notice notice = REFERRAL__V1__NOTICE__INIT;
+    notice.notice_id.data = n.id;
+    notice.notice_id.len = IDS_BYTES;
+    notice.kind = kind;
+    notice.referral_id.data = (uint8_t *)(uintptr_t)m->referral_id;
+    notice.referral_id.len = IDS_BYTES;
+    notice.message_id.data = (uint8_t *)(uintptr_t)m->id;
+    notice.message_id.len = IDS_BYTES;
+    notice.broker_id = (char *)(uintptr_t)dc->broker_id;
+    notice.about_agency = (char *)(uintptr_t)m->recipient;
+    notice.at_ms = now_ms;
+    notice.level = level;
+    notice.code = code;
+    notice.detail = (char *)(uintptr_t)(detail != NULL ? detail : "");
+    size_t nlen;
+    uint8_t *nbuf = wire_pack(&notice, &nlen);
+    if (nbuf == NULL)
+        return STORE_FAILED;
+    Referral__V1__SignedNotice sn = REFERRAL__V1__SIGNED_NOTICE__INIT;
+    sn.notice.data = nbuf;
+    sn.notice.len = nlen;
+    size_t plen;
+    uint8_t *payload = wire_pack(&sn, &plen);
+    free(nbuf);
+    if (payload == NULL)
+        return STORE_FAILED;
+
+    memcpy(n.referral_id, m->referral_id, IDS_BYTES);
+    memcpy(n.content_digest, n.id, IDS_BYTES);   /* never submitted: no dedup content */
+    n.urgency = m->urgency;
+    n.payload_kind = STORE_PAYLOAD_NOTICE;
+    n.created_at_ms = now_ms;
+    n.expires_at_ms = now_ms + dc->notice_ttl_ms;
+    snprintf(n.recipient, sizeof n.recipient, "%s", m->sender);
+    snprintf(n.sender, sizeof n.sender, "%s", dc->broker_id);
+    store_err e = delivery_enqueue(dc, txn, &n, payload, plen, now_ms);
+    free(payload);
+    char nhex[IDS_HEX_LEN + 1];
+    log_info("delivery", "notice queued notice=%s msg=%s to=%s kind=%d code=%d",
+             ids_hex(n.id, IDS_BYTES, nhex), ids_hex(m->id, IDS_BYTES, idhex), n.recipient,
+             (int)kind, (int)code);
+    return e;
+}
+
+store_err delivery_enqueue(const delivery_ctx *dc, MDB_txn *txn, store_msg *m,
+                           const uint8_t *payload, size_t len, uint64_t now_ms)
+{
+    TRY(store_next_seq(dc->st, txn, &m->seq));
+    m->state = 0;
+    set_state(m, S_QUEUED, now_ms);
+    m->attempts = 0;
+    m->due_at_ms = 0;
+    uint64_t forget_at = m->expires_at_ms + dc->clock_skew_ms;
+    TRY(store_body_put(dc->st, txn, m->id, payload, len));
+    TRY(store_msg_put(dc->st, txn, m));
+    TRY(queue_push(dc->st, txn, m));
+    TRY(deadline_put(dc->st, txn, m->expires_at_ms, DEADLINE_EXPIRE, m->id));
+    TRY(deadline_put(dc->st, txn, forget_at, DEADLINE_FORGET, m->id));
+    if (m->payload_kind == STORE_PAYLOAD_ENVELOPE) {
+        TRY(store_dedup_put(dc->st, txn, m->id, m->content_digest, forget_at));
+        TRY(delivery_trace(dc, txn, m, REFERRAL__V1__TRACE_EVENT_KIND__TRACE_EVENT_KIND_ACCEPTED,
+                           REFERRAL__V1__RESULT_CODE__RESULT_OK, "stored durably", now_ms));
+    }
+    return STORE_OK;
+}
+
+/* Leave QUEUED or IN_FLIGHT for a final state: drop indexes and body. */
+static store_err finish(const delivery_ctx *dc, MDB_txn *txn, store_msg *m, uint8_t to,
+                        uint64_t now_ms)
+{
+    if (m->state == S_QUEUED) {
+        TRY(queue_remove(dc->st, txn, m));
+    } else {
+        store_err e = inflight_del(dc->st, txn, m->id);
+        if (e != STORE_OK && e != STORE_NOT_FOUND)
+            return e;
+        e = deadline_del(dc->st, txn, m->due_at_ms, DEADLINE_RETURN, m->id);
+        if (e != STORE_OK && e != STORE_NOT_FOUND)
+            return e;
+    }
+    store_err e = deadline_del(dc->st, txn, m->expires_at_ms, DEADLINE_EXPIRE, m->id);
+    if (e != STORE_OK && e != STORE_NOT_FOUND)
+        return e;
+    e = store_body_del(dc->st, txn, m->id);
+    if (e != STORE_OK && e != STORE_NOT_FOUND)
+        return e;
+    m->due_at_ms = 0;
+    set_state(m, to, now_ms);
+    return store_msg_put(dc->st, txn, m);
+}
+
+static store_err quarantine(const delivery_ctx *dc, MDB_txn *txn, store_msg *m, uint64_t now_ms)
+{
+    char idhex[IDS_HEX_LEN + 1];
+    log_error("delivery", "stored body failed its digest check, quarantined msg=%s recipient=%s "
+              "sender=%s", ids_hex(m->id, IDS_BYTES, idhex), m->recipient, m->sender);
+    TRY(queue_remove(dc->st, txn, m));
+    store_err e = store_quarantine(dc->st, txn, m->id);
+    if (e != STORE_OK && e != STORE_NOT_FOUND)   /* a missing body is quarantined too */
+        return e;
+    e = deadline_del(dc->st, txn, m->expires_at_ms, DEADLINE_EXPIRE, m->id);
+    if (e != STORE_OK && e != STORE_NOT_FOUND)
+        return e;
+    set_state(m, S_QUARANTINED, now_ms);
+    TRY(store_msg_put(dc->st, txn, m));
+    TRY(delivery_trace(dc, txn, m, REFERRAL__V1__TRACE_EVENT_KIND__TRACE_EVENT_KIND_QUARANTINED,
+                       REFERRAL__V1__RESULT_CODE__RESULT_CORRUPT, "stored copy failed its digest",
+                       now_ms));
+    return notify_sender(dc, txn, m, REFERRAL__V1__NOTICE_KIND__NOTICE_KIND_QUARANTINED,
+                         REFERRAL__V1__ACK_LEVEL__ACK_LEVEL_UNSPECIFIED,
+                         REFERRAL__V1__RESULT_CODE__RESULT_CORRUPT,
+                         "the broker's stored copy was damaged; send the referral again", now_ms);
+}
+
+store_err delivery_take(const delivery_ctx *dc, MDB_txn *txn, const char *agency,
+                        uint64_t now_ms, store_msg *m, const uint8_t **payload, size_t *len)
+{
+    for (int tries = 0; tries < 16; tries++) {
+        uint8_t id[IDS_BYTES];
+        TRY(queue_head(dc->st, txn, agency, id));
+        TRY(store_msg_get(dc->st, txn, id, m));
+        store_err e = store_body_get(dc->st, txn, id, payload, len);
+        if (e == STORE_CORRUPT || e == STORE_NOT_FOUND) {
+            TRY(quarantine(dc, txn, m, now_ms));
+            continue;
+        }
+        if (e != STORE_OK)
+            return e;
+        TRY(queue_remove(dc->st, txn, m));
+        m->attempts++;
+        m->due_at_ms = now_ms + dc->ack_timeout_ms;
+        set_state(m, S_IN_FLIGHT, now_ms);
+        TRY(inflight_put(dc->st, txn, m->id, m->due_at_ms));
+        TRY(deadline_put(dc->st, txn, m->due_at_ms, DEADLINE_RETURN, m->id));
+        TRY(store_msg_put(dc->st, txn, m));
+        if (m->payload_kind == STORE_PAYLOAD_ENVELOPE)
+            TRY(delivery_trace(dc, txn, m,
+                               REFERRAL__V1__TRACE_EVENT_KIND__TRACE_EVENT_KIND_DELIVERED,
+                               REFERRAL__V1__RESULT_CODE__RESULT_OK, "handed to client", now_ms));
+        /* The body pointer may move with the writes above: read it again. */
+        return store_body_get(dc->st, txn, m->id, payload, len);
+    }
+    return STORE_NOT_FOUND;   /* a run of corrupt bodies: the rest next turn */
+}
+
+/* Move an in-flight m back to its queue. */
+static store_err requeue(const delivery_ctx *dc, MDB_txn *txn, store_msg *m, uint64_t now_ms,
+                         const char *why)
+{
+    store_err e = inflight_del(dc->st, txn, m->id);
+    if (e != STORE_OK && e != STORE_NOT_FOUND)
+        return e;
+    e = deadline_del(dc->st, txn, m->due_at_ms, DEADLINE_RETURN, m->id);
+    if (e != STORE_OK && e != STORE_NOT_FOUND)
+        return e;
+    m->due_at_ms = 0;
+    set_state(m, S_QUEUED, now_ms);
+    TRY(queue_push(dc->st, txn, m));
+    TRY(store_msg_put(dc->st, txn, m));
+    char idhex[IDS_HEX_LEN + 1];
+    log_info("delivery", "returned to queue msg=%s recipient=%s attempts=%u why=%s",
+             ids_hex(m->id, IDS_BYTES, idhex), m->recipient, m->attempts, why);
+    if (m->payload_kind != STORE_PAYLOAD_ENVELOPE)
+        return STORE_OK;
+    return delivery_trace(dc, txn, m, REFERRAL__V1__TRACE_EVENT_KIND__TRACE_EVENT_KIND_REDELIVERED,
+                          REFERRAL__V1__RESULT_CODE__RESULT_OK, why, now_ms);
+}
+
+/* Give m (in flight) a new return deadline at due_ms. */
+static store_err reschedule(const delivery_ctx *dc, MDB_txn *txn, store_msg *m, uint64_t due_ms,
+                            uint64_t now_ms)
+{
+    store_err e = deadline_del(dc->st, txn, m->due_at_ms, DEADLINE_RETURN, m->id);
+    if (e != STORE_OK && e != STORE_NOT_FOUND)
+        return e;
+    m->due_at_ms = due_ms;
+    set_state(m, S_IN_FLIGHT, now_ms);
+    TRY(inflight_put(dc->st, txn, m->id, due_ms));
+    TRY(deadline_put(dc->st, txn, due_ms, DEADLINE_RETURN, m->id));
+    return store_msg_put(dc->st, txn, m);
+}
+
+store_err delivery_settle(const delivery_ctx *dc, MDB_txn *txn, const char *agency,
+                          const Referral__V1__Settle *settle, uint64_t now_ms,
+                          Referral__V1__ResultCode *code, const char **detail)
+{
+    store_msg m;
+    char idhex[IDS_HEX_LEN + 1];
+    const uint8_t *id = settle->message_id.data;
+    store_err e = store_msg_get(dc->st, txn, id, &m);
+    *code = REFERRAL__V1__RESULT_CODE__RESULT_OK;
+    *detail = "";
+    if (e == STORE_NOT_FOUND || (e == STORE_OK && strcmp(m.recipient, agency) != 0)) {
+        /* Another agency's message answers like an unknown one: no probing. */
+        *code = REFERRAL__V1__RESULT_CODE__RESULT_UNKNOWN_MESSAGE;
+        *detail = "no such message for this agency";
+        return STORE_OK;
+    }
+    if (e != STORE_OK)
+        return e;
+    if (is_final(m.state)) {
+        bool is_repeat_ack = m.state == S_DELIVERED &&
+                             settle->verb == REFERRAL__V1__SETTLE_VERB__SETTLE_VERB_ACK;
+        *code = is_repeat_ack ? REFERRAL__V1__RESULT_CODE__RESULT_OK
+                              : REFERRAL__V1__RESULT_CODE__RESULT_UNKNOWN_MESSAGE;
+        *detail = is_repeat_ack ? "already acknowledged" : "message is already settled";
+        return STORE_OK;
+    }
+    const char *verb = "ack";
+    switch (settle->verb) {
+    case REFERRAL__V1__SETTLE_VERB__SETTLE_VERB_ACK:
+        TRY(finish(dc, txn, &m, S_DELIVERED, now_ms));
+        if (m.payload_kind == STORE_PAYLOAD_ENVELOPE)
+            TRY(delivery_trace(dc, txn, &m,
+                               REFERRAL__V1__TRACE_EVENT_KIND__TRACE_EVENT_KIND_ACKNOWLEDGED,
+                               REFERRAL__V1__RESULT_CODE__RESULT_OK,
+                               "stored by the recipient's client", now_ms));
+        break;
+    case REFERRAL__V1__SETTLE_VERB__SETTLE_VERB_REJECT: {
+        verb = "reject";
+        TRY(finish(dc, txn, &m, S_REJECTED, now_ms));
+        char why[WIRE_MAX_TEXT + 64];
+        snprintf(why, sizeof why, "refused by the recipient's client: %s", settle->reason);
+        TRY(delivery_trace(dc, txn, &m, REFERRAL__V1__TRACE_EVENT_KIND__TRACE_EVENT_KIND_REJECTED,
+                           REFERRAL__V1__RESULT_CODE__RESULT_OK, why, now_ms));
+        TRY(notify_sender(dc, txn, &m, REFERRAL__V1__NOTICE_KIND__NOTICE_KIND_ACK_LEVEL,
+                          REFERRAL__V1__ACK_LEVEL__ACK_LEVEL_REJECTED,
+                          REFERRAL__V1__RESULT_CODE__RESULT_OK, why, now_ms));
+        break;
+    }
+    case REFERRAL__V1__SETTLE_VERB__SETTLE_VERB_NAK: {
+        verb = "nak";
+        if (m.state != S_IN_FLIGHT) {
+            *code = REFERRAL__V1__RESULT_CODE__RESULT_UNKNOWN_MESSAGE;
+            *detail = "message is not in flight";
+            return STORE_OK;
+        }
+        uint64_t delay = settle->delay_ms;
+        if (delay > dc->max_nak_delay_ms)
+            delay = dc->max_nak_delay_ms;
+        if (delay == 0)
+            TRY(requeue(dc, txn, &m, now_ms, "nak"));
+        else
+            TRY(reschedule(dc, txn, &m, now_ms + delay, now_ms));
+        break;
+    }
+    case REFERRAL__V1__SETTLE_VERB__SETTLE_VERB_IN_PROGRESS:
+        verb = "in-progress";
+        if (m.state != S_IN_FLIGHT) {
+            *code = REFERRAL__V1__RESULT_CODE__RESULT_UNKNOWN_MESSAGE;
+            *detail = "message is not in flight";
+            return STORE_OK;
+        }
+        TRY(reschedule(dc, txn, &m, now_ms + dc->ack_timeout_ms, now_ms));
+        break;
+    default:
+        *code = REFERRAL__V1__RESULT_CODE__RESULT_INVALID_FIELD;
+        *detail = "unknown settle verb";
+        return STORE_OK;
+    }
+    log_info("delivery", "settled msg=%s recipient=%s verb=%s attempts=%u",
+             ids_hex(m.id, IDS_BYTES, idhex), m.recipient, verb, m.attempts);
+    return STORE_OK;
+}
+
+static store_err expire(const delivery_ctx *dc, MDB_txn *txn, store_msg *m, uint64_t now_ms)
+{
+    char idhex[IDS_HEX_LEN + 1];
+    TRY(finish(dc, txn, m, S_UNDELIVERABLE, now_ms));
+    log_warn("delivery", "undeliverable: expired before delivery msg=%s recipient=%s sender=%s "
+             "attempts=%u", ids_hex(m->id, IDS_BYTES, idhex), m->recipient, m->sender,
+             m->attempts);
+    if (m->payload_kind != STORE_PAYLOAD_ENVELOPE)
+        return STORE_OK;
+    TRY(delivery_trace(dc, txn, m, REFERRAL__V1__TRACE_EVENT_KIND__TRACE_EVENT_KIND_EXPIRED,
+                       REFERRAL__V1__RESULT_CODE__RESULT_UNDELIVERABLE,
+                       "expired before the recipient acknowledged it", now_ms));
+    return notify_sender(dc, txn, m, REFERRAL__V1__NOTICE_KIND__NOTICE_KIND_UNDELIVERABLE,
+                         REFERRAL__V1__ACK_LEVEL__ACK_LEVEL_UNSPECIFIED,
+                         REFERRAL__V1__RESULT_CODE__RESULT_UNDELIVERABLE,
+                         "expired before the recipient acknowledged it; call the agency", now_ms);
+}
+
+store_err delivery_fire(const delivery_ctx *dc, MDB_txn *txn, deadline_kind kind,
+                        const uint8_t id[IDS_BYTES], uint64_t due_ms, uint64_t now_ms)
+{
+    store_msg m;
+    store_err e = store_msg_get(dc->st, txn, id, &m);
+    if (kind == DEADLINE_FORGET) {
+        /* The dedup entry goes whatever the record's fate. */
+        store_err d = store_dedup_del(dc->st, txn, id);
+        if (d != STORE_OK && d != STORE_NOT_FOUND)
+            return d;
+        if (e == STORE_OK && is_final(m.state))
+            return store_msg_del(dc->st, txn, id);
+        return STORE_OK;
+    }
+    if (e == STORE_NOT_FOUND)
+        return STORE_OK;   /* already forgotten */
+    if (e != STORE_OK)
+        return e;
+    switch (kind) {
+    case DEADLINE_RETURN:
+        if (m.state == S_IN_FLIGHT && m.due_at_ms == due_ms)
+            return requeue(dc, txn, &m, now_ms, "ack timeout");
+        return STORE_OK;
+    case DEADLINE_EXPIRE:
+        if (m.state == S_QUEUED || m.state == S_IN_FLIGHT)
+            return expire(dc, txn, &m, now_ms);
+        return STORE_OK;
+    default:
+        return STORE_CORRUPT;
+    }
+}
+
+store_err delivery_return(const delivery_ctx *dc, MDB_txn *txn, const uint8_t id[IDS_BYTES],
+                          uint64_t now_ms)
+{
+    store_msg m;
+    store_err e = store_msg_get(dc->st, txn, id, &m);
+    if (e == STORE_NOT_FOUND)
+        return STORE_OK;
+    if (e != STORE_OK)
+        return e;
+    if (m.state != S_IN_FLIGHT)
+        return STORE_OK;
+    return requeue(dc, txn, &m, now_ms, "session lost");
+}
+
+typedef struct {
+    uint8_t (*ids)[IDS_BYTES];
+    size_t count, cap;
+    bool is_oom;
+} id_list;
+
+static void collect(const uint8_t id[IDS_BYTES], void *ctx)
+{
+    id_list *l = ctx;
+    if (l->count == l->cap) {
+        size_t cap = l->cap == 0 ? 256 : l->cap * 2;
+        void *p = realloc(l->ids, cap * IDS_BYTES);
+        if (p == NULL) {
+            l->is_oom = true;
+            return;
+        }
+        l->ids = p;
+        l->cap = cap;
+    }
+    memcpy(l->ids[l->count++], id, IDS_BYTES);
+}
+
+store_err delivery_return_all(const delivery_ctx *dc, MDB_txn *txn, uint64_t now_ms,
+                              size_t *count)
+{
+    id_list l = {0};
+    store_err e = inflight_each(dc->st, txn, collect, &l);
+    if (e == STORE_OK && l.is_oom)
+        e = STORE_FAILED;
+    for (size_t i = 0; e == STORE_OK && i < l.count; i++) {
+        store_msg m;
+        e = store_msg_get(dc->st, txn, l.ids[i], &m);
+        if (e == STORE_OK && m.state == S_IN_FLIGHT)
+            e = requeue(dc, txn, &m, now_ms, "broker restarted");
+    }
+    *count = l.count;
+    free(l.ids);
+    return e;
+}

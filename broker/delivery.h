@@ -1,0 +1,83 @@
+/*
+ * delivery: the life of a stored message, every state move in one place.
+ *
+ * States (MessageState in the schema) and the only moves allowed:
+ *
+ *   (new) --enqueue--> QUEUED
+ *   QUEUED --take--> IN_FLIGHT                 handed to a client session
+ *   IN_FLIGHT --return--> QUEUED               ack timeout, NAK delay over, session lost
+ *   IN_FLIGHT --nak/in-progress--> IN_FLIGHT   new return deadline
+ *   QUEUED|IN_FLIGHT --ack--> DELIVERED        final; body deleted
+ *   QUEUED|IN_FLIGHT --reject--> REJECTED      final; body deleted; sender told
+ *   QUEUED|IN_FLIGHT --expire--> UNDELIVERABLE final; body deleted; sender told
+ *   QUEUED --corrupt body--> QUARANTINED       final; body kept apart; sender told
+ *
+ * A final state's record stays until the message's dedup entry is
+ * forgotten (expires_at + clock skew), so status queries and duplicate
+ * submissions keep getting the right answer. delivery_assert_move() checks
+ * each move against this table.
+ *
+ * Every move writes a trace event and a log line with the ids involved.
+ * Nothing here sends on a socket: callers send after the commit.
+ */
+#ifndef REF_BROKER_DELIVERY_H
+#define REF_BROKER_DELIVERY_H
+
+#include <stdbool.h>
+
+#include "deadline.h"
+#include "referral.pb-c.h"
+#include "store.h"
+
+typedef struct {
+    store *st;                   /* borrowed */
+    const char *broker_id;       /* borrowed */
+    uint64_t ack_timeout_ms;
+    uint64_t max_nak_delay_ms;
+    uint64_t clock_skew_ms;
+    uint64_t notice_ttl_ms;
+} delivery_ctx;
+
+/* Assert that from -> to is one of the moves above. */
+void delivery_assert_move(uint8_t from, uint8_t to);
+
+/* Store a new message: m's ids, recipient, sender, urgency, times and
+ * payload_kind are set by the caller; seq, state and attempts are set here.
+ * Writes the body, queue entry, expiry deadline, dedup entry (until
+ * expires_at + skew) and a trace event. STORE_FULL means nothing was kept
+ * only if the caller runs this in a child transaction and aborts it. */
+store_err delivery_enqueue(const delivery_ctx *dc, MDB_txn *txn, store_msg *m,
+                           const uint8_t *payload, size_t len, uint64_t now_ms);
+
+/* Take the head of agency's queue into flight. On STORE_OK m holds the
+ * record and *payload its body (valid until the next write in txn: pack it
+ * into the outgoing frame at once). STORE_NOT_FOUND: nothing queued.
+ * Corrupt bodies met on the way are quarantined and skipped. */
+store_err delivery_take(const delivery_ctx *dc, MDB_txn *txn, const char *agency,
+                        uint64_t now_ms, store_msg *m, const uint8_t **payload, size_t *len);
+
+/* Settle a delivery for agency. *code gets the ResultCode for the reply:
+ * OK, UNKNOWN_MESSAGE (no such message or already final), NOT_AUTHORIZED
+ * (another agency's message). The returned store_err is for store faults. */
+store_err delivery_settle(const delivery_ctx *dc, MDB_txn *txn, const char *agency,
+                          const Referral__V1__Settle *settle, uint64_t now_ms,
+                          Referral__V1__ResultCode *code, const char **detail);
+
+/* Act on one due deadline (popped by the caller from deadline_pop). */
+store_err delivery_fire(const delivery_ctx *dc, MDB_txn *txn, deadline_kind kind,
+                        const uint8_t id[IDS_BYTES], uint64_t due_ms, uint64_t now_ms);
+
+/* Return one in-flight message to its queue now (its session was lost). */
+store_err delivery_return(const delivery_ctx *dc, MDB_txn *txn, const uint8_t id[IDS_BYTES],
+                          uint64_t now_ms);
+
+/* At start: return every in-flight message to its queue; *count returned. */
+store_err delivery_return_all(const delivery_ctx *dc, MDB_txn *txn, uint64_t now_ms,
+                              size_t *count);
+
+/* Append a trace event for m. */
+store_err delivery_trace(const delivery_ctx *dc, MDB_txn *txn, const store_msg *m,
+                         Referral__V1__TraceEventKind kind, Referral__V1__ResultCode code,
+                         const char *detail, uint64_t now_ms);
+
+#endif

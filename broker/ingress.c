@@ -1,0 +1,239 @@
+/*
+ * ingress: the checks a submission passes before the broker answers
+ * ACCEPTED, in order:
+ *
+ *   decode header -> sender is the session's agency -> verify (seam) ->
+ *   freshness and expiry -> loop and hop limit -> dedup -> room -> store
+ *
+ * The verify stage is where signatures are checked (docs/security.md); it
+ * is a seam this file calls, not code mixed into the others. Routing is
+ * local: every recipient is served from this broker's queues until
+ * federation adds a next-hop decision at the same point.
+ *
+ * This file must never answer OK before the submission is in the turn's
+ * transaction (the reply goes out only after that transaction commits),
+ * and never store a second copy of a message id.
+ */
+#include "broker.h"
+
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "clock.h"
+#include "digest.h"
+#include "ids.h"
+#include "log.h"
+
+#define R(x) REFERRAL__V1__RESULT_CODE__RESULT_##x
+
+/* The verify stage. Signatures arrive with the trust work (docs/security.md):
+ * until then every well-formed envelope passes, and the broker says so at
+ * start. */
+static Referral__V1__ResultCode verify_envelope(const Referral__V1__Envelope *env,
+                                                const Referral__V1__RoutingHeader *h,
+                                                char *detail, size_t detail_len)
+{
+    (void)env;
+    (void)h;
+    (void)detail;
+    (void)detail_len;
+    return R(OK);
+}
+
+/* SHA-256 over len(header) as 4 big-endian bytes, header, sealed body: the
+ * content that dedup compares (hops are not content). */
+static bool content_digest(const Referral__V1__Envelope *env, uint8_t out[DIGEST_BYTES])
+{
+    size_t n = 4 + env->header.len + env->sealed_body.len;
+    uint8_t *buf = malloc(n);
+    if (buf == NULL)
+        return false;
+    uint32_t hl = (uint32_t)env->header.len;
+    buf[0] = (uint8_t)(hl >> 24);
+    buf[1] = (uint8_t)(hl >> 16);
+    buf[2] = (uint8_t)(hl >> 8);
+    buf[3] = (uint8_t)hl;
+    memcpy(buf + 4, env->header.data, env->header.len);
+    memcpy(buf + 4 + env->header.len, env->sealed_body.data, env->sealed_body.len);
+    bool ok = digest_sha256(buf, n, out);
+    free(buf);
+    return ok;
+}
+
+static void reply(broker *b, const session *sess, const Referral__V1__Submit *submit,
+                  const uint8_t *message_id, Referral__V1__ResultCode code, bool is_dup,
+                  const char *detail)
+{
+    Referral__V1__SubmitReply r = REFERRAL__V1__SUBMIT_REPLY__INIT;
+    r.request_id = submit->request_id;
+    if (message_id != NULL) {
+        r.message_id.data = (uint8_t *)(uintptr_t)message_id;
+        r.message_id.len = IDS_BYTES;
+    }
+    r.code = code;
+    r.is_duplicate = is_dup;
+    r.detail = (char *)(uintptr_t)detail;
+    Referral__V1__BrokerFrame f = REFERRAL__V1__BROKER_FRAME__INIT;
+    f.version = REFERRAL__V1__PROTOCOL_VERSION__PROTOCOL_VERSION_1;
+    f.body_case = REFERRAL__V1__BROKER_FRAME__BODY_SUBMIT_REPLY;
+    f.submit_reply = &r;
+    size_t len;
+    uint8_t *buf = wire_pack(&f, &len);
+    if (buf != NULL)
+        loop_queue_frame(b, sess->rid, sess->rid_len, buf, len);
+}
+
+/* Copy of env with this broker appended to its hops, packed for storing. */
+static uint8_t *pack_with_hop(const broker *b, const Referral__V1__Envelope *env, size_t *len)
+{
+    Referral__V1__Envelope copy = *env;
+    char *hops[WIRE_MAX_HOPS + 1];
+    for (size_t i = 0; i < env->n_hops; i++)
+        hops[i] = env->hops[i];
+    hops[env->n_hops] = (char *)(uintptr_t)b->cfg.id;
+    copy.hops = hops;
+    copy.n_hops = env->n_hops + 1;
+    return wire_pack(&copy, len);
+}
+
+static Referral__V1__ResultCode check(broker *b, MDB_txn *txn, const session *sess,
+                                      const Referral__V1__Envelope *env,
+                                      const Referral__V1__RoutingHeader *h,
+                                      const uint8_t digest[DIGEST_BYTES], bool has_room,
+                                      const char *room_why, uint64_t now_ms, bool *is_dup,
+                                      char *detail, size_t dlen, store_err *fault)
+{
+    if (strcmp(h->from_agency, sess->agency) != 0) {
+        snprintf(detail, dlen, "from_agency %s is not this session's agency %s",
+                 h->from_agency, sess->agency);
+        return R(SENDER_MISMATCH);
+    }
+    Referral__V1__ResultCode code = verify_envelope(env, h, detail, dlen);
+    if (code != R(OK))
+        return code;
+    uint64_t skew = b->cfg.clock_skew_ms;
+    if (env->n_hops == 0 && (h->created_at_ms + skew < now_ms || h->created_at_ms > now_ms + skew)) {
+        snprintf(detail, dlen, "created_at_ms is more than %" PRIu64 " ms from the broker's "
+                 "clock (%" PRIu64 "); check the desk's clock", skew, now_ms);
+        return R(REPLAY);
+    }
+    if (h->expires_at_ms <= now_ms) {
+        snprintf(detail, dlen, "expired at %" PRIu64 ", now %" PRIu64, h->expires_at_ms, now_ms);
+        return R(EXPIRED);
+    }
+    if (h->expires_at_ms - now_ms > b->cfg.max_ttl_ms) {
+        snprintf(detail, dlen, "expires_at_ms is more than max_ttl_ms (%" PRIu64 " ms) ahead",
+                 b->cfg.max_ttl_ms);
+        return R(INVALID_FIELD);
+    }
+    for (size_t i = 0; i < env->n_hops; i++) {
+        if (strcmp(env->hops[i], b->cfg.id) == 0) {
+            snprintf(detail, dlen, "envelope already passed broker %s", b->cfg.id);
+            return R(LOOP);
+        }
+    }
+    if (env->n_hops >= h->hop_limit) {
+        snprintf(detail, dlen, "hop limit %u reached", h->hop_limit);
+        return R(HOP_LIMIT);
+    }
+    uint8_t seen[DIGEST_BYTES];
+    store_err e = store_dedup_get(b->st, txn, h->message_id.data, seen);
+    if (e == STORE_OK) {
+        if (memcmp(seen, digest, DIGEST_BYTES) == 0) {
+            *is_dup = true;
+            snprintf(detail, dlen, "already stored");
+            return R(OK);
+        }
+        snprintf(detail, dlen, "message id was used before with other content");
+        return R(REPLAY);
+    }
+    if (e != STORE_NOT_FOUND) {
+        *fault = e;
+        snprintf(detail, dlen, "store failed");
+        return R(INTERNAL);
+    }
+    if (!has_room) {
+        snprintf(detail, dlen, "%s; retry later", room_why);
+        return R(STORE_FULL);
+    }
+    return R(OK);
+}
+
+store_err ingress_submit(broker *b, MDB_txn *txn, const session *sess,
+                         const Referral__V1__Submit *submit, bool has_room,
+                         const char *room_why, uint64_t now_ms)
+{
+    char detail[WIRE_MAX_TEXT];
+    char idhex[IDS_HEX_LEN + 1];
+    const Referral__V1__Envelope *env = submit->envelope;
+    Referral__V1__RoutingHeader *h = NULL;
+    wire_err we = wire_decode_header(env, &b->limits, &h, detail, sizeof detail);
+    if (we != WIRE_OK) {
+        log_warn("ingress", "refused unreadable header agency=%s code=%s detail=%s",
+                 sess->agency, wire_strerror(we), detail);
+        reply(b, sess, submit, NULL, wire_result_code(we), false, detail);
+        return STORE_OK;
+    }
+    const uint8_t *mid = h->message_id.data;
+    uint8_t digest[DIGEST_BYTES];
+    bool is_dup = false;
+    store_err fault = STORE_OK;
+    Referral__V1__ResultCode code;
+    detail[0] = '\0';
+    if (!content_digest(env, digest)) {
+        code = R(BUSY);
+        snprintf(detail, sizeof detail, "out of memory; retry later");
+    } else {
+        code = check(b, txn, sess, env, h, digest, has_room, room_why, now_ms, &is_dup, detail,
+                     sizeof detail, &fault);
+    }
+    if (code == R(OK) && !is_dup) {
+        size_t len;
+        uint8_t *payload = pack_with_hop(b, env, &len);
+        MDB_txn *child = NULL;
+        store_err e = payload == NULL ? STORE_FULL : store_begin_child(b->st, txn, &child);
+        if (e == STORE_OK) {
+            store_msg m;
+            memset(&m, 0, sizeof m);
+            memcpy(m.id, mid, IDS_BYTES);
+            memcpy(m.referral_id, h->referral_id.data, IDS_BYTES);
+            memcpy(m.content_digest, digest, DIGEST_BYTES);
+            m.urgency = (uint8_t)h->urgency;
+            m.payload_kind = STORE_PAYLOAD_ENVELOPE;
+            m.created_at_ms = h->created_at_ms;
+            m.expires_at_ms = h->expires_at_ms;
+            snprintf(m.recipient, sizeof m.recipient, "%s", h->to_agency);
+            snprintf(m.sender, sizeof m.sender, "%s", h->from_agency);
+            e = delivery_enqueue(&b->dc, child, &m, payload, len, now_ms);
+            if (e == STORE_OK)
+                e = store_err_from_mdb(mdb_txn_commit(child));
+            else
+                mdb_txn_abort(child);
+        }
+        free(payload);
+        if (e == STORE_FULL) {
+            code = R(STORE_FULL);
+            snprintf(detail, sizeof detail, "the store has no room for this submission; "
+                     "retry later");
+        } else if (e != STORE_OK) {
+            fault = e;
+        }
+    }
+    if (fault != STORE_OK) {
+        wire_free(h);
+        return fault;
+    }
+    if (code == R(OK))
+        log_info("ingress", "%s referral=%s msg=%s from=%s to=%s urgency=%d",
+                 is_dup ? "duplicate" : "accepted",
+                 ids_hex(h->referral_id.data, IDS_BYTES, (char[IDS_HEX_LEN + 1]){0}),
+                 ids_hex(mid, IDS_BYTES, idhex), h->from_agency, h->to_agency, (int)h->urgency);
+    else
+        log_warn("ingress", "refused msg=%s from=%s to=%s code=%d detail=%s",
+                 ids_hex(mid, IDS_BYTES, idhex), h->from_agency, h->to_agency, (int)code, detail);
+    reply(b, sess, submit, mid, code, is_dup, code == R(OK) && !is_dup ? "stored durably" : detail);
+    wire_free(h);
+    return STORE_OK;
+}

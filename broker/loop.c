@@ -1,0 +1,438 @@
+/*
+ * loop: referrald's event loop. One turn:
+ *
+ *   wait for frames or the next deadline
+ *   begin one write transaction
+ *     read a batch of frames and handle each      (handle_frame)
+ *     fire due deadlines                           (fire_deadlines)
+ *     return deliveries whose send failed          (return_lost)
+ *     hand queued messages to sessions with credit (deliver)
+ *   commit once, with fsync (group commit)
+ *   send every reply and delivery of the turn      (flush)
+ *
+ * Nothing is sent before the commit that makes it true. A failed commit
+ * ends the process (BROKER_EXIT_STORE): LMDB keeps the last good state and
+ * the restart recovers; retrying in place could acknowledge lost writes.
+ */
+#include "broker.h"
+
+#include <errno.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <zmq.h>
+
+#include "clock.h"
+#include "log.h"
+
+#define R(x) REFERRAL__V1__RESULT_CODE__RESULT_##x
+#define MAX_WAIT_MS 1000
+
+bool loop_queue_frame(broker *b, const uint8_t *rid, size_t rid_len, uint8_t *data, size_t len)
+{
+    if (b->n_out == b->cap_out) {
+        size_t cap = b->cap_out == 0 ? 64 : b->cap_out * 2;
+        outgoing *p = realloc(b->out, cap * sizeof *p);
+        if (p == NULL) {
+            free(data);
+            return false;
+        }
+        b->out = p;
+        b->cap_out = cap;
+    }
+    outgoing *o = &b->out[b->n_out++];
+    memcpy(o->rid, rid, rid_len);
+    o->rid_len = rid_len;
+    o->data = data;
+    o->len = len;
+    o->is_delivery = false;
+    return true;
+}
+
+static void queue_reply(broker *b, const uint8_t *rid, size_t rid_len,
+                        Referral__V1__BrokerFrame *f)
+{
+    f->version = REFERRAL__V1__PROTOCOL_VERSION__PROTOCOL_VERSION_1;
+    size_t len;
+    uint8_t *buf = wire_pack(f, &len);
+    if (buf != NULL)
+        loop_queue_frame(b, rid, rid_len, buf, len);
+}
+
+static void queue_error(broker *b, const uint8_t *rid, size_t rid_len,
+                        Referral__V1__ResultCode code, const char *detail)
+{
+    Referral__V1__ErrorReply er = REFERRAL__V1__ERROR_REPLY__INIT;
+    er.code = code;
+    er.detail = (char *)(uintptr_t)detail;
+    Referral__V1__BrokerFrame f = REFERRAL__V1__BROKER_FRAME__INIT;
+    f.body_case = REFERRAL__V1__BROKER_FRAME__BODY_ERROR;
+    f.error = &er;
+    queue_reply(b, rid, rid_len, &f);
+}
+
+static void handle_hello(broker *b, const uint8_t *rid, size_t rid_len,
+                         const Referral__V1__Hello *hello)
+{
+    /* Until CURVE binds a connection to a key (docs/security.md), the
+     * session's identity is the agency the Hello names. */
+    session *s = session_open(&b->sessions, rid, rid_len, hello->agency_id, clock_mono_ms());
+    if (s == NULL) {
+        log_warn("session", "refused hello: session table full agency=%s max=%u",
+                 hello->agency_id, b->cfg.max_sessions);
+        queue_error(b, rid, rid_len, R(BUSY), "broker has no room for another session; retry later");
+        return;
+    }
+    char name[80];
+    log_info("session", "opened agency=%s client=%s", s->agency,
+             log_quote(hello->client_name, name, sizeof name));
+    Referral__V1__Welcome w = REFERRAL__V1__WELCOME__INIT;
+    w.broker_id = b->cfg.id;
+    w.agency_id = s->agency;
+    w.max_frame_bytes = b->cfg.max_frame_bytes;
+    w.max_credit = b->cfg.max_credit;
+    w.ack_timeout_ms = (uint32_t)b->cfg.ack_timeout_ms;
+    w.clock_skew_ms = b->cfg.clock_skew_ms;
+    w.now_ms = clock_now_ms();
+    Referral__V1__BrokerFrame f = REFERRAL__V1__BROKER_FRAME__INIT;
+    f.body_case = REFERRAL__V1__BROKER_FRAME__BODY_WELCOME;
+    f.welcome = &w;
+    queue_reply(b, rid, rid_len, &f);
+}
+
+static store_err handle_settle(broker *b, MDB_txn *txn, const session *s,
+                               const Referral__V1__Settle *settle, uint64_t now_ms)
+{
+    Referral__V1__ResultCode code;
+    const char *detail;
+    store_err e = delivery_settle(&b->dc, txn, s->agency, settle, now_ms, &code, &detail);
+    if (e != STORE_OK)
+        return e;
+    Referral__V1__SettleReply r = REFERRAL__V1__SETTLE_REPLY__INIT;
+    r.message_id = settle->message_id;
+    r.verb = settle->verb;
+    r.code = code;
+    r.detail = (char *)(uintptr_t)detail;
+    Referral__V1__BrokerFrame f = REFERRAL__V1__BROKER_FRAME__INIT;
+    f.body_case = REFERRAL__V1__BROKER_FRAME__BODY_SETTLE_REPLY;
+    f.settle_reply = &r;
+    queue_reply(b, s->rid, s->rid_len, &f);
+    return STORE_OK;
+}
+
+static store_err handle_status(broker *b, MDB_txn *txn, const session *s,
+                               const Referral__V1__StatusQuery *q)
+{
+    Referral__V1__StatusReply r = REFERRAL__V1__STATUS_REPLY__INIT;
+    r.request_id = q->request_id;
+    r.message_id = q->message_id;
+    store_msg m;
+    store_err e = store_msg_get(b->st, txn, q->message_id.data, &m);
+    if (e != STORE_OK && e != STORE_NOT_FOUND)
+        return e;
+    /* Only the sender and the recipient may ask; others learn nothing. */
+    bool may_see = e == STORE_OK && (strcmp(m.sender, s->agency) == 0 ||
+                                     strcmp(m.recipient, s->agency) == 0);
+    r.code = R(OK);
+    if (may_see) {
+        r.state = (Referral__V1__MessageState)m.state;
+        r.attempts = m.attempts;
+        r.updated_at_ms = m.updated_at_ms;
+    } else {
+        r.state = REFERRAL__V1__MESSAGE_STATE__MESSAGE_STATE_UNKNOWN;
+        r.detail = "not known here, or not yours to see";
+    }
+    Referral__V1__BrokerFrame f = REFERRAL__V1__BROKER_FRAME__INIT;
+    f.body_case = REFERRAL__V1__BROKER_FRAME__BODY_STATUS;
+    f.status = &r;
+    queue_reply(b, s->rid, s->rid_len, &f);
+    return STORE_OK;
+}
+
+/* Handle one received frame; store faults are returned, all else answered. */
+static store_err handle_frame(broker *b, MDB_txn *txn, const uint8_t *rid, size_t rid_len,
+                              const uint8_t *data, size_t len, bool has_room,
+                              const char *room_why, uint64_t now_ms)
+{
+    char why[256];
+    Referral__V1__ClientFrame *f = NULL;
+    wire_err we = wire_decode_client_frame(data, len, &b->limits, &f, why, sizeof why);
+    session *s = session_find(&b->sessions, rid, rid_len);
+    if (we != WIRE_OK) {
+        log_warn("ingress", "refused frame bytes=%zu agency=%s code=%s detail=%s", len,
+                 s != NULL ? s->agency : "-", wire_strerror(we), why);
+        queue_error(b, rid, rid_len, wire_result_code(we), why);
+        return STORE_OK;
+    }
+    store_err e = STORE_OK;
+    if (s != NULL)
+        s->last_seen_ms = clock_mono_ms();
+    if (f->body_case == REFERRAL__V1__CLIENT_FRAME__BODY_HELLO) {
+        handle_hello(b, rid, rid_len, f->hello);
+    } else if (s == NULL) {
+        queue_error(b, rid, rid_len, R(NOT_IDENTIFIED), "send Hello first");
+    } else {
+        switch (f->body_case) {
+        case REFERRAL__V1__CLIENT_FRAME__BODY_SUBMIT:
+            e = ingress_submit(b, txn, s, f->submit, has_room, room_why, now_ms);
+            break;
+        case REFERRAL__V1__CLIENT_FRAME__BODY_CREDIT: {
+            uint64_t c = (uint64_t)s->credit + f->credit->grant;
+            s->credit = c > b->cfg.max_credit ? b->cfg.max_credit : (uint32_t)c;
+            break;
+        }
+        case REFERRAL__V1__CLIENT_FRAME__BODY_SETTLE:
+            e = handle_settle(b, txn, s, f->settle, now_ms);
+            break;
+        case REFERRAL__V1__CLIENT_FRAME__BODY_STATUS:
+            e = handle_status(b, txn, s, f->status);
+            break;
+        case REFERRAL__V1__CLIENT_FRAME__BODY_TRACE: {
+            Referral__V1__TraceReply tr = REFERRAL__V1__TRACE_REPLY__INIT;
+            tr.request_id = f->trace->request_id;
+            tr.code = R(NOT_AUTHORIZED);   /* trace queries come with referral-trace */
+            Referral__V1__BrokerFrame rf = REFERRAL__V1__BROKER_FRAME__INIT;
+            rf.body_case = REFERRAL__V1__BROKER_FRAME__BODY_TRACE;
+            rf.trace = &tr;
+            queue_reply(b, rid, rid_len, &rf);
+            break;
+        }
+        case REFERRAL__V1__CLIENT_FRAME__BODY_PING: {
+            Referral__V1__Pong p = REFERRAL__V1__PONG__INIT;
+            p.nonce = f->ping->nonce;
+            p.now_ms = now_ms;
+            Referral__V1__BrokerFrame rf = REFERRAL__V1__BROKER_FRAME__INIT;
+            rf.body_case = REFERRAL__V1__BROKER_FRAME__BODY_PONG;
+            rf.pong = &p;
+            queue_reply(b, rid, rid_len, &rf);
+            break;
+        }
+        default:
+            break;
+        }
+    }
+    wire_free(f);
+    return e;
+}
+
+/* Read up to max_batch frames without blocking. Returns how many. */
+static size_t read_batch(broker *b, MDB_txn *txn, bool has_room, const char *room_why,
+                         uint64_t now_ms, store_err *fault)
+{
+    size_t n = 0;
+    zmq_msg_t parts[3];
+    while (n < b->cfg.max_batch && *fault == STORE_OK) {
+        size_t count = 0;
+        int more = 1;
+        bool is_dropped = false;
+        while (more) {
+            zmq_msg_t tmp;
+            zmq_msg_t *p = count < 3 ? &parts[count] : &tmp;
+            zmq_msg_init(p);
+            if (zmq_msg_recv(p, b->router, ZMQ_DONTWAIT) < 0) {
+                zmq_msg_close(p);
+                if (count == 0)
+                    return n;
+                is_dropped = true;   /* cannot happen: parts arrive together */
+                break;
+            }
+            more = zmq_msg_more(p);
+            if (count >= 3)
+                zmq_msg_close(p);
+            count++;
+        }
+        size_t kept = count < 3 ? count : 3;
+        if (!is_dropped && count == 2) {
+            *fault = handle_frame(b, txn, zmq_msg_data(&parts[0]), zmq_msg_size(&parts[0]),
+                                  zmq_msg_data(&parts[1]), zmq_msg_size(&parts[1]), has_room,
+                                  room_why, now_ms);
+        } else if (!is_dropped && count > 0) {
+            queue_error(b, zmq_msg_data(&parts[0]), zmq_msg_size(&parts[0]), R(MALFORMED),
+                        "a client message must be exactly one frame");
+        }
+        for (size_t i = 0; i < kept; i++)
+            zmq_msg_close(&parts[i]);
+        n++;
+    }
+    b->is_busy = true;   /* the batch was full: more may wait */
+    return n;
+}
+
+static store_err fire_deadlines(broker *b, MDB_txn *txn, uint64_t now_ms)
+{
+    for (uint32_t i = 0; i < b->cfg.max_deadlines_per_turn; i++) {
+        uint64_t due;
+        deadline_kind kind;
+        uint8_t id[IDS_BYTES];
+        store_err e = deadline_pop(b->st, txn, now_ms, &due, &kind, id);
+        if (e == STORE_NOT_FOUND)
+            return STORE_OK;
+        if (e == STORE_OK)
+            e = delivery_fire(&b->dc, txn, kind, id, due, now_ms);
+        if (e != STORE_OK)
+            return e;
+    }
+    b->is_busy = true;
+    return STORE_OK;
+}
+
+static store_err return_lost(broker *b, MDB_txn *txn, uint64_t now_ms)
+{
+    for (size_t i = 0; i < b->n_lost; i++) {
+        store_err e = delivery_return(&b->dc, txn, b->lost[i], now_ms);
+        if (e != STORE_OK)
+            return e;
+    }
+    b->n_lost = 0;
+    return STORE_OK;
+}
+
+/* Hand queued messages to sessions with credit, one per session per round
+ * so that one busy agency does not starve the others. */
+static store_err deliver(broker *b, MDB_txn *txn, uint64_t now_ms)
+{
+    size_t budget = b->cfg.max_batch;
+    bool is_progress = true;
+    while (budget > 0 && is_progress) {
+        is_progress = false;
+        for (size_t k = 0; k < b->sessions.cap && budget > 0; k++) {
+            size_t i = (b->sessions.next_rr + k) % b->sessions.cap;
+            session *s = &b->sessions.items[i];
+            if (!s->is_used || s->credit == 0)
+                continue;
+            store_msg m;
+            const uint8_t *payload;
+            size_t len;
+            store_err e = delivery_take(&b->dc, txn, s->agency, now_ms, &m, &payload, &len);
+            if (e == STORE_NOT_FOUND)
+                continue;
+            if (e != STORE_OK)
+                return e;
+            size_t flen;
+            uint8_t *frame = wire_pack_delivery(m.id, m.attempts, m.urgency,
+                                                m.payload_kind == STORE_PAYLOAD_NOTICE, payload,
+                                                len, &flen);
+            if (frame == NULL || !loop_queue_frame(b, s->rid, s->rid_len, frame, flen))
+                return STORE_OK;   /* out of memory: the return deadline redelivers it */
+            outgoing *o = &b->out[b->n_out - 1];
+            o->is_delivery = true;
+            memcpy(o->message_id, m.id, IDS_BYTES);
+            s->credit--;
+            budget--;
+            is_progress = true;
+        }
+    }
+    b->sessions.next_rr = (b->sessions.next_rr + 1) % (b->sessions.cap ? b->sessions.cap : 1);
+    if (budget == 0)
+        b->is_busy = true;
+    return STORE_OK;
+}
+
+static void remember_lost(broker *b, const uint8_t id[IDS_BYTES])
+{
+    if (b->n_lost == b->cap_lost) {
+        size_t cap = b->cap_lost == 0 ? 64 : b->cap_lost * 2;
+        void *p = realloc(b->lost, cap * IDS_BYTES);
+        if (p == NULL)
+            return;   /* the return deadline brings it back instead */
+        b->lost = p;
+        b->cap_lost = cap;
+    }
+    memcpy(b->lost[b->n_lost++], id, IDS_BYTES);
+}
+
+/* Send the turn's frames. A peer that is gone (EHOSTUNREACH, ROUTER_MANDATORY
+ * makes that visible) loses its session; its deliveries go back next turn. */
+static void flush(broker *b)
+{
+    for (size_t i = 0; i < b->n_out; i++) {
+        outgoing *o = &b->out[i];
+        int rc = zmq_send(b->router, o->rid, o->rid_len, ZMQ_SNDMORE | ZMQ_DONTWAIT);
+        if (rc >= 0)
+            rc = zmq_send(b->router, o->data, o->len, ZMQ_DONTWAIT);
+        if (rc < 0) {
+            session *s = session_find(&b->sessions, o->rid, o->rid_len);
+            log_info("loop", "send failed, session closed agency=%s err=%s",
+                     s != NULL ? s->agency : "-", zmq_strerror(errno));
+            session_close(&b->sessions, s);
+            if (o->is_delivery) {
+                remember_lost(b, o->message_id);
+                b->is_busy = true;
+            }
+        }
+        free(o->data);
+    }
+    b->n_out = 0;
+}
+
+static int wait_ms(const broker *b)
+{
+    if (b->is_busy || b->n_lost > 0)
+        return 0;
+    uint64_t now = clock_now_ms();
+    if (b->next_due_ms <= now)
+        return 0;
+    uint64_t w = b->next_due_ms - now;
+    return w > MAX_WAIT_MS ? MAX_WAIT_MS : (int)w;
+}
+
+static int turn(broker *b)
+{
+    zmq_pollitem_t item = {.socket = b->router, .events = ZMQ_POLLIN};
+    int rc = zmq_poll(&item, 1, wait_ms(b));
+    if (rc < 0 && errno != EINTR) {
+        log_error("loop", "poll failed err=%s", zmq_strerror(errno));
+        return BROKER_EXIT_TRANSPORT;
+    }
+    b->is_busy = false;
+    char room_why[160] = "";
+    bool has_room = store_has_room(b->st, room_why, sizeof room_why);
+    uint64_t now = clock_now_ms();
+    MDB_txn *txn;
+    store_err e = store_begin(b->st, &txn);
+    if (e != STORE_OK) {
+        log_error("store", "cannot begin transaction err=%s", store_strerror(e));
+        return BROKER_EXIT_STORE;
+    }
+    if (rc > 0)
+        read_batch(b, txn, has_room, room_why, now, &e);
+    if (e == STORE_OK)
+        e = fire_deadlines(b, txn, now);
+    if (e == STORE_OK)
+        e = return_lost(b, txn, now);
+    if (e == STORE_OK)
+        e = deliver(b, txn, now);
+    if (e == STORE_OK) {
+        uint64_t due;
+        store_err d = deadline_next(b->st, txn, &due);
+        b->next_due_ms = d == STORE_OK ? due : UINT64_MAX;
+    }
+    if (e != STORE_OK) {
+        mdb_txn_abort(txn);
+        log_error("store", "store failed during turn err=%s; exiting, restart recovers",
+                  store_strerror(e));
+        return BROKER_EXIT_STORE;
+    }
+    char why[256];
+    if (store_commit(b->st, txn, why, sizeof why) != STORE_OK) {
+        log_error("store", "%s; exiting without acknowledging the turn, restart recovers", why);
+        return BROKER_EXIT_STORE;
+    }
+    flush(b);
+    session_expire_idle(&b->sessions, clock_mono_ms(), b->cfg.session_idle_ms);
+    return -1;
+}
+
+int loop_run(broker *b)
+{
+    b->next_due_ms = 0;
+    while (!*b->stop) {
+        int rc = turn(b);
+        if (rc >= 0)
+            return rc;
+    }
+    log_info("loop", "stopping: last turn committed");
+    return BROKER_EXIT_OK;
+}

@@ -1,0 +1,120 @@
+/*
+ * queue: recipient queues ordered by urgency then arrival, and the
+ * in-flight set (queue.h). Never decides anything: delivery.c moves
+ * messages between states; this file only keeps the indexes.
+ */
+#include "queue.h"
+
+#include <string.h>
+
+#define KEY_MAX (IDS_NAME_MAX + 1 + 1 + 8)
+
+static size_t queue_key(const store_msg *m, uint8_t key[KEY_MAX])
+{
+    size_t n = strnlen(m->recipient, IDS_NAME_MAX);
+    memcpy(key, m->recipient, n);
+    key[n] = 0;
+    key[n + 1] = (uint8_t)(4 - m->urgency);
+    for (int i = 0; i < 8; i++)
+        key[n + 2 + i] = (uint8_t)(m->seq >> (8 * (7 - i)));
+    return n + 2 + 8;
+}
+
+store_err queue_push(store *s, MDB_txn *txn, const store_msg *m)
+{
+    uint8_t key[KEY_MAX];
+    MDB_val k = {.mv_size = queue_key(m, key), .mv_data = key};
+    MDB_val v = {.mv_size = IDS_BYTES, .mv_data = (void *)(uintptr_t)m->id};
+    return store_err_from_mdb(mdb_put(txn, store_dbi(s, STORE_DB_QUEUE), &k, &v, 0));
+}
+
+store_err queue_remove(store *s, MDB_txn *txn, const store_msg *m)
+{
+    uint8_t key[KEY_MAX];
+    MDB_val k = {.mv_size = queue_key(m, key), .mv_data = key};
+    return store_err_from_mdb(mdb_del(txn, store_dbi(s, STORE_DB_QUEUE), &k, NULL));
+}
+
+/* Position a cursor at agency's first entry; false if it has none. */
+static bool seek_agency(MDB_cursor *c, const char *agency, size_t *prefix_len, MDB_val *k,
+                        MDB_val *v, MDB_cursor_op op)
+{
+    uint8_t prefix[IDS_NAME_MAX + 1];
+    size_t n = strnlen(agency, IDS_NAME_MAX);
+    memcpy(prefix, agency, n);
+    prefix[n] = 0;
+    *prefix_len = n + 1;
+    if (op == MDB_SET_RANGE) {
+        k->mv_size = n + 1;
+        k->mv_data = prefix;
+    }
+    if (mdb_cursor_get(c, k, v, op) != 0)
+        return false;
+    return k->mv_size > n + 1 && memcmp(k->mv_data, agency, n) == 0 &&
+           ((const uint8_t *)k->mv_data)[n] == 0;
+}
+
+store_err queue_head(store *s, MDB_txn *txn, const char *agency, uint8_t id[IDS_BYTES])
+{
+    MDB_cursor *c;
+    int rc = mdb_cursor_open(txn, store_dbi(s, STORE_DB_QUEUE), &c);
+    if (rc != 0)
+        return store_err_from_mdb(rc);
+    MDB_val k, v;
+    size_t plen;
+    store_err e = STORE_NOT_FOUND;
+    if (seek_agency(c, agency, &plen, &k, &v, MDB_SET_RANGE)) {
+        if (v.mv_size == IDS_BYTES) {
+            memcpy(id, v.mv_data, IDS_BYTES);
+            e = STORE_OK;
+        } else {
+            e = STORE_CORRUPT;
+        }
+    }
+    mdb_cursor_close(c);
+    return e;
+}
+
+size_t queue_depth(store *s, MDB_txn *txn, const char *agency, size_t limit)
+{
+    MDB_cursor *c;
+    if (mdb_cursor_open(txn, store_dbi(s, STORE_DB_QUEUE), &c) != 0)
+        return 0;
+    MDB_val k, v;
+    size_t plen, n = 0;
+    bool ok = seek_agency(c, agency, &plen, &k, &v, MDB_SET_RANGE);
+    while (ok && n < limit) {
+        n++;
+        ok = seek_agency(c, agency, &plen, &k, &v, MDB_NEXT);
+    }
+    mdb_cursor_close(c);
+    return n;
+}
+
+store_err inflight_put(store *s, MDB_txn *txn, const uint8_t id[IDS_BYTES], uint64_t due_ms)
+{
+    MDB_val k = {.mv_size = IDS_BYTES, .mv_data = (void *)(uintptr_t)id};
+    MDB_val v = {.mv_size = sizeof due_ms, .mv_data = &due_ms};
+    return store_err_from_mdb(mdb_put(txn, store_dbi(s, STORE_DB_INFLIGHT), &k, &v, 0));
+}
+
+store_err inflight_del(store *s, MDB_txn *txn, const uint8_t id[IDS_BYTES])
+{
+    MDB_val k = {.mv_size = IDS_BYTES, .mv_data = (void *)(uintptr_t)id};
+    return store_err_from_mdb(mdb_del(txn, store_dbi(s, STORE_DB_INFLIGHT), &k, NULL));
+}
+
+store_err inflight_each(store *s, MDB_txn *txn, inflight_fn fn, void *ctx)
+{
+    MDB_cursor *c;
+    int rc = mdb_cursor_open(txn, store_dbi(s, STORE_DB_INFLIGHT), &c);
+    if (rc != 0)
+        return store_err_from_mdb(rc);
+    MDB_val k, v;
+    while ((rc = mdb_cursor_get(c, &k, &v, MDB_NEXT)) == 0) {
+        if (k.mv_size == IDS_BYTES)
+            fn(k.mv_data, ctx);
+    }
+    mdb_cursor_close(c);
+    return rc == MDB_NOTFOUND ? STORE_OK : store_err_from_mdb(rc);
+}

@@ -1,0 +1,181 @@
+/*
+ * store: the broker's durable state, one LMDB environment.
+ *
+ * Named databases:
+ *   meta        format version, broker id, arrival sequence counter
+ *   msgs        message id (16) -> store_msg (the mutable state of a message)
+ *   bodies      message id (16) -> payload digest, payload (immutable; deleted
+ *               when the message reaches a final state)
+ *   queue       recipient \0 rank seq -> message id   (queue.c)
+ *   inflight    message id -> due time of its return    (queue.c)
+ *   dedup       message id -> content digest, forget-at  (kept after the message)
+ *   deadlines   due_ms kind id -> ()                     (deadline.c)
+ *   quarantine  message id -> record that failed its digest check
+ *   trace       referral id, seq -> TraceEvent bytes
+ *
+ * Rules this module keeps (docs/operations.md explains them):
+ *   - LMDB's default full sync; never NOSYNC, NOMETASYNC, MAPASYNC or
+ *     WRITEMAP. A commit that fails is never retried: store_commit() reports
+ *     it and the broker exits; recovery is at the next start.
+ *   - A store that is missing its data file, corrupt or someone else's is
+ *     refused at open, never replaced by an empty one.
+ *   - Each body carries the SHA-256 of its payload; store_body_get() checks
+ *     it and reports STORE_CORRUPT on a mismatch.
+ *   - Stale reader slots are cleared at open (mdb_reader_check).
+ *
+ * All functions taking a txn run inside the caller's write transaction; one
+ * loop turn is one transaction (group commit).
+ */
+#ifndef REF_BROKER_STORE_H
+#define REF_BROKER_STORE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <lmdb.h>
+
+#include "digest.h"
+#include "ids.h"
+
+typedef enum {
+    STORE_OK = 0,
+    STORE_NOT_FOUND,    /* no such key */
+    STORE_FULL,         /* the map (or a transaction) has no room: refuse new work */
+    STORE_CORRUPT,      /* a record failed its digest or format check */
+    STORE_FAILED,       /* LMDB or the file system failed: the broker must exit */
+} store_err;
+
+typedef enum {
+    STORE_DB_META,
+    STORE_DB_MSGS,
+    STORE_DB_BODIES,
+    STORE_DB_QUEUE,
+    STORE_DB_INFLIGHT,
+    STORE_DB_DEDUP,
+    STORE_DB_DEADLINES,
+    STORE_DB_QUARANTINE,
+    STORE_DB_TRACE,
+    STORE_DB_COUNT
+} store_db;
+
+/* What a stored record carries. */
+typedef enum {
+    STORE_PAYLOAD_ENVELOPE = 1,   /* a packed Envelope addressed to recipient */
+    STORE_PAYLOAD_NOTICE = 2,     /* a packed SignedNotice for recipient (a sender) */
+} store_payload_kind;
+
+/* The fixed part of a message record. States are MessageState values of
+ * the schema; allowed moves are listed in delivery.h. */
+typedef struct {
+    uint8_t id[IDS_BYTES];
+    uint8_t referral_id[IDS_BYTES];
+    uint8_t content_digest[DIGEST_BYTES];  /* what dedup compares */
+    uint8_t state;
+    uint8_t urgency;                       /* Urgency, 1..4 */
+    uint8_t payload_kind;                  /* store_payload_kind */
+    uint8_t pad;
+    uint32_t attempts;                     /* deliveries so far */
+    uint64_t seq;                          /* arrival order at this broker */
+    uint64_t created_at_ms;
+    uint64_t expires_at_ms;
+    uint64_t updated_at_ms;
+    uint64_t due_at_ms;                    /* the pending return deadline, 0 if none */
+    char recipient[IDS_NAME_MAX + 1];      /* whose queue */
+    char sender[IDS_NAME_MAX + 1];         /* who is told about final states */
+} store_msg;
+
+typedef struct {
+    const char *dir;              /* borrowed; must exist or be creatable */
+    const char *broker_id;        /* borrowed; a store belongs to one broker */
+    uint64_t map_size_bytes;
+    uint32_t high_water_percent;
+    uint64_t min_free_disk_bytes;
+} store_options;
+
+typedef struct store store;
+
+/*
+ * Open (or, for an empty or new directory, create) the store. On success
+ * *out is owned by the caller (store_destroy). On failure *out is NULL and
+ * why holds a sentence naming the problem and the fix.
+ */
+store_err store_open(const store_options *opt, store **out, char *why, size_t why_len);
+
+/* Close the environment (no transaction may be open). NULL-safe; nulls *s. */
+void store_destroy(store **s);
+
+/* Begin a write transaction (*txn owned until commit or abort). */
+store_err store_begin(store *s, MDB_txn **txn);
+
+/* Commit with fsync. STORE_FAILED means the broker must log and exit. The
+ * transaction is gone either way. */
+store_err store_commit(store *s, MDB_txn *txn, char *why, size_t why_len);
+
+/* Begin a child transaction of txn, for work that may hit a full map and
+ * must then be undone alone (a submission). */
+store_err store_begin_child(store *s, MDB_txn *parent, MDB_txn **child);
+
+/* The database handle for which. */
+MDB_dbi store_dbi(const store *s, store_db which);
+
+/* Map an LMDB error to a store_err (MDB_MAP_FULL and MDB_TXN_FULL are FULL). */
+store_err store_err_from_mdb(int rc);
+
+/* Human name of an error. */
+const char *store_strerror(store_err e);
+
+/* Next arrival sequence number (persisted in meta within txn). */
+store_err store_next_seq(store *s, MDB_txn *txn, uint64_t *seq);
+
+/* Write (insert or replace) the state record of m->id. */
+store_err store_msg_put(store *s, MDB_txn *txn, const store_msg *m);
+
+/* Read the state record of id into m. */
+store_err store_msg_get(store *s, MDB_txn *txn, const uint8_t id[IDS_BYTES], store_msg *m);
+
+store_err store_msg_del(store *s, MDB_txn *txn, const uint8_t id[IDS_BYTES]);
+
+/* Store the payload of id with its SHA-256. */
+store_err store_body_put(store *s, MDB_txn *txn, const uint8_t id[IDS_BYTES],
+                         const uint8_t *payload, size_t len);
+
+/* Point *payload at the stored payload of id after checking its digest
+ * (STORE_CORRUPT on a mismatch). The pointer is into the map: valid until
+ * the next write in txn or its end; copy what must outlive that. */
+store_err store_body_get(store *s, MDB_txn *txn, const uint8_t id[IDS_BYTES],
+                         const uint8_t **payload, size_t *len);
+
+/* Delete the body of id (STORE_NOT_FOUND if there is none). */
+store_err store_body_del(store *s, MDB_txn *txn, const uint8_t id[IDS_BYTES]);
+
+/* Move the body of id to quarantine (kept for operators, never delivered). */
+store_err store_quarantine(store *s, MDB_txn *txn, const uint8_t id[IDS_BYTES]);
+
+/* Dedup: remember id with its content digest until forget_at_ms. */
+store_err store_dedup_put(store *s, MDB_txn *txn, const uint8_t id[IDS_BYTES],
+                          const uint8_t digest[DIGEST_BYTES], uint64_t forget_at_ms);
+store_err store_dedup_get(store *s, MDB_txn *txn, const uint8_t id[IDS_BYTES],
+                          uint8_t digest[DIGEST_BYTES]);
+store_err store_dedup_del(store *s, MDB_txn *txn, const uint8_t id[IDS_BYTES]);
+
+/* Append a packed TraceEvent under referral_id. */
+store_err store_trace_put(store *s, MDB_txn *txn, const uint8_t referral_id[IDS_BYTES],
+                          const uint8_t *event, size_t len);
+
+/* Call fn for each trace event of referral_id, oldest first, at most max. */
+typedef void (*store_trace_fn)(const uint8_t *event, size_t len, void *ctx);
+store_err store_trace_each(store *s, MDB_txn *txn, const uint8_t referral_id[IDS_BYTES],
+                           size_t max, store_trace_fn fn, void *ctx, bool *is_truncated);
+
+/*
+ * May new work be accepted? False when the map is above the high-water mark
+ * or the disk has less free space than configured; why then says which.
+ * Cheap: the measurement is refreshed at most once a second.
+ */
+bool store_has_room(store *s, char *why, size_t why_len);
+
+/* Pages in use and the map size, in bytes (for stats and tests). */
+void store_usage(store *s, uint64_t *used_bytes, uint64_t *map_bytes);
+
+#endif
