@@ -65,7 +65,6 @@ bool loop_queue_frame(broker *b, const uint8_t *rid, size_t rid_len, uint8_t *da
  * exit); refusals are replies, not errors.
  */
 store_err ingress_submit(broker *b, MDB_txn *txn, const session *sess,
-                         const Referral__V1__Submit *submit, bool has_room,
-                         const char *room_why, uint64_t now_ms);
+                         const Referral__V1__Submit *submit, uint64_t now_ms);
 
 #endif

@@ -101,8 +101,8 @@ static uint8_t *pack_with_hop(const broker *b, const Referral__V1__Envelope *env
 static Referral__V1__ResultCode check(broker *b, MDB_txn *txn, const session *sess,
                                       const Referral__V1__Envelope *env,
                                       const Referral__V1__RoutingHeader *h,
-                                      const uint8_t digest[DIGEST_BYTES], bool has_room,
-                                      const char *room_why, uint64_t now_ms, bool *is_dup,
+                                      const uint8_t digest[DIGEST_BYTES], uint64_t now_ms,
+                                      bool *is_dup,
                                       char *detail, size_t dlen, store_err *fault)
 {
     if (strcmp(h->from_agency, sess->agency) != 0) {
@@ -154,7 +154,9 @@ static Referral__V1__ResultCode check(broker *b, MDB_txn *txn, const session *se
         snprintf(detail, dlen, "store failed");
         return R(INTERNAL);
     }
-    if (!has_room) {
+    char room_why[200];
+    size_t size = env->header.len + env->sealed_body.len + 256;
+    if (!store_reserve(b->st, size, room_why, sizeof room_why)) {
         snprintf(detail, dlen, "%s; retry later", room_why);
         return R(STORE_FULL);
     }
@@ -162,14 +164,15 @@ static Referral__V1__ResultCode check(broker *b, MDB_txn *txn, const session *se
 }
 
 store_err ingress_submit(broker *b, MDB_txn *txn, const session *sess,
-                         const Referral__V1__Submit *submit, bool has_room,
-                         const char *room_why, uint64_t now_ms)
+                         const Referral__V1__Submit *submit, uint64_t now_ms)
 {
     char detail[WIRE_MAX_TEXT];
     char idhex[IDS_HEX_LEN + 1];
     const Referral__V1__Envelope *env = submit->envelope;
     Referral__V1__RoutingHeader *h = NULL;
-    wire_err we = wire_decode_header(env, &b->limits, &h, detail, sizeof detail);
+    wire_err we = wire_check_envelope(env, &b->limits, detail, sizeof detail);
+    if (we == WIRE_OK)
+        we = wire_decode_header(env, &b->limits, &h, detail, sizeof detail);
     if (we != WIRE_OK) {
         log_warn("ingress", "refused unreadable header agency=%s code=%s detail=%s",
                  sess->agency, wire_strerror(we), detail);
@@ -186,8 +189,8 @@ store_err ingress_submit(broker *b, MDB_txn *txn, const session *sess,
         code = R(BUSY);
         snprintf(detail, sizeof detail, "out of memory; retry later");
     } else {
-        code = check(b, txn, sess, env, h, digest, has_room, room_why, now_ms, &is_dup, detail,
-                     sizeof detail, &fault);
+        code = check(b, txn, sess, env, h, digest, now_ms, &is_dup, detail, sizeof detail,
+                     &fault);
     }
     if (code == R(OK) && !is_dup) {
         size_t len;

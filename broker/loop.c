@@ -153,8 +153,7 @@ static store_err handle_status(broker *b, MDB_txn *txn, const session *s,
 
 /* Handle one received frame; store faults are returned, all else answered. */
 static store_err handle_frame(broker *b, MDB_txn *txn, const uint8_t *rid, size_t rid_len,
-                              const uint8_t *data, size_t len, bool has_room,
-                              const char *room_why, uint64_t now_ms)
+                              const uint8_t *data, size_t len, uint64_t now_ms)
 {
     char why[256];
     Referral__V1__ClientFrame *f = NULL;
@@ -176,7 +175,7 @@ static store_err handle_frame(broker *b, MDB_txn *txn, const uint8_t *rid, size_
     } else {
         switch (f->body_case) {
         case REFERRAL__V1__CLIENT_FRAME__BODY_SUBMIT:
-            e = ingress_submit(b, txn, s, f->submit, has_room, room_why, now_ms);
+            e = ingress_submit(b, txn, s, f->submit, now_ms);
             break;
         case REFERRAL__V1__CLIENT_FRAME__BODY_CREDIT: {
             uint64_t c = (uint64_t)s->credit + f->credit->grant;
@@ -218,8 +217,7 @@ static store_err handle_frame(broker *b, MDB_txn *txn, const uint8_t *rid, size_
 }
 
 /* Read up to max_batch frames without blocking. Returns how many. */
-static size_t read_batch(broker *b, MDB_txn *txn, bool has_room, const char *room_why,
-                         uint64_t now_ms, store_err *fault)
+static size_t read_batch(broker *b, MDB_txn *txn, uint64_t now_ms, store_err *fault)
 {
     size_t n = 0;
     zmq_msg_t parts[3];
@@ -246,8 +244,7 @@ static size_t read_batch(broker *b, MDB_txn *txn, bool has_room, const char *roo
         size_t kept = count < 3 ? count : 3;
         if (!is_dropped && count == 2) {
             *fault = handle_frame(b, txn, zmq_msg_data(&parts[0]), zmq_msg_size(&parts[0]),
-                                  zmq_msg_data(&parts[1]), zmq_msg_size(&parts[1]), has_room,
-                                  room_why, now_ms);
+                                  zmq_msg_data(&parts[1]), zmq_msg_size(&parts[1]), now_ms);
         } else if (!is_dropped && count > 0) {
             queue_error(b, zmq_msg_data(&parts[0]), zmq_msg_size(&parts[0]), R(MALFORMED),
                         "a client message must be exactly one frame");
@@ -387,8 +384,6 @@ static int turn(broker *b)
         return BROKER_EXIT_TRANSPORT;
     }
     b->is_busy = false;
-    char room_why[160] = "";
-    bool has_room = store_has_room(b->st, room_why, sizeof room_why);
     uint64_t now = clock_now_ms();
     MDB_txn *txn;
     store_err e = store_begin(b->st, &txn);
@@ -397,7 +392,7 @@ static int turn(broker *b)
         return BROKER_EXIT_STORE;
     }
     if (rc > 0)
-        read_batch(b, txn, has_room, room_why, now, &e);
+        read_batch(b, txn, now, &e);
     if (e == STORE_OK)
         e = fire_deadlines(b, txn, now);
     if (e == STORE_OK)

@@ -172,7 +172,7 @@ int main(int argc, char **argv)
     signal(SIGPIPE, SIG_IGN);
 
     b.limits = wire_default_limits;
-    b.limits.max_frame_bytes = 2u * b.cfg.max_frame_bytes;   /* answered, see open_socket */
+    b.limits.max_frame_bytes = b.cfg.max_frame_bytes;
     b.limits.max_body_bytes = b.cfg.max_body_bytes;
     b.limits.budget_bytes = 8u * b.cfg.max_frame_bytes;
     b.stop = &stop_requested;

@@ -33,11 +33,13 @@ struct store {
     uint64_t map_size_bytes;
     uint32_t high_water_percent;
     uint64_t min_free_disk_bytes;
-    /* cached room measurement */
+    /* room measurement, refreshed once a second, plus what was reserved since */
     uint64_t room_checked_ms;
-    bool has_room;
-    char room_why[160];
     uint64_t used_bytes;
+    uint64_t reserved_bytes;
+    uint64_t map_bytes;
+    bool is_disk_low;
+    char disk_why[160];
 };
 
 const char *store_strerror(store_err e)
@@ -487,39 +489,44 @@ static void measure_room(store *s)
     uint64_t freep = free_pages(s);
     uint64_t used = pages > freep ? pages - freep : 0;
     s->used_bytes = used * st.ms_psize;
-    uint64_t map = info.me_mapsize;
-    s->has_room = true;
-    s->room_why[0] = '\0';
-    if (s->used_bytes * 100 >= map * s->high_water_percent) {
-        s->has_room = false;
-        snprintf(s->room_why, sizeof s->room_why,
-                 "store is %llu%% full (high-water mark %u%% of %llu bytes)",
-                 (unsigned long long)(s->used_bytes * 100 / map), s->high_water_percent,
-                 (unsigned long long)map);
-        return;
-    }
+    s->map_bytes = info.me_mapsize;
+    s->reserved_bytes = 0;
+    s->is_disk_low = false;
     struct statvfs vfs;
     if (s->min_free_disk_bytes > 0 && statvfs(s->dir, &vfs) == 0) {
         uint64_t avail = (uint64_t)vfs.f_bavail * vfs.f_frsize;
         if (avail < s->min_free_disk_bytes) {
-            s->has_room = false;
-            snprintf(s->room_why, sizeof s->room_why,
+            s->is_disk_low = true;
+            snprintf(s->disk_why, sizeof s->disk_why,
                      "disk holding the store has %llu bytes free, below the %llu configured",
                      (unsigned long long)avail, (unsigned long long)s->min_free_disk_bytes);
         }
     }
 }
 
-bool store_has_room(store *s, char *why, size_t why_len)
+bool store_reserve(store *s, size_t bytes, char *why, size_t why_len)
 {
     uint64_t now = clock_mono_ms();
     if (s->room_checked_ms == 0 || now - s->room_checked_ms >= 1000) {
         measure_room(s);
         s->room_checked_ms = now;
     }
-    if (!s->has_room && why != NULL)
-        snprintf(why, why_len, "%s", s->room_why);
-    return s->has_room;
+    /* Indexes, the record, and pages copied on write: count twice the body
+     * plus a page. */
+    uint64_t need = 2 * (uint64_t)bytes + 4096;
+    uint64_t limit = s->map_bytes / 100 * s->high_water_percent;
+    if (s->is_disk_low) {
+        snprintf(why, why_len, "%s", s->disk_why);
+        return false;
+    }
+    if (s->used_bytes + s->reserved_bytes + need > limit) {
+        snprintf(why, why_len, "store is %llu%% full (high-water mark %u%% of %llu bytes)",
+                 (unsigned long long)((s->used_bytes + s->reserved_bytes) * 100 / s->map_bytes),
+                 s->high_water_percent, (unsigned long long)s->map_bytes);
+        return false;
+    }
+    s->reserved_bytes += need;
+    return true;
 }
 
 void store_usage(store *s, uint64_t *used_bytes, uint64_t *map_bytes)

@@ -169,11 +169,14 @@ store_err store_trace_each(store *s, MDB_txn *txn, const uint8_t referral_id[IDS
                            size_t max, store_trace_fn fn, void *ctx, bool *is_truncated);
 
 /*
- * May new work be accepted? False when the map is above the high-water mark
- * or the disk has less free space than configured; why then says which.
- * Cheap: the measurement is refreshed at most once a second.
+ * May new work of about bytes be accepted? False when the map would pass
+ * the high-water mark or the disk has less free space than configured; why
+ * then says which. On true, bytes (with room for indexes and copy-on-write)
+ * are counted as used until the next measurement, so a burst within one
+ * turn cannot run past the mark: the commit itself needs free pages, and a
+ * commit that fails for want of them stops the broker.
  */
-bool store_has_room(store *s, char *why, size_t why_len);
+bool store_reserve(store *s, size_t bytes, char *why, size_t why_len);
 
 /* Pages in use and the map size, in bytes (for stats and tests). */
 void store_usage(store *s, uint64_t *used_bytes, uint64_t *map_bytes);

@@ -68,9 +68,10 @@ Referral__V1__ResultCode wire_result_code(wire_err e);
  * why_len, may be NULL) holds a sentence naming the problem. limits NULL
  * means wire_default_limits.
  *
- * A decoded ClientFrame with a Submit has its envelope checked for shape
- * (sizes, counts, ids in hops) but the header inside is not decoded: use
- * wire_decode_header() on envelope->header.
+ * A decoded ClientFrame with a Submit is only checked to carry an
+ * envelope: the receiver checks its shape with wire_check_envelope() and
+ * decodes its header with wire_decode_header(), so that it can answer a
+ * bad envelope with a reply that carries the request id.
  */
 wire_err wire_decode_client_frame(const uint8_t *buf, size_t len, const wire_limits *limits,
                                   Referral__V1__ClientFrame **out, char *why, size_t why_len);

@@ -92,6 +92,7 @@ class Broker:
     def start(self, timeout_s=15):
         """Start and wait until the log says it listens."""
         self.log = open(self.log_path, "ab")
+        self.log_start = os.path.getsize(self.log_path)
         self.proc = subprocess.Popen([REFERRALD, "--config", self.config_path],
                                      stdout=self.log, stderr=self.log)
         _started.append(self)
@@ -100,14 +101,14 @@ class Broker:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"referrald exited with {self.proc.returncode}:\n"
                                    + self.read_log())
-            if "info main: started" in self.read_log():
+            if "info main: started" in self.read_log()[self.log_start:]:
                 return self
             time.sleep(0.05)
         raise RuntimeError("referrald did not start in time:\n" + self.read_log())
 
     def read_log(self):
-        with open(self.log_path, "r", errors="replace") as f:
-            return f.read()
+        with open(self.log_path, "rb") as f:
+            return f.read().decode("utf-8", "replace")
 
     def stop(self, timeout_s=15):
         """SIGTERM by PID and wait; returns the exit status."""
