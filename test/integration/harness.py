@@ -141,6 +141,15 @@ class Broker:
         if getattr(self, "log", None):
             self.log.close()
             self.log = None
+        self.check_sanitizers()
+
+    def check_sanitizers(self):
+        """Fail the test if the broker reported a sanitizer finding."""
+        log = self.read_log()
+        for marker in ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "runtime error:"):
+            if marker in log:
+                at = log.index(marker)
+                raise AssertionError("referrald sanitizer report:\n" + log[at - 200:at + 3000])
 
     def cleanup(self):
         self.kill()
@@ -164,6 +173,7 @@ class Client:
         self.sock.connect(endpoint)
         self.request_id = 0
         self.pending = []       # frames received while waiting for something else
+        self.unawaited = 0      # settle replies nobody waits for: dropped on arrival
         if agency is not None:
             self.hello(agency)
 
@@ -203,8 +213,13 @@ class Client:
                         raise TimeoutError(f"no {kind} frame from broker")
                     f = pb.BrokerFrame()
                     f.ParseFromString(self.sock.recv())
-                if f.WhichOneof("body") == kind:
+                body = f.WhichOneof("body")
+                if body == kind:
                     return f
+                if body == "settle_reply" and self.unawaited > 0:
+                    self.unawaited -= 1
+                    assert f.settle_reply.code == pb.RESULT_OK, f
+                    continue
                 skipped.append(f)
         finally:
             self.pending = skipped + self.pending
@@ -239,6 +254,7 @@ class Client:
                                    reason=reason))
         if wait:
             return self.recv_kind("settle_reply").settle_reply
+        self.unawaited += 1
         return None
 
     def deliveries(self, count, timeout_s=10.0, ack=True):
@@ -284,7 +300,16 @@ def header_of(envelope):
 
 
 def run(tests):
-    """Run test functions in order; print one line each; exit 1 on failure."""
+    """Run test functions in order; print one line each; exit 1 on failure.
+    With arguments, run only the tests of those names (meson registers each
+    test function as its own test this way)."""
+    if len(sys.argv) > 1:
+        by_name = {t.__name__: t for t in tests}
+        unknown = [n for n in sys.argv[1:] if n not in by_name]
+        if unknown:
+            print(f"no such test: {', '.join(unknown)}")
+            sys.exit(2)
+        tests = [by_name[n] for n in sys.argv[1:]]
     failed = 0
     for t in tests:
         start = time.monotonic()
