@@ -10,6 +10,8 @@
 
 #include "config.h"
 #include "delivery.h"
+#include "directory.h"
+#include "keys.h"
 #include "session.h"
 #include "store.h"
 #include "wire.h"
@@ -20,6 +22,7 @@ enum {
     BROKER_EXIT_USAGE = 2,        /* bad arguments or configuration */
     BROKER_EXIT_STORE = 3,        /* the store cannot be opened, or a commit failed */
     BROKER_EXIT_TRANSPORT = 4,    /* ZeroMQ cannot bind, or lacks CURVE */
+    BROKER_EXIT_TRUST = 5,        /* keys or the directory are missing, invalid or stale */
 };
 
 /* One frame waiting to go out after the turn's commit. */
@@ -36,7 +39,11 @@ typedef struct {
     config cfg;
     store *st;
     void *zctx;
-    void *router;                 /* client ROUTER socket */
+    void *router;                 /* client ROUTER socket (CURVE server) */
+    void *zap;                    /* ZAP handler socket, bound before any CURVE socket */
+    directory *dir;               /* the current signed directory */
+    uint8_t trust_root[32];       /* pinned root public key */
+    keys_identity keys;           /* this broker's keys */
     session_table sessions;
     delivery_ctx dc;
     wire_limits limits;
@@ -49,7 +56,14 @@ typedef struct {
     uint64_t next_due_ms;         /* earliest deadline, UINT64_MAX if none */
     bool is_busy;                 /* more work waits: poll without sleeping */
     volatile sig_atomic_t *stop;  /* set by SIGTERM / SIGINT */
+    volatile sig_atomic_t *reload; /* set by SIGHUP: load the directory again */
 } broker;
+
+/* Load the directory file named in the configuration, refusing one older
+ * than the version this store has used; on success replace b->dir and
+ * record the version. Returns false with why filled on refusal (b->dir is
+ * then unchanged). */
+bool broker_load_directory(broker *b, char *why, size_t why_len);
 
 /* Run the loop until *b->stop. Returns a BROKER_EXIT_* code. */
 int loop_run(broker *b);

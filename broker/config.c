@@ -85,6 +85,12 @@ static const key_spec keys[] = {
     {"broker", "data_dir", K_TEXT, OFF(data_dir), sizeof ((config *)0)->data_dir, 0, 0,
      "a directory path"},
     {"broker", "log_level", K_LEVEL, OFF(log_level), 0, 0, 0, "error, warn, info or debug"},
+    {"trust", "directory", K_TEXT, OFF(directory), sizeof ((config *)0)->directory, 0, 0,
+     "the path of a signed directory (referralctl directory sign)"},
+    {"trust", "trust_root", K_TEXT, OFF(trust_root), sizeof ((config *)0)->trust_root, 0, 0,
+     "64 hex digits or the path of the root's .pub.json"},
+    {"trust", "key_dir", K_TEXT, OFF(key_dir), sizeof ((config *)0)->key_dir, 0, 0,
+     "the directory holding this broker's key files (referralctl keygen)"},
     {"limits", "max_frame_bytes", K_U32, OFF(max_frame_bytes), 0, 4096, 64u << 20, "4096..67108864"},
     {"limits", "max_body_bytes", K_U32, OFF(max_body_bytes), 0, 1024, 60u << 20, "1024..62914560"},
     {"limits", "max_batch", K_U32, OFF(max_batch), 0, 1, 65536, "1..65536"},
@@ -172,7 +178,10 @@ bool config_load(const char *path, config *cfg, char *err, size_t err_len)
     }
     const char *missing = cfg->id[0] == '\0' ? "[broker] id"
                         : cfg->listen[0] == '\0' ? "[broker] listen"
-                        : cfg->data_dir[0] == '\0' ? "[broker] data_dir" : NULL;
+                        : cfg->data_dir[0] == '\0' ? "[broker] data_dir"
+                        : cfg->directory[0] == '\0' ? "[trust] directory"
+                        : cfg->trust_root[0] == '\0' ? "[trust] trust_root"
+                        : cfg->key_dir[0] == '\0' ? "[trust] key_dir" : NULL;
     if (missing != NULL) {
         snprintf(err, err_len, "configuration %s: required key %s is missing", path, missing);
         return false;

@@ -23,6 +23,11 @@ typedef struct {
     char data_dir[512];               /* required: LMDB store directory */
     log_level log_level;
 
+    /* [trust] */
+    char directory[512];              /* required: the signed directory file */
+    char trust_root[512];             /* required: root public key, hex or .pub.json path */
+    char key_dir[512];                /* required: holds ID.sign.pem, ID.seal.pem, ID.curve */
+
     /* [limits] */
     uint32_t max_frame_bytes;
     uint32_t max_body_bytes;

@@ -5,10 +5,9 @@
  *   decode header -> sender is the session's agency -> verify (seam) ->
  *   freshness and expiry -> loop and hop limit -> dedup -> room -> store
  *
- * The verify stage is where signatures are checked (docs/security.md); it
- * is a seam this file calls, not code mixed into the others. Routing is
- * local: every recipient is served from this broker's queues until
- * federation adds a next-hop decision at the same point.
+ * The verify stage checks the signature against the signed directory
+ * (docs/security.md). Routing is local: a recipient served by another
+ * broker is refused until federation adds a next-hop decision there.
  *
  * This file must never answer OK before the submission is in the turn's
  * transaction (the reply goes out only after that transaction commits),
@@ -25,20 +24,52 @@
 #include "digest.h"
 #include "ids.h"
 #include "log.h"
+#include "sign.h"
 
 #define R(x) REFERRAL__V1__RESULT_CODE__RESULT_##x
 
-/* The verify stage. Signatures arrive with the trust work (docs/security.md):
- * until then every well-formed envelope passes, and the broker says so at
- * start. */
-static Referral__V1__ResultCode verify_envelope(const Referral__V1__Envelope *env,
+/* The verify stage: the sender's signing key from the directory, the key
+ * id the envelope names, revocation, the Ed25519 signature over the header
+ * bytes as received and the body's digest, and a recipient the directory
+ * knows and this broker serves. Verified once here; relays trust the hop. */
+static Referral__V1__ResultCode verify_envelope(const broker *b,
+                                                const Referral__V1__Envelope *env,
                                                 const Referral__V1__RoutingHeader *h,
                                                 char *detail, size_t detail_len)
 {
-    (void)env;
-    (void)h;
-    (void)detail;
-    (void)detail_len;
+    char kid[IDS_HEX_LEN + 1];
+    ids_hex(env->signer_key_id.data, SIGN_KEY_ID_BYTES, kid);
+    if (directory_is_revoked(b->dir, env->signer_key_id.data)) {
+        snprintf(detail, detail_len, "signing key %s is revoked; sign with the agency's current "
+                 "key", kid);
+        return R(REVOKED_KEY);
+    }
+    const Referral__V1__DirectoryAgency *from = directory_agency(b->dir, h->from_agency);
+    uint8_t want[SIGN_KEY_ID_BYTES];
+    if (from != NULL)
+        sign_key_id(from->sign_public.data, want);
+    if (from == NULL || memcmp(want, env->signer_key_id.data, SIGN_KEY_ID_BYTES) != 0) {
+        snprintf(detail, detail_len, "signing key %s is not %s's key in directory", kid,
+                 h->from_agency);
+        return R(UNKNOWN_KEY);
+    }
+    if (!sign_verify_envelope(from->sign_public.data, env->header.data, env->header.len,
+                              env->sealed_body.data, env->sealed_body.len, env->signature.data)) {
+        snprintf(detail, detail_len, "signature does not verify with %s's key %s: the header "
+                 "or body was altered, or signed with another key", h->from_agency, kid);
+        return R(BAD_SIGNATURE);
+    }
+    const Referral__V1__DirectoryAgency *to = directory_agency(b->dir, h->to_agency);
+    if (to == NULL) {
+        snprintf(detail, detail_len, "recipient %s is not in the directory", h->to_agency);
+        return R(UNKNOWN_RECIPIENT);
+    }
+    if (strcmp(to->home_broker, b->cfg.id) != 0) {
+        snprintf(detail, detail_len, "recipient %s is served by broker %s; forwarding between "
+                 "brokers is not built yet, so this broker refuses rather than hold it",
+                 h->to_agency, to->home_broker);
+        return R(UNKNOWN_RECIPIENT);
+    }
     return R(OK);
 }
 
@@ -110,7 +141,7 @@ static Referral__V1__ResultCode check(broker *b, MDB_txn *txn, const session *se
                  h->from_agency, sess->agency);
         return R(SENDER_MISMATCH);
     }
-    Referral__V1__ResultCode code = verify_envelope(env, h, detail, dlen);
+    Referral__V1__ResultCode code = verify_envelope(b, env, h, detail, dlen);
     if (code != R(OK))
         return code;
     uint64_t skew = b->cfg.clock_skew_ms;

@@ -26,6 +26,7 @@
 
 #include "clock.h"
 #include "log.h"
+#include "zap.h"
 
 #define R(x) REFERRAL__V1__RESULT_CODE__RESULT_##x
 #define MAX_WAIT_MS 1000
@@ -74,17 +75,25 @@ static void queue_error(broker *b, const uint8_t *rid, size_t rid_len,
 }
 
 static void handle_hello(broker *b, const uint8_t *rid, size_t rid_len,
-                         const Referral__V1__Hello *hello)
+                         const Referral__V1__Hello *hello, const char *agency,
+                         const uint8_t key_id[16])
 {
-    /* Until CURVE binds a connection to a key (docs/security.md), the
-     * session's identity is the agency the Hello names. */
-    session *s = session_open(&b->sessions, rid, rid_len, hello->agency_id, clock_mono_ms());
+    /* The identity is the CURVE key's (ZAP User-Id); Hello may only name it. */
+    if (strcmp(hello->agency_id, agency) != 0) {
+        log_warn("session", "refused hello: names another agency key_agency=%s hello_agency=%s",
+                 agency, hello->agency_id);
+        queue_error(b, rid, rid_len, R(NOT_AUTHORIZED),
+                    "hello names an agency other than the one this connection's key belongs to");
+        return;
+    }
+    session *s = session_open(&b->sessions, rid, rid_len, agency, clock_mono_ms());
     if (s == NULL) {
         log_warn("session", "refused hello: session table full agency=%s max=%u",
                  hello->agency_id, b->cfg.max_sessions);
         queue_error(b, rid, rid_len, R(BUSY), "broker has no room for another session; retry later");
         return;
     }
+    memcpy(s->key_id, key_id, sizeof s->key_id);
     char name[80];
     log_info("session", "opened agency=%s client=%s", s->agency,
              log_quote(hello->client_name, name, sizeof name));
@@ -151,17 +160,52 @@ static store_err handle_status(broker *b, MDB_txn *txn, const session *s,
     return STORE_OK;
 }
 
+/* Is this frame's connection still admitted, and is it the session's? The
+ * identity comes from the ZAP User-Id of the message, never from the
+ * routing id (which a peer can claim). */
+static bool is_admitted(broker *b, const char *user_id, session **s, char agency[IDS_NAME_MAX + 1],
+                        uint8_t key_id[16], const uint8_t *rid, size_t rid_len)
+{
+    if (!zap_parse_user_id(user_id, agency, key_id)) {
+        log_error("loop", "frame without a valid User-Id: is ZAP bound? user_id=%s",
+                  user_id != NULL ? "malformed" : "none");
+        queue_error(b, rid, rid_len, R(NOT_AUTHORIZED), "connection is not authenticated");
+        return false;
+    }
+    if (!zap_is_still_valid(b->dir, agency, key_id)) {
+        log_warn("loop", "refused frame: key revoked or replaced agency=%s", agency);
+        session_close(&b->sessions, *s);
+        *s = NULL;
+        queue_error(b, rid, rid_len, R(REVOKED_KEY), "this connection's key was revoked or "
+                    "replaced in the directory; reconnect with the current key");
+        return false;
+    }
+    if (*s != NULL && (strcmp((*s)->agency, agency) != 0 ||
+                       memcmp((*s)->key_id, key_id, 16) != 0)) {
+        log_warn("loop", "refused frame: routing id claimed by another key session_agency=%s "
+                 "key_agency=%s", (*s)->agency, agency);
+        queue_error(b, rid, rid_len, R(NOT_AUTHORIZED), "routing id belongs to another session");
+        return false;
+    }
+    return true;
+}
+
 /* Handle one received frame; store faults are returned, all else answered. */
 static store_err handle_frame(broker *b, MDB_txn *txn, const uint8_t *rid, size_t rid_len,
-                              const uint8_t *data, size_t len, uint64_t now_ms)
+                              const uint8_t *data, size_t len, const char *user_id,
+                              uint64_t now_ms)
 {
     char why[256];
+    char agency[IDS_NAME_MAX + 1];
+    uint8_t key_id[16];
+    session *s = session_find(&b->sessions, rid, rid_len);
+    if (!is_admitted(b, user_id, &s, agency, key_id, rid, rid_len))
+        return STORE_OK;
     Referral__V1__ClientFrame *f = NULL;
     wire_err we = wire_decode_client_frame(data, len, &b->limits, &f, why, sizeof why);
-    session *s = session_find(&b->sessions, rid, rid_len);
     if (we != WIRE_OK) {
-        log_warn("ingress", "refused frame bytes=%zu agency=%s code=%s detail=%s", len,
-                 s != NULL ? s->agency : "-", wire_strerror(we), why);
+        log_warn("ingress", "refused frame bytes=%zu agency=%s code=%s detail=%s", len, agency,
+                 wire_strerror(we), why);
         queue_error(b, rid, rid_len, wire_result_code(we), why);
         return STORE_OK;
     }
@@ -169,7 +213,7 @@ static store_err handle_frame(broker *b, MDB_txn *txn, const uint8_t *rid, size_
     if (s != NULL)
         s->last_seen_ms = clock_mono_ms();
     if (f->body_case == REFERRAL__V1__CLIENT_FRAME__BODY_HELLO) {
-        handle_hello(b, rid, rid_len, f->hello);
+        handle_hello(b, rid, rid_len, f->hello, agency, key_id);
     } else if (s == NULL) {
         queue_error(b, rid, rid_len, R(NOT_IDENTIFIED), "send Hello first");
     } else {
@@ -244,7 +288,8 @@ static size_t read_batch(broker *b, MDB_txn *txn, uint64_t now_ms, store_err *fa
         size_t kept = count < 3 ? count : 3;
         if (!is_dropped && count == 2) {
             *fault = handle_frame(b, txn, zmq_msg_data(&parts[0]), zmq_msg_size(&parts[0]),
-                                  zmq_msg_data(&parts[1]), zmq_msg_size(&parts[1]), now_ms);
+                                  zmq_msg_data(&parts[1]), zmq_msg_size(&parts[1]),
+                                  zmq_msg_gets(&parts[1], "User-Id"), now_ms);
         } else if (!is_dropped && count > 0) {
             queue_error(b, zmq_msg_data(&parts[0]), zmq_msg_size(&parts[0]), R(MALFORMED),
                         "a client message must be exactly one frame");
@@ -377,13 +422,22 @@ static int wait_ms(const broker *b)
 
 static int turn(broker *b)
 {
-    zmq_pollitem_t item = {.socket = b->router, .events = ZMQ_POLLIN};
-    int rc = zmq_poll(&item, 1, wait_ms(b));
+    zmq_pollitem_t items[2] = {{.socket = b->router, .events = ZMQ_POLLIN},
+                               {.socket = b->zap, .events = ZMQ_POLLIN}};
+    int rc = zmq_poll(items, 2, wait_ms(b));
     if (rc < 0 && errno != EINTR) {
         log_error("loop", "poll failed err=%s", zmq_strerror(errno));
         return BROKER_EXIT_TRANSPORT;
     }
     b->is_busy = false;
+    if (*b->reload) {
+        *b->reload = 0;
+        char why[700];
+        if (!broker_load_directory(b, why, sizeof why))
+            log_error("trust", "directory reload refused, keeping the current one: %s", why);
+    }
+    if (items[1].revents & ZMQ_POLLIN)
+        zap_handle(b->zap, b->dir);
     uint64_t now = clock_now_ms();
     MDB_txn *txn;
     store_err e = store_begin(b->st, &txn);
@@ -391,7 +445,7 @@ static int turn(broker *b)
         log_error("store", "cannot begin transaction err=%s", store_strerror(e));
         return BROKER_EXIT_STORE;
     }
-    if (rc > 0)
+    if (items[0].revents & ZMQ_POLLIN)
         read_batch(b, txn, now, &e);
     if (e == STORE_OK)
         e = fire_deadlines(b, txn, now);

@@ -17,13 +17,17 @@
 #include "clock.h"
 #include "log.h"
 #include "ref_version.h"
+#include "zap.h"
 
 static volatile sig_atomic_t stop_requested;
+static volatile sig_atomic_t reload_requested;
 
 static void on_signal(int sig)
 {
-    (void)sig;
-    stop_requested = 1;
+    if (sig == SIGHUP)
+        reload_requested = 1;
+    else
+        stop_requested = 1;
 }
 
 static void usage(FILE *f)
@@ -44,13 +48,16 @@ static void usage(FILE *f)
         "  -V, --version            show the version\n"
         "\n"
         "Signals: SIGTERM and SIGINT finish the current commit, close the store\n"
-        "cleanly and exit 0.\n"
+        "cleanly and exit 0. SIGHUP loads the directory file again (an older or\n"
+        "invalid one is refused and the current one kept); sessions whose key it\n"
+        "revokes or replaces are closed.\n"
         "\n"
         "Exit status:\n"
         "  0  stopped on request\n"
         "  2  bad arguments or configuration\n"
         "  3  the store cannot be opened, or a commit failed (restart recovers)\n"
         "  4  the transport cannot start (bind failed, libzmq without CURVE)\n"
+        "  5  keys or the directory are missing, invalid, older or expired\n"
         "\n"
         "Logs: one line per event on stderr: time, level, component, message,\n"
         "key=value pairs with the ids involved.\n");
@@ -64,7 +71,14 @@ static int open_socket(broker *b)
         return BROKER_EXIT_TRANSPORT;
     }
     b->zctx = zmq_ctx_new();
-    b->router = b->zctx != NULL ? zmq_socket(b->zctx, ZMQ_ROUTER) : NULL;
+    /* The ZAP handler first: a CURVE socket without one admits anyone who
+     * knows the server key. */
+    b->zap = b->zctx != NULL ? zap_open(b->zctx) : NULL;
+    if (b->zap == NULL) {
+        log_error("main", "cannot bind the ZAP handler err=%s", zmq_strerror(errno));
+        return BROKER_EXIT_TRANSPORT;
+    }
+    b->router = zmq_socket(b->zctx, ZMQ_ROUTER);
     if (b->router == NULL) {
         log_error("main", "cannot create socket err=%s", zmq_strerror(errno));
         return BROKER_EXIT_TRANSPORT;
@@ -76,13 +90,35 @@ static int open_socket(broker *b)
     if (zmq_setsockopt(b->router, ZMQ_ROUTER_MANDATORY, &one, sizeof one) != 0 ||
         zmq_setsockopt(b->router, ZMQ_LINGER, &linger_ms, sizeof linger_ms) != 0 ||
         zmq_setsockopt(b->router, ZMQ_HANDSHAKE_IVL, &handshake_ms, sizeof handshake_ms) != 0 ||
-        zmq_setsockopt(b->router, ZMQ_MAXMSGSIZE, &hard_max, sizeof hard_max) != 0) {
+        zmq_setsockopt(b->router, ZMQ_MAXMSGSIZE, &hard_max, sizeof hard_max) != 0 ||
+        zmq_setsockopt(b->router, ZMQ_CURVE_SERVER, &one, sizeof one) != 0 ||
+        zmq_setsockopt(b->router, ZMQ_CURVE_SECRETKEY, b->keys.curve_secret, 32) != 0 ||
+        zmq_setsockopt(b->router, ZMQ_ZAP_DOMAIN, "referral", 8) != 0) {
         log_error("main", "cannot set socket options err=%s", zmq_strerror(errno));
         return BROKER_EXIT_TRANSPORT;
     }
     if (zmq_bind(b->router, b->cfg.listen) != 0) {
         log_error("main", "cannot listen endpoint=%s err=%s", b->cfg.listen, zmq_strerror(errno));
         return BROKER_EXIT_TRANSPORT;
+    }
+    return BROKER_EXIT_OK;
+}
+
+static int load_trust(broker *b)
+{
+    char why[700];
+    if (!keys_parse_sign_public(b->cfg.trust_root, b->trust_root, why, sizeof why)) {
+        log_error("trust", "[trust] trust_root: %s", why);
+        return BROKER_EXIT_TRUST;
+    }
+    if (!keys_load(b->cfg.key_dir, b->cfg.id, &b->keys, why, sizeof why)) {
+        log_error("trust", "cannot load this broker's keys: %s (create them with referralctl "
+                  "keygen --id %s --dir %s)", why, b->cfg.id, b->cfg.key_dir);
+        return BROKER_EXIT_TRUST;
+    }
+    if (!broker_load_directory(b, why, sizeof why)) {
+        log_error("trust", "%s", why);
+        return BROKER_EXIT_TRUST;
     }
     return BROKER_EXIT_OK;
 }
@@ -118,6 +154,10 @@ static void broker_close(broker *b)
     free(b->lost);
     if (b->router != NULL)
         zmq_close(b->router);
+    if (b->zap != NULL)
+        zmq_close(b->zap);
+    directory_destroy(&b->dir);
+    keys_wipe(&b->keys);
     if (b->zctx != NULL)
         zmq_ctx_term(b->zctx);
     store_destroy(&b->st);
@@ -169,6 +209,7 @@ int main(int argc, char **argv)
     sa.sa_handler = on_signal;
     sigaction(SIGTERM, &sa, NULL);
     sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGHUP, &sa, NULL);
     signal(SIGPIPE, SIG_IGN);
 
     b.limits = wire_default_limits;
@@ -176,6 +217,7 @@ int main(int argc, char **argv)
     b.limits.max_body_bytes = b.cfg.max_body_bytes;
     b.limits.budget_bytes = 8u * b.cfg.max_frame_bytes;
     b.stop = &stop_requested;
+    b.reload = &reload_requested;
 
     store_options so = {
         .dir = b.cfg.data_dir,
@@ -202,12 +244,12 @@ int main(int argc, char **argv)
         rc = BROKER_EXIT_USAGE;
     }
     if (rc == BROKER_EXIT_OK)
+        rc = load_trust(&b);
+    if (rc == BROKER_EXIT_OK)
         rc = recover(&b);
     if (rc == BROKER_EXIT_OK)
         rc = open_socket(&b);
     if (rc == BROKER_EXIT_OK) {
-        log_warn("main", "signature verification is not enabled in this build: envelopes are "
-                 "checked for shape only");
         log_info("main", "started broker=%s listen=%s store=%s version=%s", b.cfg.id,
                  b.cfg.listen, b.cfg.data_dir, REF_VERSION);
         rc = loop_run(&b);

@@ -21,7 +21,8 @@ typedef struct {
     bool is_used;
     uint8_t rid[SESSION_RID_MAX];     /* ZeroMQ routing id */
     size_t rid_len;
-    char agency[IDS_NAME_MAX + 1];    /* the identity the session runs as */
+    char agency[IDS_NAME_MAX + 1];    /* the identity the session runs as (its CURVE key's) */
+    uint8_t key_id[16];               /* key id of the connection's CURVE key */
     uint32_t credit;                  /* deliveries the client will take */
     uint64_t last_seen_ms;            /* monotonic */
 } session;

@@ -261,6 +261,23 @@ store_err store_commit(store *s, MDB_txn *txn, char *why, size_t why_len)
     return STORE_FAILED;
 }
 
+store_err store_meta_get_u64(store *s, MDB_txn *txn, const char *key, uint64_t *value)
+{
+    MDB_val v;
+    store_err e = meta_get(s, txn, key, &v);
+    if (e != STORE_OK)
+        return e;
+    if (v.mv_size != sizeof *value)
+        return STORE_CORRUPT;
+    memcpy(value, v.mv_data, sizeof *value);
+    return STORE_OK;
+}
+
+store_err store_meta_put_u64(store *s, MDB_txn *txn, const char *key, uint64_t value)
+{
+    return meta_put(s, txn, key, &value, sizeof value);
+}
+
 store_err store_next_seq(store *s, MDB_txn *txn, uint64_t *seq)
 {
     MDB_val v;

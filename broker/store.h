@@ -125,6 +125,10 @@ store_err store_err_from_mdb(int rc);
 /* Human name of an error. */
 const char *store_strerror(store_err e);
 
+/* A number kept in meta under key (STORE_NOT_FOUND if never set). */
+store_err store_meta_get_u64(store *s, MDB_txn *txn, const char *key, uint64_t *value);
+store_err store_meta_put_u64(store *s, MDB_txn *txn, const char *key, uint64_t value);
+
 /* Next arrival sequence number (persisted in meta within txn). */
 store_err store_next_seq(store *s, MDB_txn *txn, uint64_t *seq);
 

@@ -78,9 +78,14 @@ static int hex_value(char c)
 
 bool ids_from_hex(const char *hex, uint8_t out[IDS_BYTES])
 {
-    if (hex == NULL || strlen(hex) != IDS_HEX_LEN)
+    return ids_from_hex_len(hex, out, IDS_BYTES);
+}
+
+bool ids_from_hex_len(const char *hex, uint8_t *out, size_t len)
+{
+    if (hex == NULL || strlen(hex) != 2 * len)
         return false;
-    for (size_t i = 0; i < IDS_BYTES; i++) {
+    for (size_t i = 0; i < len; i++) {
         int hi = hex_value(hex[2 * i]), lo = hex_value(hex[2 * i + 1]);
         if (hi < 0 || lo < 0)
             return false;

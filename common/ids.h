@@ -40,4 +40,7 @@ char *ids_hex(const uint8_t *id, size_t len, char *out);
  * input (out is then unspecified). */
 bool ids_from_hex(const char *hex, uint8_t out[IDS_BYTES]);
 
+/* Parse exactly 2 * len hex digits into out (len bytes). */
+bool ids_from_hex_len(const char *hex, uint8_t *out, size_t len);
+
 #endif

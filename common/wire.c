@@ -122,6 +122,23 @@ static wire_err unpack(const ProtobufCMessageDescriptor *desc, const uint8_t *bu
                     "%s re-encodes to %zu bytes, not the %zu received: a string with an "
                     "embedded NUL or a non-canonical encoding", desc->short_name, again, len);
     }
+    /* Same size is not enough: a negative enum sent in 5 bytes re-encodes
+     * in 10 and can hide a string cut at a NUL. Compare the bytes. */
+    uint8_t *canonical = malloc(len > 0 ? len : 1);
+    if (canonical == NULL) {
+        protobuf_c_message_free_unpacked(m, NULL);
+        return fail(why, why_len, WIRE_NO_MEMORY, "no memory to re-encode a %s of %zu bytes",
+                    desc->short_name, len);
+    }
+    bool is_same = protobuf_c_message_pack(m, canonical) == len &&
+                   (len == 0 || memcmp(canonical, buf, len) == 0);
+    free(canonical);
+    if (!is_same) {
+        protobuf_c_message_free_unpacked(m, NULL);
+        return fail(why, why_len, WIRE_NONCANONICAL,
+                    "%s does not re-encode to the %zu bytes received: a string with an "
+                    "embedded NUL or a non-canonical encoding", desc->short_name, len);
+    }
     *out = m;
     return WIRE_OK;
 }
@@ -239,6 +256,7 @@ wire_err wire_decode_envelope(const uint8_t *buf, size_t len, const wire_limits 
     if (limits == NULL)
         limits = &wire_default_limits;
     ProtobufCMessage *m;
+    *out = NULL;
     TRY(unpack(&referral__v1__envelope__descriptor, buf, len, limits->max_frame_bytes,
                limits->budget_bytes, &m, why, why_len));
     wire_err e = wire_check_envelope((Referral__V1__Envelope *)m, limits, why, why_len);
@@ -573,6 +591,146 @@ wire_err wire_decode_plaintext(const uint8_t *buf, size_t len, const wire_limits
         return fail(why, why_len, WIRE_INVALID, "sealed body holds no content");
     }
     *out = (Referral__V1__BodyPlaintext *)m;
+    return WIRE_OK;
+}
+
+/* ---- directory ------------------------------------------------------------ */
+
+#define MAX_DIRECTORY_BYTES (16u << 20)
+#define MAX_DIRECTORY_ENTRIES 100000u
+
+static wire_err check_key32(const ProtobufCBinaryData *k, const char *what, const char *id,
+                            char *why, size_t why_len)
+{
+    if (k->len == 32)
+        return WIRE_OK;
+    return fail(why, why_len, WIRE_INVALID, "%s of %s must be 32 bytes, not %zu", what, id,
+                k->len);
+}
+
+static int compare_strings(const void *a, const void *b)
+{
+    return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+/* True if the n ids contain a duplicate. Sorts ids (a scratch array). */
+static bool has_duplicate(char **copy, size_t n, const char **dup)
+{
+    qsort(copy, n, sizeof *copy, compare_strings);
+    bool is_dup = false;
+    for (size_t i = 1; i < n && !is_dup; i++) {
+        if (strcmp(copy[i - 1], copy[i]) == 0) {
+            *dup = copy[i];
+            is_dup = true;
+        }
+    }
+    return is_dup;
+}
+
+static wire_err check_directory(const Referral__V1__Directory *d, char *why, size_t why_len)
+{
+    if (d->version == 0)
+        return fail(why, why_len, WIRE_INVALID, "directory version is missing");
+    if (d->expires_at_ms <= d->issued_at_ms)
+        return fail(why, why_len, WIRE_INVALID, "directory expires before it was issued");
+    if (d->n_agencies > MAX_DIRECTORY_ENTRIES || d->n_brokers > MAX_DIRECTORY_ENTRIES)
+        return fail(why, why_len, WIRE_TOO_LARGE, "directory has too many entries");
+    size_t n = d->n_agencies + d->n_brokers;
+    char **ids = malloc((n ? n : 1) * sizeof *ids);
+    if (ids == NULL)
+        return fail(why, why_len, WIRE_NO_MEMORY, "no memory to check the directory");
+    wire_err e = WIRE_OK;
+    for (size_t i = 0; e == WIRE_OK && i < d->n_agencies; i++) {
+        const Referral__V1__DirectoryAgency *a = d->agencies[i];
+        ids[i] = a->id;
+        e = check_name(a->id, "directory agency id", false, why, why_len);
+        if (e == WIRE_OK)
+            e = check_enum(&referral__v1__agency_kind__descriptor, (int)a->kind, "agency kind",
+                           why, why_len);
+        if (e == WIRE_OK)
+            e = check_name(a->home_broker, "agency home_broker", false, why, why_len);
+        if (e == WIRE_OK)
+            e = check_key32(&a->sign_public, "sign_public", a->id, why, why_len);
+        if (e == WIRE_OK)
+            e = check_key32(&a->seal_public, "seal_public", a->id, why, why_len);
+        if (e == WIRE_OK)
+            e = check_key32(&a->curve_public, "curve_public", a->id, why, why_len);
+        if (e == WIRE_OK && a->n_backup_agencies > WIRE_MAX_BACKUPS)
+            e = fail(why, why_len, WIRE_INVALID, "agency %s has more than %u backups", a->id,
+                     WIRE_MAX_BACKUPS);
+        for (size_t j = 0; e == WIRE_OK && j < a->n_backup_agencies; j++)
+            e = check_name(a->backup_agencies[j], "backup agency", false, why, why_len);
+        if (e == WIRE_OK)
+            e = check_name(a->supervisor_desk, "supervisor_desk", true, why, why_len);
+        if (e == WIRE_OK)
+            e = check_name(a->regional_centre, "regional_centre", true, why, why_len);
+        if (e == WIRE_OK)
+            e = check_text(a->name, WIRE_MAX_TEXT, "agency name", why, why_len);
+    }
+    for (size_t i = 0; e == WIRE_OK && i < d->n_brokers; i++) {
+        const Referral__V1__DirectoryBroker *b = d->brokers[i];
+        ids[d->n_agencies + i] = b->id;
+        e = check_name(b->id, "directory broker id", false, why, why_len);
+        if (e == WIRE_OK)
+            e = check_text(b->endpoint, 255, "broker endpoint", why, why_len);
+        if (e == WIRE_OK)
+            e = check_key32(&b->sign_public, "sign_public", b->id, why, why_len);
+        if (e == WIRE_OK)
+            e = check_key32(&b->curve_public, "curve_public", b->id, why, why_len);
+    }
+    for (size_t i = 0; e == WIRE_OK && i < d->n_revoked_key_ids; i++) {
+        if (d->revoked_key_ids[i].len != WIRE_KEY_ID_BYTES)
+            e = fail(why, why_len, WIRE_INVALID, "revoked key ids must be %u bytes",
+                     WIRE_KEY_ID_BYTES);
+    }
+    const char *dup = NULL;
+    if (e == WIRE_OK && has_duplicate(ids, n, &dup))
+        e = fail(why, why_len, WIRE_INVALID, "id %s appears twice in the directory", dup);
+    free(ids);
+    return e;
+}
+
+wire_err wire_decode_directory(const uint8_t *buf, size_t len, const wire_limits *limits,
+                               Referral__V1__Directory **out, char *why, size_t why_len)
+{
+    (void)limits;
+    ProtobufCMessage *m;
+    *out = NULL;
+    TRY(unpack(&referral__v1__directory__descriptor, buf, len, MAX_DIRECTORY_BYTES,
+               8 * (size_t)MAX_DIRECTORY_BYTES, &m, why, why_len));
+    wire_err e = check_directory((Referral__V1__Directory *)m, why, why_len);
+    if (e != WIRE_OK) {
+        wire_free(m);
+        return e;
+    }
+    *out = (Referral__V1__Directory *)m;
+    return WIRE_OK;
+}
+
+wire_err wire_decode_signed_directory(const uint8_t *buf, size_t len, const wire_limits *limits,
+                                      Referral__V1__SignedDirectory **out, char *why,
+                                      size_t why_len)
+{
+    (void)limits;
+    ProtobufCMessage *m;
+    *out = NULL;
+    TRY(unpack(&referral__v1__signed_directory__descriptor, buf, len, MAX_DIRECTORY_BYTES + 1024,
+               2 * (size_t)MAX_DIRECTORY_BYTES, &m, why, why_len));
+    const Referral__V1__SignedDirectory *sd = (Referral__V1__SignedDirectory *)m;
+    wire_err e = WIRE_OK;
+    if (sd->directory.len == 0)
+        e = fail(why, why_len, WIRE_INVALID, "the file holds no directory");
+    else if (sd->signature.len != WIRE_SIGNATURE_BYTES)
+        e = fail(why, why_len, WIRE_INVALID, "the directory is not signed (signature of %zu "
+                 "bytes); sign it with referralctl directory sign", sd->signature.len);
+    else if (sd->signer_key_id.len != WIRE_KEY_ID_BYTES)
+        e = fail(why, why_len, WIRE_INVALID, "directory signer key id must be %u bytes",
+                 WIRE_KEY_ID_BYTES);
+    if (e != WIRE_OK) {
+        wire_free(m);
+        return e;
+    }
+    *out = (Referral__V1__SignedDirectory *)m;
     return WIRE_OK;
 }
 

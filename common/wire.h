@@ -97,6 +97,16 @@ wire_err wire_decode_header(const Referral__V1__Envelope *env, const wire_limits
 wire_err wire_decode_notice(const uint8_t *buf, size_t len, const wire_limits *limits,
                             Referral__V1__Notice **out, char *why, size_t why_len);
 
+/* Decode a SignedDirectory file's bytes (signature not checked here: see
+ * directory.h), and the Directory inside it with every agency and broker
+ * entry checked: valid unique ids, 32-byte keys, known kinds, 16-byte
+ * revoked key ids. */
+wire_err wire_decode_signed_directory(const uint8_t *buf, size_t len, const wire_limits *limits,
+                                      Referral__V1__SignedDirectory **out, char *why,
+                                      size_t why_len);
+wire_err wire_decode_directory(const uint8_t *buf, size_t len, const wire_limits *limits,
+                               Referral__V1__Directory **out, char *why, size_t why_len);
+
 /* Decode a serialised BodyPlaintext (what a sealed body opens to). */
 wire_err wire_decode_plaintext(const uint8_t *buf, size_t len, const wire_limits *limits,
                                Referral__V1__BodyPlaintext **out, char *why, size_t why_len);

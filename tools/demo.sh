@@ -10,4 +10,5 @@ bash tools/install-deps.sh
 ninja -C build
 
 PYTHONPATH="build/proto:test/integration" REFERRALD="build/broker/referrald" \
+  REFERRALCTL="build/tools/referralctl" \
   PYTHONDONTWRITEBYTECODE=1 /usr/bin/python3 tools/demo.py

@@ -5,7 +5,7 @@
 set -euo pipefail
 
 packages=(
-  build-essential meson ninja-build pkg-config clang
+  build-essential meson ninja-build pkg-config clang libclang-rt-14-dev
   libzmq3-dev libprotobuf-c-dev protobuf-c-compiler
   liblmdb-dev lmdb-utils libssl-dev
   libinih-dev libjson-c-dev libcmocka-dev

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Command (b) of the README: install what is missing, build with
 # AddressSanitizer and UndefinedBehaviorSanitizer, run every test suite
-# (unit, integration, fault, security, fuzz; never bench) and print one
-# closing line "N passed, N failed" counted from meson's test log.
-# Exit status: 0 when nothing failed.
+# (unit, integration, fault, security, fuzz; never bench), then build the
+# fuzz targets with clang's libFuzzer and fuzz each for a fixed short run,
+# and print one closing line "N passed, N failed, N skipped" counted from
+# both of meson's test logs. Exit status: 0 when nothing failed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -25,21 +26,33 @@ meson test -C "$builddir" --no-rebuild --print-errorlogs --num-processes 2 \
   --suite unit --suite integration --suite fault --suite security --suite fuzz \
   || status=$?
 
-python3 - "$builddir/meson-logs/testlog.json" <<'PY'
+# libFuzzer: each decoder of untrusted bytes, a fixed short run from its
+# seed corpus (test/fuzz/meson.build).
+fuzzdir=build-fuzz
+if [ ! -f "$fuzzdir/build.ninja" ]; then
+  CC=clang meson setup "$fuzzdir" -Dfuzz_engine=libfuzzer -Db_lundef=false \
+    -Dbuildtype=debug >/dev/null
+fi
+ninja -C "$fuzzdir" $(cd "$fuzzdir" && ninja -t targets all | sed -n 's/^\(test\/fuzz\/fuzz-[a-z-]*\): .*/\1/p')
+meson test -C "$fuzzdir" --no-rebuild --print-errorlogs --num-processes 2 --suite fuzz \
+  || status=$?
+
+python3 - "$builddir/meson-logs/testlog.json" "$fuzzdir/meson-logs/testlog.json" <<'PY'
 import json, sys
 passed = failed = skipped = 0
-with open(sys.argv[1]) as f:
-    for line in f:
-        line = line.strip()
-        if not line:
-            continue
-        r = json.loads(line).get("result")
-        if r in ("OK", "EXPECTEDFAIL"):
-            passed += 1
-        elif r == "SKIP":
-            skipped += 1
-        else:
-            failed += 1
+for path in sys.argv[1:]:
+    with open(path) as f:
+        for line in f:
+            line = line.strip()
+            if not line:
+                continue
+            r = json.loads(line).get("result")
+            if r in ("OK", "EXPECTEDFAIL"):
+                passed += 1
+            elif r == "SKIP":
+                skipped += 1
+            else:
+                failed += 1
 print(f"{passed} passed, {failed} failed, {skipped} skipped")
 PY
 exit "$status"

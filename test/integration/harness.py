@@ -5,8 +5,15 @@ speaks the wire protocol of docs/protocol.md through pyzmq and the
 generated referral_pb2, and cleans up every process it started, by PID.
 Every wait is bounded: a test that waits forever is a failing test.
 
+Everything runs with the real trust machinery: keys made by referralctl,
+a directory signed by a test root, CURVE on every connection, envelopes
+signed with Ed25519 and sealed (X25519 + HKDF-SHA256 + AES-256-GCM) exactly
+as docs/protocol.md specifies, using Debian's python3-cryptography. The
+keys are test fixtures made fresh in a temporary directory per test run.
+
 Environment (set by meson):
   REFERRALD     path of the referrald binary under test
+  REFERRALCTL   path of referralctl (keys and directory)
   PYTHONPATH    includes the directory with the generated referral_pb2.py
 """
 
@@ -21,12 +28,25 @@ import sys
 import tempfile
 import time
 
+import hashlib
+import json
+
 import zmq
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 import referral_pb2 as pb
 
 REFERRALD = os.environ.get("REFERRALD", "referrald")
+REFERRALCTL = os.environ.get("REFERRALCTL", "referralctl")
 V1 = pb.PROTOCOL_VERSION_1
+
+# The agencies every test directory lists (all served by the test broker).
+AGENCIES = ["sh.12355.desk", "qd.youth-league", "qd.police", "qd.school", "qd.hospital",
+            "qd.civil", "qd.procuratorate", "qd.nobody", "qd.closed-office"]
+BUCKETS = [1024, 4096, 16384, 65536, 262144, 786432]
 
 _started = []          # Broker objects to stop at exit
 
@@ -59,11 +79,108 @@ def new_id(t_ms=None):
     return bytes(b)
 
 
+def sha256(b):
+    return hashlib.sha256(b).digest()
+
+
+def key_id(public):
+    return sha256(public)[:16]
+
+
+class Identity:
+    """One identity's keys, loaded from the files referralctl keygen wrote."""
+
+    def __init__(self, keydir, ident):
+        self.id = ident
+        with open(os.path.join(keydir, ident + ".pub.json")) as f:
+            pub = json.load(f)
+        self.sign_public = bytes.fromhex(pub["sign_public"])
+        self.seal_public = bytes.fromhex(pub["seal_public"])
+        self.curve_public = pub["curve_public"].encode()
+        with open(os.path.join(keydir, ident + ".sign.pem"), "rb") as f:
+            self.sign_key = serialization.load_pem_private_key(f.read(), None)
+        with open(os.path.join(keydir, ident + ".seal.pem"), "rb") as f:
+            self.seal_key = serialization.load_pem_private_key(f.read(), None)
+        with open(os.path.join(keydir, ident + ".curve")) as f:
+            lines = dict(line.split() for line in f if line.strip())
+        self.curve_secret = lines["secret"].encode()
+
+
+def ctl(*args, check=True):
+    r = subprocess.run([REFERRALCTL, *args], capture_output=True, text=True, timeout=30)
+    if check and r.returncode != 0:
+        raise RuntimeError(f"referralctl {' '.join(args)} failed: {r.stderr}")
+    return r
+
+
+class Trust:
+    """Test fixture keys and a signed directory, made fresh in a temp dir:
+    a root, brokers, the AGENCIES, and 'qd.outsider' (keys, not listed)."""
+
+    def __init__(self, brokers=("broker.test", "broker.demo"), agencies=AGENCIES, version=1,
+                 valid_days=30, revoked=(), extra_agencies=()):
+        self.dir = tempfile.mkdtemp(prefix="referral-trust-")
+        self.keydir = os.path.join(self.dir, "keys")
+        os.mkdir(self.keydir)
+        self.brokers = list(brokers)
+        self.agencies = list(agencies)
+        for ident in ["root", "qd.outsider", *self.brokers, *self.agencies]:
+            ctl("keygen", "--id", ident, "--dir", self.keydir)
+        self.ids = {}
+        self.directory = os.path.join(self.dir, "directory.signed")
+        self.sign_directory(version, valid_days, revoked, extra_agencies)
+
+    def identity(self, ident):
+        if ident not in self.ids:
+            self.ids[ident] = Identity(self.keydir, ident)
+        return self.ids[ident]
+
+    def source(self, version, valid_days, revoked=(), extra_agencies=()):
+        home = self.brokers[0]
+        agencies = [{"id": a, "kind": "hotline_desk" if "12355" in a else "other",
+                     "region": "qingdao", "home_broker": home, "keys": f"keys/{a}.pub.json",
+                     "emergency_contacts": [{"label": "police", "phone": "110"}]}
+                    for a in self.agencies]
+        agencies += list(extra_agencies)
+        brokers = [{"id": b, "endpoint": "tcp://127.0.0.1:0", "keys": f"keys/{b}.pub.json"}
+                   for b in self.brokers]
+        return {"version": version, "valid_days": valid_days, "agencies": agencies,
+                "brokers": brokers, "revoked_key_ids": [k.hex() for k in revoked]}
+
+    def sign_directory(self, version, valid_days=30, revoked=(), extra_agencies=(), out=None,
+                       root_key=None):
+        src = os.path.join(self.dir, "directory.json")
+        with open(src, "w") as f:
+            json.dump(self.source(version, valid_days, revoked, extra_agencies), f)
+        ctl("directory", "sign", "--in", src,
+            "--root-key", root_key or os.path.join(self.keydir, "root.sign.pem"),
+            "--out", out or self.directory)
+        return out or self.directory
+
+    def root_pub(self):
+        return os.path.join(self.keydir, "root.pub.json")
+
+    def cleanup(self):
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+_default_trust = None
+
+
+def default_trust():
+    global _default_trust
+    if _default_trust is None:
+        _default_trust = Trust()
+        atexit.register(_default_trust.cleanup)
+    return _default_trust
+
+
 class Broker:
     """One referrald process with its own store directory and port."""
 
-    def __init__(self, broker_id="broker.test", workdir=None, **settings):
+    def __init__(self, broker_id="broker.test", workdir=None, trust=None, **settings):
         self.id = broker_id
+        self.trust = trust or default_trust()
         self.dir = workdir or tempfile.mkdtemp(prefix="referral-it-")
         self.owns_dir = workdir is None
         self.port = free_port()
@@ -78,6 +195,8 @@ class Broker:
         sections = {
             "broker": {"id": self.id, "listen": self.endpoint,
                        "data_dir": os.path.join(self.dir, "store"), "log_level": "info"},
+            "trust": {"directory": self.trust.directory, "trust_root": self.trust.root_pub(),
+                      "key_dir": self.trust.keydir},
             "limits": {}, "store": {"min_free_disk_bytes": "0"}, "delivery": {},
         }
         for key, value in self.settings.items():
@@ -91,6 +210,7 @@ class Broker:
 
     def start(self, timeout_s=15):
         """Start and wait until the log says it listens."""
+        self.write_config()
         self.log = open(self.log_path, "ab")
         self.log_start = os.path.getsize(self.log_path)
         self.proc = subprocess.Popen([REFERRALD, "--config", self.config_path],
@@ -164,13 +284,20 @@ class Broker:
 
 
 class Client:
-    """A raw protocol client: a DEALER speaking ClientFrame/BrokerFrame."""
+    """A raw protocol client: a CURVE DEALER speaking ClientFrame/BrokerFrame.
+    key_of: whose CURVE keys to connect with (default: the agency's)."""
 
-    def __init__(self, endpoint, agency=None, ctx=None):
+    def __init__(self, broker, agency=None, ctx=None, key_of=None):
         self.ctx = ctx or zmq.Context.instance()
+        self.broker = broker
+        self.trust = broker.trust
         self.sock = self.ctx.socket(zmq.DEALER)
         self.sock.setsockopt(zmq.LINGER, 0)
-        self.sock.connect(endpoint)
+        who = self.trust.identity(key_of or agency or "qd.outsider")
+        self.sock.curve_secretkey = who.curve_secret
+        self.sock.curve_publickey = who.curve_public
+        self.sock.curve_serverkey = self.trust.identity(broker.id).curve_public
+        self.sock.connect(broker.endpoint)
         self.request_id = 0
         self.pending = []       # frames received while waiting for something else
         self.unawaited = 0      # settle replies nobody waits for: dropped on arrival
@@ -275,21 +402,119 @@ class Client:
         return self.recv_kind("status").status
 
 
+def pad_plaintext(plain):
+    """Append BodyPlaintext.padding (field 15) to reach the next bucket."""
+    for bucket in BUCKETS:
+        if bucket - len(plain) <= 3:
+            continue
+        for k in (1, 2, 3):
+            n = bucket - len(plain) - 1 - k
+            if n >= 1 and len(_varint(n)) == k:
+                return plain + b"\x7a" + _varint(n) + bytes(n)
+    raise ValueError("plaintext larger than the largest bucket")
+
+
+def _varint(n):
+    out = bytearray()
+    while n >= 0x80:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def seal(padded, header_digest, recipients):
+    """SealedBody bytes: AES-256-GCM under a fresh content key, the key
+    wrapped for each (agency_id, seal_public) recipient."""
+    content_key = secrets.token_bytes(32)
+    nonce = secrets.token_bytes(12)
+    body = pb.SealedBody(nonce=nonce,
+                         ciphertext=AESGCM(content_key).encrypt(nonce, padded, header_digest))
+    for agency, public in recipients:
+        eph = X25519PrivateKey.generate()
+        eph_pub = eph.public_key().public_bytes(serialization.Encoding.Raw,
+                                                serialization.PublicFormat.Raw)
+        shared = eph.exchange(X25519PublicKey.from_public_bytes(public))
+        wrap_key = HKDF(hashes.SHA256(), 32, eph_pub + public, b"referral.v1 wrap").derive(shared)
+        wnonce = secrets.token_bytes(12)
+        body.keys.add(agency_id=agency, recipient_key_id=key_id(public), ephemeral_public=eph_pub,
+                      nonce=wnonce,
+                      wrapped_key=AESGCM(wrap_key).encrypt(wnonce, content_key, header_digest))
+    return body.SerializeToString()
+
+
+def sealed_size(padded_len, recipients):
+    """The exact length seal() will produce (sizes are fixed per field)."""
+    body = pb.SealedBody(nonce=bytes(12), ciphertext=bytes(padded_len + 16))
+    for agency, public in recipients:
+        body.keys.add(agency_id=agency, recipient_key_id=bytes(16), ephemeral_public=bytes(32),
+                      nonce=bytes(12), wrapped_key=bytes(48))
+    return len(body.SerializeToString())
+
+
+def open_sealed(sealed, header_bytes, identity):
+    """Open a sealed body as identity; returns the BodyPlaintext."""
+    digest = sha256(header_bytes)
+    body = pb.SealedBody()
+    body.ParseFromString(sealed)
+    for k in body.keys:
+        if k.agency_id == identity.id:
+            shared = identity.seal_key.exchange(X25519PublicKey.from_public_bytes(
+                k.ephemeral_public))
+            wrap_key = HKDF(hashes.SHA256(), 32, k.ephemeral_public + identity.seal_public,
+                            b"referral.v1 wrap").derive(shared)
+            content_key = AESGCM(wrap_key).decrypt(k.nonce, k.wrapped_key, digest)
+            plain = AESGCM(content_key).decrypt(body.nonce, body.ciphertext, digest)
+            p = pb.BodyPlaintext()
+            p.ParseFromString(plain)
+            return p
+    raise KeyError(f"no wrapped key for {identity.id}")
+
+
+def sign_envelope(identity, header, sealed):
+    data = b"referral.v1 envelope\x00" + len(header).to_bytes(4, "big") + header + sha256(sealed)
+    return identity.sign_key.sign(data)
+
+
+def case_file(narrative="A 17-year-old caller in Qingdao at risk; school counsellor informed.",
+              size=0):
+    """A CaseFile for tests; size pads the narrative to about that many bytes."""
+    if size > len(narrative):
+        narrative += "." * (size - len(narrative))
+    return pb.CaseFile(category=pb.CASE_CATEGORY_PSYCHOLOGICAL_SUPPORT,
+                       subject=pb.Subject(pseudonym="caller-7", age_years=17,
+                                          location="Qingdao, Shibei"),
+                       risk=pb.RiskAssessment(level=pb.RISK_LEVEL_HIGH),
+                       narrative=narrative, requested_action="contact within the hour")
+
+
 def make_envelope(sender, recipient, urgency=pb.URGENCY_ROUTINE, body_size=256, ttl_ms=3600_000,
                   created_at_ms=None, message_id=None, hops=(), kind=pb.MESSAGE_KIND_REFERRAL,
-                  body=None):
-    """A well-formed envelope. The body is opaque random bytes and the
-    signature a placeholder: these suites test storage and delivery; the
-    security suite tests real signatures and seals."""
+                  case=None, trust=None, signer=None, backups=(), header_edit=None):
+    """A signed, sealed envelope from sender to recipient (and backups),
+    with a case file of about body_size bytes. signer: sign with another
+    identity's key (attacks); header_edit(h): change the header before it is
+    sealed and signed."""
+    trust = trust or default_trust()
     created = now_ms() if created_at_ms is None else created_at_ms
-    sealed = body if body is not None else secrets.token_bytes(body_size)
+    plain = pb.BodyPlaintext(case_file=case or case_file(size=body_size)).SerializeToString()
+    padded = pad_plaintext(plain)
+    recipients = [(a, trust.identity(a).seal_public) for a in [recipient, *backups]]
     h = pb.RoutingHeader(
         header_version=1, message_id=message_id or new_id(), referral_id=new_id(),
         attempt_id=new_id(), kind=kind, from_agency=sender, to_agency=recipient,
-        urgency=urgency, created_at_ms=created, expires_at_ms=created + ttl_ms, hop_limit=4,
-        suite=pb.CIPHER_SUITE_ED25519_X25519_AES256GCM, padded_size=len(sealed))
-    return pb.Envelope(header=h.SerializeToString(), sealed_body=sealed,
-                       signature=bytes(64), signer_key_id=bytes(16),
+        backup_recipients=list(backups), urgency=urgency, created_at_ms=created,
+        expires_at_ms=created + ttl_ms, hop_limit=4,
+        suite=pb.CIPHER_SUITE_ED25519_X25519_AES256GCM,
+        padded_size=sealed_size(len(padded), recipients))
+    if header_edit is not None:
+        header_edit(h)
+    header = h.SerializeToString()
+    sealed = seal(padded, sha256(header), recipients)
+    signing = trust.identity(signer or sender)
+    return pb.Envelope(header=header, sealed_body=sealed,
+                       signature=sign_envelope(signing, header, sealed),
+                       signer_key_id=key_id(signing.sign_public),
                        suite=pb.CIPHER_SUITE_ED25519_X25519_AES256GCM, hops=list(hops))
 
 

@@ -7,13 +7,13 @@ from harness import pb
 
 def submit_deliver_ack():
     with h.Broker() as b:
-        desk = h.Client(b.endpoint, "sh.12355.desk")
+        desk = h.Client(b, "sh.12355.desk")
         env = h.make_envelope("sh.12355.desk", "qd.youth-league", pb.URGENCY_CRISIS)
         mid = h.header_of(env).message_id
         r = desk.submit(env)
         assert r.code == pb.RESULT_OK, r
         assert r.message_id == mid and not r.is_duplicate
-        agency = h.Client(b.endpoint, "qd.youth-league")
+        agency = h.Client(b, "qd.youth-league")
         agency.credit(10)
         d = agency.deliveries(1, ack=False)[0]
         assert d.message_id == mid and d.attempt == 1
@@ -33,7 +33,7 @@ def submit_deliver_ack():
 
 def duplicate_is_accepted_once():
     with h.Broker() as b:
-        desk = h.Client(b.endpoint, "sh.12355.desk")
+        desk = h.Client(b, "sh.12355.desk")
         env = h.make_envelope("sh.12355.desk", "qd.police")
         r1 = desk.submit(env)
         r2 = desk.submit(env)
@@ -44,7 +44,7 @@ def duplicate_is_accepted_once():
                                 message_id=h.header_of(env).message_id)
         r3 = desk.submit(other)
         assert r3.code == pb.RESULT_REPLAY, r3
-        police = h.Client(b.endpoint, "qd.police")
+        police = h.Client(b, "qd.police")
         police.credit(10)
         police.deliveries(1)
         try:
@@ -56,13 +56,13 @@ def duplicate_is_accepted_once():
 
 def crisis_overtakes_routine():
     with h.Broker() as b:
-        desk = h.Client(b.endpoint, "sh.12355.desk")
+        desk = h.Client(b, "sh.12355.desk")
         for _ in range(1000):
             desk.submit(h.make_envelope("sh.12355.desk", "qd.school", body_size=64), wait=False)
         crisis = h.make_envelope("sh.12355.desk", "qd.school", pb.URGENCY_CRISIS)
         rid = desk.submit(crisis, wait=False)
         assert desk.wait_reply(rid, timeout_s=60).code == pb.RESULT_OK
-        school = h.Client(b.endpoint, "qd.school")
+        school = h.Client(b, "qd.school")
         school.credit(1)
         d = school.deliveries(1)[0]
         assert d.message_id == h.header_of(crisis).message_id, "crisis did not come first"
@@ -71,16 +71,16 @@ def crisis_overtakes_routine():
 
 def redelivery_after_disconnect():
     with h.Broker(delivery__ack_timeout_ms=700) as b:
-        desk = h.Client(b.endpoint, "sh.12355.desk")
+        desk = h.Client(b, "sh.12355.desk")
         env = h.make_envelope("sh.12355.desk", "qd.hospital", pb.URGENCY_URGENT)
         mid = h.header_of(env).message_id
         assert desk.submit(env).code == pb.RESULT_OK
-        first = h.Client(b.endpoint, "qd.hospital")
+        first = h.Client(b, "qd.hospital")
         first.credit(5)
         d1 = first.deliveries(1, ack=False)[0]
         assert d1.attempt == 1
         first.close()                      # gone without acking
-        second = h.Client(b.endpoint, "qd.hospital")
+        second = h.Client(b, "qd.hospital")
         second.credit(5)
         d2 = second.deliveries(1, timeout_s=10, ack=False)[0]
         assert d2.message_id == mid and d2.attempt >= 2, d2
@@ -90,11 +90,11 @@ def redelivery_after_disconnect():
 
 def nak_delays_and_in_progress_extends():
     with h.Broker(delivery__ack_timeout_ms=800) as b:
-        desk = h.Client(b.endpoint, "sh.12355.desk")
+        desk = h.Client(b, "sh.12355.desk")
         env = h.make_envelope("sh.12355.desk", "qd.civil")
         mid = h.header_of(env).message_id
         desk.submit(env)
-        c = h.Client(b.endpoint, "qd.civil")
+        c = h.Client(b, "qd.civil")
         c.credit(5)
         c.deliveries(1, ack=False)
         assert c.settle(mid, pb.SETTLE_VERB_NAK, delay_ms=300).code == pb.RESULT_OK
@@ -114,12 +114,12 @@ def nak_delays_and_in_progress_extends():
 
 def reject_and_expiry_notify_sender():
     with h.Broker() as b:
-        desk = h.Client(b.endpoint, "sh.12355.desk")
+        desk = h.Client(b, "sh.12355.desk")
         rej = h.make_envelope("sh.12355.desk", "qd.procuratorate")
         exp = h.make_envelope("sh.12355.desk", "qd.nobody", ttl_ms=1500)
         desk.submit(rej)
         desk.submit(exp)
-        p = h.Client(b.endpoint, "qd.procuratorate")
+        p = h.Client(b, "qd.procuratorate")
         p.credit(1)
         d = p.deliveries(1, ack=False)[0]
         assert p.settle(d.message_id, pb.SETTLE_VERB_REJECT, reason="not our remit").code \

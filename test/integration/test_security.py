@@ -1,90 +1,343 @@
-"""Security suite (the part that holds before CURVE and signatures): a
-session acts only as its own agency, cannot settle or inspect another's
-messages, and the broker refuses replays, stale or far-future envelopes,
-loops and exhausted hop limits, while it keeps serving and loses nothing
-already accepted. Binding a session to a CURVE key, signatures and
-sealing are tested with the trust work (docs/security.md)."""
+"""Security suite: forged, altered, replayed and misaddressed envelopes,
+unknown and revoked keys, spoofed identities, other agencies' queues, bad
+directories. Each is refused with its documented code while the broker
+keeps serving others and loses nothing it accepted."""
+
+import os
+import secrets
+import signal
+import time
+
+import zmq
+import zmq.utils.z85
+from cryptography.exceptions import InvalidTag
 
 import harness as h
 from harness import pb
 
 DESK = "sh.12355.desk"
+POLICE = "qd.police"
+
+
+class Guard:
+    """A referral accepted before the attacks, checked intact after them."""
+
+    def __init__(self, b):
+        self.b = b
+        self.env = h.make_envelope(DESK, POLICE, pb.URGENCY_CRISIS, trust=b.trust)
+        desk = h.Client(b, DESK)
+        assert desk.submit(self.env).code == pb.RESULT_OK
+        desk.close()
+
+    def check(self):
+        assert self.b.proc is not None and self.b.proc.poll() is None, "broker died"
+        police = h.Client(self.b, POLICE)
+        police.credit(50)
+        mid = h.header_of(self.env).message_id
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            f = police.recv_kind("delivery", timeout_s=5)
+            police.settle(f.delivery.message_id, wait=False)
+            if f.delivery.message_id == mid:
+                assert f.delivery.envelope.sealed_body == self.env.sealed_body
+                plain = h.open_sealed(f.delivery.envelope.sealed_body,
+                                      f.delivery.envelope.header, self.b.trust.identity(POLICE))
+                assert plain.case_file.subject.age_years == 17
+                return
+        raise AssertionError("the referral accepted before the attacks was not delivered")
+
+
+def refused(b, env, code, who=DESK):
+    c = h.Client(b, who)
+    r = c.submit(env)
+    c.close()
+    assert r.code == code, (pb.ResultCode.Name(r.code), r.detail)
+    assert r.detail, "a refusal must say why"
+    return r
+
+
+def forged_and_unknown_signatures_are_refused():
+    with h.Broker() as b:
+        g = Guard(b)
+        # Signed by another agency's key, claiming to be the desk.
+        refused(b, h.make_envelope(DESK, POLICE, signer="qd.school"), pb.RESULT_UNKNOWN_KEY)
+        # The desk's key id, but a signature of random bytes.
+        env = h.make_envelope(DESK, POLICE)
+        env.signature = secrets.token_bytes(64)
+        refused(b, env, pb.RESULT_BAD_SIGNATURE)
+        # A key the directory has never seen.
+        env = h.make_envelope(DESK, POLICE, signer="qd.outsider")
+        refused(b, env, pb.RESULT_UNKNOWN_KEY)
+        g.check()
+
+
+def tampered_header_and_body_are_refused():
+    with h.Broker() as b:
+        g = Guard(b)
+        env = h.make_envelope(DESK, POLICE, pb.URGENCY_ROUTINE)
+        hdr = h.header_of(env)
+        hdr.urgency = pb.URGENCY_CRISIS              # jump the queue
+        env.header = hdr.SerializeToString()
+        refused(b, env, pb.RESULT_BAD_SIGNATURE)
+        env = h.make_envelope(DESK, POLICE)
+        body = bytearray(env.sealed_body)
+        body[len(body) // 2] ^= 0x01
+        env.sealed_body = bytes(body)
+        refused(b, env, pb.RESULT_BAD_SIGNATURE)
+        g.check()
+
+
+def body_moved_to_another_header_is_refused_and_unreadable():
+    with h.Broker() as b:
+        g = Guard(b)
+        a = h.make_envelope(DESK, POLICE)
+        other = h.make_envelope(DESK, POLICE)
+        moved = pb.Envelope()
+        moved.CopyFrom(other)
+        moved.sealed_body = a.sealed_body
+        # Same size bucket, so the header's padded_size still matches.
+        assert len(a.sealed_body) == len(other.sealed_body)
+        refused(b, moved, pb.RESULT_BAD_SIGNATURE)
+        # Even if the sender re-signs it (a compromised desk), the AEAD binds
+        # the body to its header: the recipient cannot open it.
+        moved.signature = h.sign_envelope(b.trust.identity(DESK), moved.header, moved.sealed_body)
+        desk = h.Client(b, DESK)
+        assert desk.submit(moved).code == pb.RESULT_OK
+        police = h.Client(b, POLICE)
+        police.credit(10)
+        seen = 0
+        while seen < 2:
+            d = police.recv_kind("delivery").delivery
+            police.settle(d.message_id, wait=False)
+            seen += 1
+            if d.message_id == h.header_of(moved).message_id:
+                try:
+                    h.open_sealed(d.envelope.sealed_body, d.envelope.header,
+                                  b.trust.identity(POLICE))
+                    raise AssertionError("a body moved to another header was opened")
+                except InvalidTag:
+                    pass
+
+
+def replay_is_refused():
+    with h.Broker(limits__clock_skew_ms=60000) as b:
+        g = Guard(b)
+        again = pb.Envelope()
+        again.CopyFrom(g.env)
+        desk = h.Client(b, DESK)
+        r = desk.submit(again)
+        assert r.code == pb.RESULT_OK and r.is_duplicate      # same content: once
+        other = h.make_envelope(DESK, POLICE, message_id=h.header_of(g.env).message_id)
+        refused(b, other, pb.RESULT_REPLAY)
+        old = h.make_envelope(DESK, POLICE, created_at_ms=h.now_ms() - 600_000, ttl_ms=3600_000)
+        refused(b, old, pb.RESULT_REPLAY)
+        expired = h.make_envelope(DESK, POLICE, created_at_ms=h.now_ms() - 5000, ttl_ms=1000)
+        refused(b, expired, pb.RESULT_EXPIRED)
+        refused(b, h.make_envelope(DESK, POLICE, hops=[b.id]), pb.RESULT_LOOP)
+        refused(b, h.make_envelope(DESK, POLICE, hops=["a", "b", "c", "d"]), pb.RESULT_HOP_LIMIT)
+        refused(b, h.make_envelope(DESK, "qd.outsider"), pb.RESULT_UNKNOWN_RECIPIENT)
+        g.check()
+
+
+def unknown_curve_key_cannot_connect():
+    with h.Broker() as b:
+        g = Guard(b)
+        outsider = h.Client(b, key_of="qd.outsider")
+        outsider.send(hello=pb.Hello(agency_id=DESK))
+        try:
+            outsider.recv(timeout_s=1.5)
+            raise AssertionError("a connection with an unknown CURVE key got an answer")
+        except TimeoutError:
+            pass
+        # A client that does not know the server key at all.
+        ctx = zmq.Context.instance()
+        plain = ctx.socket(zmq.DEALER)
+        plain.setsockopt(zmq.LINGER, 0)
+        plain.connect(b.endpoint)
+        plain.send(pb.ClientFrame(version=h.V1, hello=pb.Hello(agency_id=DESK))
+                   .SerializeToString())
+        assert not plain.poll(1000), "a plaintext client got an answer"
+        plain.close(0)
+        assert "unknown CURVE key" in b.read_log()
+        g.check()
 
 
 def sender_spoofing_is_refused():
     with h.Broker() as b:
-        intruder = h.Client(b.endpoint, "qd.school")
-        spoof = h.make_envelope("qd.police", "qd.school")
-        r = intruder.submit(spoof)
+        g = Guard(b)
+        school = h.Client(b, "qd.school")
+        spoof = h.make_envelope(POLICE, "qd.school")       # properly signed by the police
+        r = school.submit(spoof)
         assert r.code == pb.RESULT_SENDER_MISMATCH, r
-        assert "qd.police" in r.detail and "qd.school" in r.detail
-        police = h.Client(b.endpoint, "qd.school")
-        police.credit(5)
-        try:
-            police.recv_kind("delivery", timeout_s=0.5)
-            raise AssertionError("a spoofed envelope was stored")
-        except TimeoutError:
-            pass
+        # A Hello that names another agency than the key's is refused.
+        c = h.Client(b, key_of="qd.school")
+        c.send(hello=pb.Hello(agency_id=DESK))
+        assert c.recv_kind("error").error.code == pb.RESULT_NOT_AUTHORIZED
+        g.check()
 
 
-def another_agency_cannot_settle_or_see():
+def another_agency_queue_is_out_of_reach():
     with h.Broker() as b:
-        desk = h.Client(b.endpoint, DESK)
-        env = h.make_envelope(DESK, "qd.police")
-        mid = h.header_of(env).message_id
-        assert desk.submit(env).code == pb.RESULT_OK
-        intruder = h.Client(b.endpoint, "qd.school")
+        g = Guard(b)
+        mid = h.header_of(g.env).message_id
+        intruder = h.Client(b, "qd.school")
         for verb in (pb.SETTLE_VERB_ACK, pb.SETTLE_VERB_REJECT, pb.SETTLE_VERB_NAK):
             assert intruder.settle(mid, verb).code == pb.RESULT_UNKNOWN_MESSAGE
-        st = intruder.status(mid)
-        assert st.state == pb.MESSAGE_STATE_UNKNOWN and st.attempts == 0
-        # The intruder's queue is its own: nothing of the police arrives.
-        intruder.credit(5)
+        assert intruder.status(mid).state == pb.MESSAGE_STATE_UNKNOWN
+        intruder.credit(10)
         try:
             intruder.recv_kind("delivery", timeout_s=0.5)
             raise AssertionError("another agency's referral was delivered")
         except TimeoutError:
             pass
-        # The sender and the recipient may ask; the message is untouched.
-        assert desk.status(mid).state == pb.MESSAGE_STATE_QUEUED
-        police = h.Client(b.endpoint, "qd.police")
-        police.credit(1)
-        assert police.deliveries(1)[0].message_id == mid
+        g.check()
 
 
-def replay_and_freshness_are_refused():
-    with h.Broker(limits__clock_skew_ms=60000, limits__max_ttl_ms=86400000) as b:
-        desk = h.Client(b.endpoint, DESK)
-        env = h.make_envelope(DESK, "qd.police")
+def broker_store_holds_no_plaintext():
+    with h.Broker() as b:
+        marker = "caller-" + secrets.token_hex(16)
+        case = h.case_file(narrative=f"{marker} said she would jump from the school roof.")
+        case.subject.pseudonym = marker
+        env = h.make_envelope(DESK, POLICE, pb.URGENCY_CRISIS, case=case)
+        desk = h.Client(b, DESK)
         assert desk.submit(env).code == pb.RESULT_OK
-        changed = h.make_envelope(DESK, "qd.police", message_id=h.header_of(env).message_id)
-        assert desk.submit(changed).code == pb.RESULT_REPLAY
-        old = h.make_envelope(DESK, "qd.police", created_at_ms=h.now_ms() - 3600_000,
-                              ttl_ms=7200_000)
-        r = desk.submit(old)
-        assert r.code == pb.RESULT_REPLAY and "clock" in r.detail, r
-        future = h.make_envelope(DESK, "qd.police", created_at_ms=h.now_ms() + 3600_000)
-        assert desk.submit(future).code == pb.RESULT_REPLAY
-        expired = h.make_envelope(DESK, "qd.police", created_at_ms=h.now_ms() - 2000,
-                                  ttl_ms=1000)
-        assert desk.submit(expired).code == pb.RESULT_EXPIRED
-        too_long = h.make_envelope(DESK, "qd.police", ttl_ms=10 * 86400000)
-        assert desk.submit(too_long).code == pb.RESULT_INVALID_FIELD
-        looped = h.make_envelope(DESK, "qd.police", hops=[b.id])
-        assert desk.submit(looped).code == pb.RESULT_LOOP
-        worn = h.make_envelope(DESK, "qd.police", hops=["a", "b", "c", "d"])
-        assert desk.submit(worn).code == pb.RESULT_HOP_LIMIT
-        # Still serving, and the one accepted referral is intact.
-        police = h.Client(b.endpoint, "qd.police")
-        police.credit(10)
-        got = police.deliveries(1)
-        assert got[0].message_id == h.header_of(env).message_id
-        assert got[0].envelope.sealed_body == env.sealed_body
+        b.stop()
+        with open(os.path.join(b.dir, "store", "data.mdb"), "rb") as f:
+            data = f.read()
+        assert env.sealed_body[40:200] in data, "the sealed body should be stored"
+        assert marker.encode() not in data, "case plaintext found in the broker's store"
+        assert b"school roof" not in data
+
+
+def bad_directories_are_refused():
+    t = h.Trust(brokers=("broker.test",), agencies=[DESK, POLICE])
+    try:
+        good = t.directory
+        other_root = h.Trust(brokers=("broker.test",), agencies=[DESK])
+        # Signed by a root that is not the pinned one.
+        t.directory = other_root.directory
+        b = h.Broker(trust=t)
+        try:
+            b.start(timeout_s=5)
+            raise AssertionError("broker started with a directory from another root")
+        except RuntimeError as e:
+            assert "not by the pinned trust root" in str(e), e
+        # Unsigned: the directory bytes with no signature.
+        sd = pb.SignedDirectory()
+        with open(good, "rb") as f:
+            sd.ParseFromString(f.read())
+        sd.ClearField("signature")
+        unsigned = os.path.join(t.dir, "unsigned.signed")
+        with open(unsigned, "wb") as f:
+            f.write(sd.SerializeToString())
+        t.directory = unsigned
+        try:
+            b.start(timeout_s=5)
+            raise AssertionError("broker started with an unsigned directory")
+        except RuntimeError as e:
+            assert "not signed" in str(e), e
+        # Expired: a directory whose validity ended, properly signed.
+        d = pb.Directory()
+        with open(good, "rb") as f:
+            sd.ParseFromString(f.read())
+        d.ParseFromString(sd.directory)
+        d.issued_at_ms = h.now_ms() - 20_000
+        d.expires_at_ms = h.now_ms() - 10_000
+        root = t.identity("root")
+        sd.directory = d.SerializeToString()
+        sd.signature = root.sign_key.sign(b"referral.v1 directory\x00" + sd.directory)
+        expired = os.path.join(t.dir, "expired.signed")
+        with open(expired, "wb") as f:
+            f.write(sd.SerializeToString())
+        t.directory = expired
+        try:
+            b.start(timeout_s=5)
+            raise AssertionError("broker started with an expired directory")
+        except RuntimeError as e:
+            assert "expired" in str(e), e
+        # Altered after signing.
+        with open(good, "rb") as f:
+            raw = bytearray(f.read())
+        raw[len(raw) // 3] ^= 0x20
+        altered = os.path.join(t.dir, "altered.signed")
+        with open(altered, "wb") as f:
+            f.write(bytes(raw))
+        t.directory = altered
+        try:
+            b.start(timeout_s=5)
+            raise AssertionError("broker started with an altered directory")
+        except RuntimeError as e:
+            assert "refused" in str(e), e
+        b.cleanup()
+        other_root.cleanup()
+    finally:
+        t.cleanup()
+
+
+def revocation_closes_sessions_and_refuses_old_keys():
+    t = h.Trust(brokers=("broker.test",), agencies=[DESK, POLICE, "qd.school"])
+    try:
+        b = h.Broker(trust=t).start()
+        g = Guard(b)
+        school = h.Client(b, "qd.school")
+        assert school.status(h.new_id()).state == pb.MESSAGE_STATE_UNKNOWN  # session works
+        old_sign = h.key_id(t.identity("qd.school").sign_public)
+        old_curve = h.sha256(zmq.utils.z85.decode(t.identity("qd.school").curve_public))[:16]
+        # Version 2 revokes the school's keys; an older version 1 is refused after.
+        t.sign_directory(2, revoked=[old_sign, old_curve])
+        b.proc.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 5
+        while "directory loaded version=2" not in b.read_log():
+            assert time.monotonic() < deadline, b.read_log()[-2000:]
+            time.sleep(0.05)
+        school.send(status=pb.StatusQuery(request_id=5, message_id=h.new_id()))
+        assert school.recv_kind("error").error.code == pb.RESULT_REVOKED_KEY
+        assert "closed session: key revoked" in b.read_log()
+        again = h.Client(b, key_of="qd.school")              # a new connection: refused by ZAP
+        again.send(hello=pb.Hello(agency_id="qd.school"))
+        try:
+            again.recv(timeout_s=1.0)
+            raise AssertionError("a revoked CURVE key connected")
+        except TimeoutError:
+            pass
+        # Rolling back to version 1 is refused; version 2 stays in force.
+        t.sign_directory(1)
+        b.proc.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 5
+        while "directory reload refused" not in b.read_log():
+            assert time.monotonic() < deadline, b.read_log()[-2000:]
+            time.sleep(0.05)
+        assert "older than version 2" in b.read_log()
+        g.check()
+        b.stop()
+        # And a restart with the old file is refused too.
+        try:
+            b.start(timeout_s=5)
+            raise AssertionError("broker started with an older directory")
+        except RuntimeError as e:
+            assert "older than version 2" in str(e), e
+        b.cleanup()
+    finally:
+        t.cleanup()
+
+
+def revoked_signing_key_is_refused():
+    t = h.Trust(brokers=("broker.test",), agencies=[DESK, POLICE])
+    try:
+        desk_kid = h.key_id(t.identity(DESK).sign_public)
+        stale = h.make_envelope(DESK, POLICE, trust=t)
+        t.sign_directory(2, revoked=[desk_kid])
+        with h.Broker(trust=t) as b:
+            desk = h.Client(b, DESK)      # its CURVE key is still valid
+            r = desk.submit(stale)
+            assert r.code == pb.RESULT_REVOKED_KEY, r
+    finally:
+        t.cleanup()
 
 
 def hello_with_bad_identity_is_refused():
     with h.Broker() as b:
-        c = h.Client(b.endpoint)
+        c = h.Client(b, key_of=DESK)
         for bad in ("QD.Police", "qd..police", ".qd", "x" * 65, "qd police"):
             c.send(hello=pb.Hello(agency_id=bad))
             f = c.recv_kind("error")
@@ -93,6 +346,12 @@ def hello_with_bad_identity_is_refused():
         assert c.recv_kind("error").error.code == pb.RESULT_NOT_IDENTIFIED
 
 
+TESTS = [hello_with_bad_identity_is_refused, forged_and_unknown_signatures_are_refused, tampered_header_and_body_are_refused,
+         body_moved_to_another_header_is_refused_and_unreadable, replay_is_refused,
+         unknown_curve_key_cannot_connect, sender_spoofing_is_refused,
+         another_agency_queue_is_out_of_reach, broker_store_holds_no_plaintext,
+         bad_directories_are_refused, revocation_closes_sessions_and_refuses_old_keys,
+         revoked_signing_key_is_refused]
+
 if __name__ == "__main__":
-    h.run([sender_spoofing_is_refused, another_agency_cannot_settle_or_see,
-           replay_and_freshness_are_refused, hello_with_bad_identity_is_refused])
+    h.run(TESTS)

@@ -1,0 +1,74 @@
+/*
+ * trust: the broker's directory, loaded at start and on SIGHUP.
+ *
+ * The highest directory version a store has used is kept in its meta
+ * database, so neither a reload nor a restart can go back to an older
+ * directory (which might list a key that was revoked since). After a
+ * reload, sessions whose CURVE key is no longer admitted are closed at
+ * once; their next frames are refused by the per-message check in loop.c.
+ */
+#include "broker.h"
+
+#include <inttypes.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "clock.h"
+#include "log.h"
+#include "zap.h"
+
+bool broker_load_directory(broker *b, char *why, size_t why_len)
+{
+    MDB_txn *txn;
+    if (store_begin(b->st, &txn) != STORE_OK) {
+        snprintf(why, why_len, "cannot read the store to check the directory version");
+        return false;
+    }
+    uint64_t min_version = 0;
+    store_err e = store_meta_get_u64(b->st, txn, "directory_version", &min_version);
+    if (e != STORE_OK && e != STORE_NOT_FOUND) {
+        mdb_txn_abort(txn);
+        snprintf(why, why_len, "cannot read the directory version from the store: %s",
+                 store_strerror(e));
+        return false;
+    }
+    directory *d = NULL;
+    if (directory_load(b->cfg.directory, b->trust_root, min_version, clock_now_ms(), &d, why,
+                       why_len) != DIRECTORY_OK) {
+        mdb_txn_abort(txn);
+        return false;
+    }
+    const Referral__V1__DirectoryBroker *me = directory_broker(d, b->cfg.id);
+    if (me == NULL || memcmp(me->curve_public.data, b->keys.curve_public, 32) != 0 ||
+        memcmp(me->sign_public.data, b->keys.sign_public, 32) != 0) {
+        snprintf(why, why_len, "directory %s %s broker %s; add this broker's %s/%s.pub.json to "
+                 "the directory source and sign it again", b->cfg.directory,
+                 me == NULL ? "does not list" : "has other keys for", b->cfg.id, b->cfg.key_dir,
+                 b->cfg.id);
+        directory_destroy(&d);
+        mdb_txn_abort(txn);
+        return false;
+    }
+    uint64_t version = directory_get(d)->version;
+    char cwhy[256];
+    e = store_meta_put_u64(b->st, txn, "directory_version", version);
+    if (e != STORE_OK || store_commit(b->st, txn, cwhy, sizeof cwhy) != STORE_OK) {
+        if (e != STORE_OK)
+            mdb_txn_abort(txn);
+        snprintf(why, why_len, "cannot record the directory version in the store");
+        directory_destroy(&d);
+        return false;
+    }
+    directory_destroy(&b->dir);
+    b->dir = d;
+    log_info("trust", "directory loaded version=%" PRIu64 " agencies=%zu brokers=%zu", version,
+             directory_get(d)->n_agencies, directory_get(d)->n_brokers);
+    for (size_t i = 0; i < b->sessions.cap; i++) {
+        session *s = &b->sessions.items[i];
+        if (s->is_used && !zap_is_still_valid(d, s->agency, s->key_id)) {
+            log_warn("trust", "closed session: key revoked or replaced agency=%s", s->agency);
+            session_close(&b->sessions, s);
+        }
+    }
+    return true;
+}

@@ -1,0 +1,43 @@
+/*
+ * zap: the ZeroMQ authentication handler for CURVE connections.
+ *
+ * libzmq admits any client that knows a CURVE server's public key unless a
+ * ZAP handler is bound, so zap_open() binds inproc://zeromq.zap.01 before
+ * any CURVE socket exists, and fails closed: a request it cannot read, a
+ * key that is not in the directory or is revoked, gets status 400. The
+ * admitted connection's User-Id is "AGENCY#KEYID" (the agency id and the
+ * hex key id of its CURVE key); the loop reads it from every message and
+ * re-checks it against the current directory, so a directory that revokes
+ * or replaces a key cuts off connections already open.
+ *
+ * The handler runs in the broker's loop (the same thread): if the loop
+ * stops, nobody is admitted.
+ */
+#ifndef REF_BROKER_ZAP_H
+#define REF_BROKER_ZAP_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "directory.h"
+#include "ids.h"
+
+#define ZAP_USER_ID_MAX (IDS_NAME_MAX + 1 + 32 + 1)
+
+/* Create and bind the ZAP socket in zctx. NULL on failure (errno set). */
+void *zap_open(void *zctx);
+
+/* Answer every pending ZAP request (non-blocking) against d. Returns how
+ * many were answered. */
+int zap_handle(void *zap, const directory *d);
+
+/* Split a User-Id into agency id and key id; false if malformed. */
+bool zap_parse_user_id(const char *user_id, char agency[IDS_NAME_MAX + 1], uint8_t key_id[16]);
+
+/* The key id of a CURVE public key: first 16 bytes of its SHA-256. */
+void zap_curve_key_id(const uint8_t curve_public[32], uint8_t key_id[16]);
+
+/* Is the agency with this CURVE key id still admitted by d? */
+bool zap_is_still_valid(const directory *d, const char *agency, const uint8_t key_id[16]);
+
+#endif

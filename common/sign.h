@@ -1,0 +1,56 @@
+/*
+ * sign: Ed25519 signatures (OpenSSL EVP, one-shot) with domain separation.
+ *
+ * Every signature in the federation covers ASCII domain || 0x00 || message,
+ * so that a signature made for one purpose can never be replayed as
+ * another. Domains: "referral.v1 envelope" (sign_envelope), "referral.v1
+ * directory", "referral.v1 notice". The envelope's signing input is fixed
+ * byte by byte in docs/protocol.md:
+ *
+ *   "referral.v1 envelope" 0x00 | uint32 BE len(header) | header | SHA-256(body)
+ *
+ * Key ids are the first 16 bytes of the SHA-256 of the raw public key.
+ * Secrets are 32-byte Ed25519 seeds; nothing here keeps a copy.
+ */
+#ifndef REF_SIGN_H
+#define REF_SIGN_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#define SIGN_PUBLIC_BYTES 32
+#define SIGN_SECRET_BYTES 32
+#define SIGN_BYTES 64
+#define SIGN_KEY_ID_BYTES 16
+
+/* A new key pair. False only if OpenSSL fails. */
+bool sign_keypair(uint8_t pub[SIGN_PUBLIC_BYTES], uint8_t sec[SIGN_SECRET_BYTES]);
+
+/* The key id of pub. */
+void sign_key_id(const uint8_t pub[SIGN_PUBLIC_BYTES], uint8_t id[SIGN_KEY_ID_BYTES]);
+
+/* Sign domain || 0x00 || msg. False only if OpenSSL fails. */
+bool sign_detached(const uint8_t sec[SIGN_SECRET_BYTES], const char *domain, const uint8_t *msg,
+                   size_t len, uint8_t sig[SIGN_BYTES]);
+
+/* Verify a signature made by sign_detached. */
+bool sign_verify(const uint8_t pub[SIGN_PUBLIC_BYTES], const char *domain, const uint8_t *msg,
+                 size_t len, const uint8_t sig[SIGN_BYTES]);
+
+/* Sign and verify an envelope: header bytes as sent, and the sealed body. */
+bool sign_envelope(const uint8_t sec[SIGN_SECRET_BYTES], const uint8_t *header, size_t hlen,
+                   const uint8_t *body, size_t blen, uint8_t sig[SIGN_BYTES]);
+bool sign_verify_envelope(const uint8_t pub[SIGN_PUBLIC_BYTES], const uint8_t *header,
+                          size_t hlen, const uint8_t *body, size_t blen,
+                          const uint8_t sig[SIGN_BYTES]);
+
+/* Write sec as a PKCS#8 PEM file of mode 0600 (replacing any file there).
+ * Load one back (refusing a file readable by group or others), deriving
+ * pub. False with a sentence in why on any failure. */
+bool sign_secret_save_pem(const char *path, const uint8_t sec[SIGN_SECRET_BYTES], char *why,
+                          size_t why_len);
+bool sign_secret_load_pem(const char *path, uint8_t sec[SIGN_SECRET_BYTES],
+                          uint8_t pub[SIGN_PUBLIC_BYTES], char *why, size_t why_len);
+
+#endif

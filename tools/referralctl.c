@@ -1,0 +1,558 @@
+/*
+ * referralctl: keys and the signed directory, for operators.
+ *
+ *   referralctl keygen --id ID [--dir DIR] [--force]
+ *   referralctl directory sign --in SOURCE.json --root-key ROOT.sign.pem --out FILE
+ *   referralctl directory verify --file FILE --root ROOT
+ *   referralctl directory show --file FILE --root ROOT [--json]
+ *
+ * The directory source is JSON (docs/operations.md, "The directory"); the
+ * signed file is a SignedDirectory (referral.proto). This tool never prints
+ * a secret key.
+ */
+#include <errno.h>
+#include <getopt.h>
+#include <inttypes.h>
+#include <libgen.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <json-c/json.h>
+#include <openssl/crypto.h>
+
+#include "clock.h"
+#include "directory.h"
+#include "ids.h"
+#include "keys.h"
+#include "ref_version.h"
+#include "sign.h"
+#include "wire.h"
+
+enum { EXIT_OK = 0, EXIT_FAIL = 1, EXIT_USAGE = 2 };
+
+static void usage(FILE *f)
+{
+    fprintf(f,
+        "Usage:\n"
+        "  referralctl keygen --id ID [--dir DIR] [--force]\n"
+        "  referralctl directory sign --in SOURCE.json --root-key ROOT.sign.pem --out FILE\n"
+        "  referralctl directory verify --file FILE --root ROOT [--min-version N]\n"
+        "  referralctl directory show --file FILE --root ROOT [--json]\n"
+        "  referralctl --help | --version\n"
+        "\n"
+        "keygen      writes ID.sign.pem (Ed25519), ID.seal.pem (X25519) and ID.curve\n"
+        "            (CURVE transport pair), all mode 0600, and ID.pub.json (public\n"
+        "            parts) into DIR (default .), then prints the public parts.\n"
+        "            Existing files are kept unless --force.\n"
+        "directory sign    reads the JSON source, checks every entry, signs it with the\n"
+        "            trust-root key and writes the signed directory.\n"
+        "directory verify  checks a signed directory against the pinned root: ROOT is\n"
+        "            64 hex digits or a .pub.json file. Refuses unsigned, wrongly\n"
+        "            signed, older (--min-version) or expired directories.\n"
+        "directory show    verifies, then lists agencies and brokers (--json: as JSON).\n"
+        "\n"
+        "Examples:\n"
+        "  referralctl keygen --id root --dir keys\n"
+        "  referralctl keygen --id qd.police.shibei --dir keys\n"
+        "  referralctl directory sign --in etc/directory.example.json \\\n"
+        "      --root-key keys/root.sign.pem --out directory.signed\n"
+        "  referralctl directory verify --file directory.signed --root keys/root.pub.json\n"
+        "\n"
+        "Exit status: 0 success, 1 the operation failed (the message says why),\n"
+        "2 bad usage.\n");
+}
+
+/* ---- keygen --------------------------------------------------------------- */
+
+static int cmd_keygen(int argc, char **argv)
+{
+    static const struct option opts[] = {
+        {"id", required_argument, NULL, 'i'}, {"dir", required_argument, NULL, 'd'},
+        {"force", no_argument, NULL, 'f'}, {"help", no_argument, NULL, 'h'}, {NULL, 0, NULL, 0}};
+    const char *id = NULL, *dir = ".";
+    bool force = false;
+    int c;
+    optind = 1;
+    while ((c = getopt_long(argc, argv, "i:d:fh", opts, NULL)) != -1) {
+        switch (c) {
+        case 'i': id = optarg; break;
+        case 'd': dir = optarg; break;
+        case 'f': force = true; break;
+        case 'h': usage(stdout); return EXIT_OK;
+        default: return EXIT_USAGE;
+        }
+    }
+    if (id == NULL) {
+        fprintf(stderr, "referralctl keygen: --id is required\n");
+        return EXIT_USAGE;
+    }
+    keys_identity k;
+    char why[512];
+    if (!keys_generate(dir, id, force, &k, why, sizeof why)) {
+        fprintf(stderr, "referralctl keygen: %s\n", why);
+        keys_wipe(&k);
+        return EXIT_FAIL;
+    }
+    uint8_t key_id[SIGN_KEY_ID_BYTES];
+    char hex[65], z85[41], kid[33];
+    sign_key_id(k.sign_public, key_id);
+    printf("id            %s\n", k.id);
+    printf("sign_public   %s\n", ids_hex(k.sign_public, 32, hex));
+    printf("sign_key_id   %s\n", ids_hex(key_id, 16, kid));
+    printf("seal_public   %s\n", ids_hex(k.seal_public, 32, hex));
+    keys_to_z85(k.curve_public, z85);
+    printf("curve_public  %s\n", z85);
+    printf("files         %s/%s.{sign.pem,seal.pem,curve} (0600), %s/%s.pub.json\n", dir, id,
+           dir, id);
+    keys_wipe(&k);
+    return EXIT_OK;
+}
+
+/* ---- directory sign ------------------------------------------------------- */
+
+static const char *const kind_names[] = {
+    "", "hotline_desk", "youth_league", "education", "police", "womens_federation",
+    "civil_affairs", "hospital", "procuratorate", "regional_centre", "other",
+};
+
+static int kind_from_name(const char *s)
+{
+    for (size_t i = 1; s != NULL && i < sizeof kind_names / sizeof kind_names[0]; i++)
+        if (strcmp(s, kind_names[i]) == 0)
+            return (int)i;
+    return 0;
+}
+
+static const char *jstr(json_object *o, const char *key)
+{
+    json_object *v;
+    if (!json_object_object_get_ex(o, key, &v) || !json_object_is_type(v, json_type_string))
+        return NULL;
+    return json_object_get_string(v);
+}
+
+static char *dup_or_empty(const char *s)
+{
+    return strdup(s != NULL ? s : "");
+}
+
+/* Fill pub from "keys": "file.pub.json" (relative to base) or inline keys. */
+static bool entry_keys(json_object *e, const char *base, const char *id, keys_public *pub,
+                       char *why, size_t why_len)
+{
+    const char *file = jstr(e, "keys");
+    if (file != NULL) {
+        char path[1024];
+        if (file[0] == '/')
+            snprintf(path, sizeof path, "%s", file);
+        else
+            snprintf(path, sizeof path, "%s/%s", base, file);
+        if (!keys_load_public(path, pub, why, why_len))
+            return false;
+        if (strcmp(pub->id, id) != 0) {
+            snprintf(why, why_len, "%.400s holds the keys of %s, not of %s", path, pub->id, id);
+            return false;
+        }
+        return true;
+    }
+    if (!keys_from_hex32(jstr(e, "sign_public"), pub->sign_public) ||
+        !keys_from_z85(jstr(e, "curve_public"), pub->curve_public)) {
+        snprintf(why, why_len, "entry %s needs \"keys\" (a .pub.json file) or inline "
+                 "\"sign_public\" (hex), \"seal_public\" (hex) and \"curve_public\" (Z85)", id);
+        return false;
+    }
+    const char *seal = jstr(e, "seal_public");
+    if (seal != NULL && !keys_from_hex32(seal, pub->seal_public)) {
+        snprintf(why, why_len, "entry %s: seal_public is not 64 hex digits", id);
+        return false;
+    }
+    return true;
+}
+
+static ProtobufCBinaryData bin_dup(const uint8_t *p, size_t n)
+{
+    ProtobufCBinaryData b = {.len = n, .data = malloc(n)};
+    memcpy(b.data, p, n);
+    return b;
+}
+
+static char **str_array(json_object *e, const char *key, size_t *n)
+{
+    json_object *arr;
+    *n = 0;
+    if (!json_object_object_get_ex(e, key, &arr) || !json_object_is_type(arr, json_type_array))
+        return NULL;
+    size_t len = json_object_array_length(arr);
+    char **out = calloc(len ? len : 1, sizeof *out);
+    for (size_t i = 0; i < len; i++)
+        out[i] = dup_or_empty(json_object_get_string(json_object_array_get_idx(arr, i)));
+    *n = len;
+    return out;
+}
+
+static bool build_agency(json_object *e, const char *base, Referral__V1__DirectoryAgency *a,
+                         char *why, size_t why_len)
+{
+    referral__v1__directory_agency__init(a);
+    const char *id = jstr(e, "id");
+    if (!ids_is_valid_name(id)) {
+        snprintf(why, why_len, "an agency has a missing or invalid \"id\"");
+        return false;
+    }
+    a->id = strdup(id);
+    a->kind = (Referral__V1__AgencyKind)kind_from_name(jstr(e, "kind"));
+    if (a->kind == 0) {
+        snprintf(why, why_len, "agency %s: \"kind\" must be one of hotline_desk, youth_league, "
+                 "education, police, womens_federation, civil_affairs, hospital, procuratorate, "
+                 "regional_centre, other", id);
+        return false;
+    }
+    a->region = dup_or_empty(jstr(e, "region"));
+    a->name = dup_or_empty(jstr(e, "name"));
+    a->home_broker = dup_or_empty(jstr(e, "home_broker"));
+    a->supervisor_desk = dup_or_empty(jstr(e, "supervisor_desk"));
+    a->regional_centre = dup_or_empty(jstr(e, "regional_centre"));
+    a->backup_agencies = str_array(e, "backup_agencies", &a->n_backup_agencies);
+    keys_public pub;
+    memset(&pub, 0, sizeof pub);
+    if (!entry_keys(e, base, id, &pub, why, why_len))
+        return false;
+    a->sign_public = bin_dup(pub.sign_public, 32);
+    a->seal_public = bin_dup(pub.seal_public, 32);
+    a->curve_public = bin_dup(pub.curve_public, 32);
+    json_object *arr;
+    if (json_object_object_get_ex(e, "emergency_contacts", &arr) &&
+        json_object_is_type(arr, json_type_array)) {
+        size_t n = json_object_array_length(arr);
+        a->emergency_contacts = calloc(n ? n : 1, sizeof *a->emergency_contacts);
+        for (size_t i = 0; i < n; i++) {
+            json_object *c = json_object_array_get_idx(arr, i);
+            Referral__V1__EmergencyContact *ec = malloc(sizeof *ec);
+            referral__v1__emergency_contact__init(ec);
+            ec->label = dup_or_empty(jstr(c, "label"));
+            ec->phone = dup_or_empty(jstr(c, "phone"));
+            a->emergency_contacts[a->n_emergency_contacts++] = ec;
+        }
+    }
+    return true;
+}
+
+static bool build_broker(json_object *e, const char *base, Referral__V1__DirectoryBroker *b,
+                         char *why, size_t why_len)
+{
+    referral__v1__directory_broker__init(b);
+    const char *id = jstr(e, "id");
+    if (!ids_is_valid_name(id)) {
+        snprintf(why, why_len, "a broker has a missing or invalid \"id\"");
+        return false;
+    }
+    b->id = strdup(id);
+    b->endpoint = dup_or_empty(jstr(e, "endpoint"));
+    keys_public pub;
+    memset(&pub, 0, sizeof pub);
+    if (!entry_keys(e, base, id, &pub, why, why_len))
+        return false;
+    b->sign_public = bin_dup(pub.sign_public, 32);
+    b->curve_public = bin_dup(pub.curve_public, 32);
+    return true;
+}
+
+static void free_directory(Referral__V1__Directory *d)
+{
+    /* Built with malloc throughout, so protobuf-c's free works on it. */
+    protobuf_c_message_free_unpacked(&d->base, NULL);
+}
+
+static json_object *array_of(json_object *root, const char *key)
+{
+    json_object *arr;
+    if (!json_object_object_get_ex(root, key, &arr) || !json_object_is_type(arr, json_type_array))
+        return NULL;
+    return arr;
+}
+
+static Referral__V1__Directory *build_directory(json_object *root, const char *base, char *why,
+                                                size_t why_len)
+{
+    Referral__V1__Directory *d = malloc(sizeof *d);
+    referral__v1__directory__init(d);
+    json_object *v;
+    int64_t version = json_object_object_get_ex(root, "version", &v) ? json_object_get_int64(v)
+                                                                     : 0;
+    int64_t days = json_object_object_get_ex(root, "valid_days", &v) ? json_object_get_int64(v)
+                                                                     : 90;
+    if (version <= 0 || days <= 0 || days > 3650) {
+        snprintf(why, why_len, "\"version\" must be a positive integer and \"valid_days\" 1..3650");
+        free_directory(d);
+        return NULL;
+    }
+    d->version = (uint64_t)version;
+    d->issued_at_ms = clock_now_ms();
+    d->expires_at_ms = d->issued_at_ms + (uint64_t)days * 86400000u;
+    json_object *agencies = array_of(root, "agencies"), *brokers = array_of(root, "brokers");
+    size_t na = agencies ? json_object_array_length(agencies) : 0;
+    size_t nb = brokers ? json_object_array_length(brokers) : 0;
+    d->agencies = calloc(na ? na : 1, sizeof *d->agencies);
+    d->brokers = calloc(nb ? nb : 1, sizeof *d->brokers);
+    bool ok = true;
+    for (size_t i = 0; ok && i < na; i++) {
+        Referral__V1__DirectoryAgency *a = malloc(sizeof *a);
+        d->agencies[d->n_agencies++] = a;
+        ok = build_agency(json_object_array_get_idx(agencies, i), base, a, why, why_len);
+    }
+    for (size_t i = 0; ok && i < nb; i++) {
+        Referral__V1__DirectoryBroker *b = malloc(sizeof *b);
+        d->brokers[d->n_brokers++] = b;
+        ok = build_broker(json_object_array_get_idx(brokers, i), base, b, why, why_len);
+    }
+    json_object *revoked = array_of(root, "revoked_key_ids");
+    size_t nr = revoked ? json_object_array_length(revoked) : 0;
+    d->revoked_key_ids = calloc(nr ? nr : 1, sizeof *d->revoked_key_ids);
+    for (size_t i = 0; ok && i < nr; i++) {
+        uint8_t kid[16];
+        if (!ids_from_hex_len(json_object_get_string(json_object_array_get_idx(revoked, i)), kid,
+                              16)) {
+            snprintf(why, why_len, "revoked_key_ids[%zu] is not 32 hex digits", i);
+            ok = false;
+            break;
+        }
+        d->revoked_key_ids[d->n_revoked_key_ids++] = bin_dup(kid, 16);
+    }
+    if (!ok) {
+        free_directory(d);
+        return NULL;
+    }
+    return d;
+}
+
+static int cmd_directory_sign(const char *in, const char *root_key, const char *out)
+{
+    char why[600];
+    json_object *root = json_object_from_file(in);
+    if (root == NULL || !json_object_is_type(root, json_type_object)) {
+        fprintf(stderr, "referralctl directory sign: %s is not a JSON object: %s\n", in,
+                json_util_get_last_err() ? json_util_get_last_err() : "");
+        json_object_put(root);
+        return EXIT_FAIL;
+    }
+    char *in_copy = strdup(in);
+    Referral__V1__Directory *d = build_directory(root, dirname(in_copy), why, sizeof why);
+    free(in_copy);
+    json_object_put(root);
+    if (d == NULL) {
+        fprintf(stderr, "referralctl directory sign: %s: %s\n", in, why);
+        return EXIT_FAIL;
+    }
+    size_t dlen;
+    uint8_t *dbytes = wire_pack(d, &dlen);
+    free_directory(d);
+    /* Check it exactly as a broker will before signing it. */
+    Referral__V1__Directory *check = NULL;
+    if (wire_decode_directory(dbytes, dlen, NULL, &check, why, sizeof why) != WIRE_OK) {
+        fprintf(stderr, "referralctl directory sign: %s: %s\n", in, why);
+        free(dbytes);
+        return EXIT_FAIL;
+    }
+    uint64_t version = check->version;
+    size_t na = check->n_agencies, nb = check->n_brokers;
+    wire_free(check);
+    uint8_t sec[32], pub[32], sig[64], kid[16];
+    if (!sign_secret_load_pem(root_key, sec, pub, why, sizeof why)) {
+        fprintf(stderr, "referralctl directory sign: %s\n", why);
+        free(dbytes);
+        return EXIT_FAIL;
+    }
+    bool ok = sign_detached(sec, "referral.v1 directory", dbytes, dlen, sig);
+    OPENSSL_cleanse(sec, sizeof sec);
+    sign_key_id(pub, kid);
+    Referral__V1__SignedDirectory sd = REFERRAL__V1__SIGNED_DIRECTORY__INIT;
+    sd.directory.data = dbytes;
+    sd.directory.len = dlen;
+    sd.signature.data = sig;
+    sd.signature.len = 64;
+    sd.signer_key_id.data = kid;
+    sd.signer_key_id.len = 16;
+    size_t slen;
+    uint8_t *sbytes = ok ? wire_pack(&sd, &slen) : NULL;
+    free(dbytes);
+    FILE *f = sbytes != NULL ? fopen(out, "wb") : NULL;
+    ok = f != NULL && fwrite(sbytes, 1, slen, f) == slen;
+    ok = (f != NULL && fclose(f) == 0) && ok;
+    free(sbytes);
+    if (!ok) {
+        fprintf(stderr, "referralctl directory sign: cannot write %s: %s\n", out,
+                strerror(errno));
+        return EXIT_FAIL;
+    }
+    char hex[33];
+    printf("signed directory version %" PRIu64 ": %zu agencies, %zu brokers, root key id %s -> %s\n",
+           version, na, nb, ids_hex(kid, 16, hex), out);
+    return EXIT_OK;
+}
+
+/* ---- directory verify / show ---------------------------------------------- */
+
+static void show_text(const Referral__V1__Directory *d)
+{
+    printf("version %" PRIu64 ", issued %" PRIu64 ", expires %" PRIu64 " (ms since epoch)\n",
+           d->version, d->issued_at_ms, d->expires_at_ms);
+    for (size_t i = 0; i < d->n_agencies; i++) {
+        const Referral__V1__DirectoryAgency *a = d->agencies[i];
+        printf("agency  %-28s %-18s region=%s home=%s backups=%zu\n", a->id,
+               kind_names[a->kind < 11 ? a->kind : 0], a->region, a->home_broker,
+               a->n_backup_agencies);
+    }
+    for (size_t i = 0; i < d->n_brokers; i++)
+        printf("broker  %-28s %s\n", d->brokers[i]->id, d->brokers[i]->endpoint);
+    printf("revoked keys: %zu\n", d->n_revoked_key_ids);
+}
+
+static void show_json(const Referral__V1__Directory *d)
+{
+    char hex[65], z85[41];
+    json_object *root = json_object_new_object();
+    json_object_object_add(root, "version", json_object_new_int64((int64_t)d->version));
+    json_object_object_add(root, "issued_at_ms", json_object_new_int64((int64_t)d->issued_at_ms));
+    json_object_object_add(root, "expires_at_ms",
+                           json_object_new_int64((int64_t)d->expires_at_ms));
+    json_object *agencies = json_object_new_array();
+    for (size_t i = 0; i < d->n_agencies; i++) {
+        const Referral__V1__DirectoryAgency *a = d->agencies[i];
+        json_object *o = json_object_new_object();
+        json_object_object_add(o, "id", json_object_new_string(a->id));
+        json_object_object_add(o, "kind", json_object_new_string(kind_names[a->kind < 11 ? a->kind : 0]));
+        json_object_object_add(o, "region", json_object_new_string(a->region));
+        json_object_object_add(o, "name", json_object_new_string(a->name));
+        json_object_object_add(o, "home_broker", json_object_new_string(a->home_broker));
+        json_object_object_add(o, "sign_public", json_object_new_string(ids_hex(a->sign_public.data, 32, hex)));
+        json_object_object_add(o, "seal_public", json_object_new_string(ids_hex(a->seal_public.data, 32, hex)));
+        keys_to_z85(a->curve_public.data, z85);
+        json_object_object_add(o, "curve_public", json_object_new_string(z85));
+        json_object *b = json_object_new_array();
+        for (size_t j = 0; j < a->n_backup_agencies; j++)
+            json_object_array_add(b, json_object_new_string(a->backup_agencies[j]));
+        json_object_object_add(o, "backup_agencies", b);
+        json_object *ec = json_object_new_array();
+        for (size_t j = 0; j < a->n_emergency_contacts; j++) {
+            json_object *c = json_object_new_object();
+            json_object_object_add(c, "label", json_object_new_string(a->emergency_contacts[j]->label));
+            json_object_object_add(c, "phone", json_object_new_string(a->emergency_contacts[j]->phone));
+            json_object_array_add(ec, c);
+        }
+        json_object_object_add(o, "emergency_contacts", ec);
+        json_object_array_add(agencies, o);
+    }
+    json_object_object_add(root, "agencies", agencies);
+    json_object *brokers = json_object_new_array();
+    for (size_t i = 0; i < d->n_brokers; i++) {
+        json_object *o = json_object_new_object();
+        json_object_object_add(o, "id", json_object_new_string(d->brokers[i]->id));
+        json_object_object_add(o, "endpoint", json_object_new_string(d->brokers[i]->endpoint));
+        json_object_array_add(brokers, o);
+    }
+    json_object_object_add(root, "brokers", brokers);
+    printf("%s\n", json_object_to_json_string_ext(root, JSON_C_TO_STRING_PRETTY |
+                                                        JSON_C_TO_STRING_NOSLASHESCAPE));
+    json_object_put(root);
+}
+
+static int cmd_directory_check(const char *file, const char *root, uint64_t min_version,
+                               bool is_show, bool is_json)
+{
+    uint8_t pub[32];
+    char why[700];
+    if (!keys_parse_sign_public(root, pub, why, sizeof why)) {
+        fprintf(stderr, "referralctl directory: --root: %s\n", why);
+        return EXIT_FAIL;
+    }
+    directory *d = NULL;
+    if (directory_load(file, pub, min_version, clock_now_ms(), &d, why, sizeof why) !=
+        DIRECTORY_OK) {
+        fprintf(stderr, "referralctl directory: %s\n", why);
+        return EXIT_FAIL;
+    }
+    const Referral__V1__Directory *x = directory_get(d);
+    if (!is_show)
+        printf("valid: directory version %" PRIu64 ", %zu agencies, %zu brokers, expires in "
+               "%" PRIu64 " h\n", x->version, x->n_agencies, x->n_brokers,
+               (x->expires_at_ms - clock_now_ms()) / 3600000u);
+    else if (is_json)
+        show_json(x);
+    else
+        show_text(x);
+    directory_destroy(&d);
+    return EXIT_OK;
+}
+
+static int cmd_directory(int argc, char **argv)
+{
+    if (argc < 2) {
+        fprintf(stderr, "referralctl directory: say sign, verify or show\n");
+        return EXIT_USAGE;
+    }
+    const char *verb = argv[1];
+    static const struct option opts[] = {
+        {"in", required_argument, NULL, 'i'}, {"out", required_argument, NULL, 'o'},
+        {"root-key", required_argument, NULL, 'k'}, {"file", required_argument, NULL, 'f'},
+        {"root", required_argument, NULL, 'r'}, {"min-version", required_argument, NULL, 'm'},
+        {"json", no_argument, NULL, 'j'}, {"help", no_argument, NULL, 'h'}, {NULL, 0, NULL, 0}};
+    const char *in = NULL, *out = NULL, *root_key = NULL, *file = NULL, *root = NULL;
+    uint64_t min_version = 0;
+    bool is_json = false;
+    int c;
+    optind = 2;
+    while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+        switch (c) {
+        case 'i': in = optarg; break;
+        case 'o': out = optarg; break;
+        case 'k': root_key = optarg; break;
+        case 'f': file = optarg; break;
+        case 'r': root = optarg; break;
+        case 'm': min_version = strtoull(optarg, NULL, 10); break;
+        case 'j': is_json = true; break;
+        case 'h': usage(stdout); return EXIT_OK;
+        default: return EXIT_USAGE;
+        }
+    }
+    if (strcmp(verb, "sign") == 0) {
+        if (in == NULL || out == NULL || root_key == NULL) {
+            fprintf(stderr, "referralctl directory sign: --in, --root-key and --out are required\n");
+            return EXIT_USAGE;
+        }
+        return cmd_directory_sign(in, root_key, out);
+    }
+    if (strcmp(verb, "verify") == 0 || strcmp(verb, "show") == 0) {
+        if (file == NULL || root == NULL) {
+            fprintf(stderr, "referralctl directory %s: --file and --root are required\n", verb);
+            return EXIT_USAGE;
+        }
+        return cmd_directory_check(file, root, min_version, strcmp(verb, "show") == 0, is_json);
+    }
+    fprintf(stderr, "referralctl directory: unknown command %s (sign, verify, show)\n", verb);
+    return EXIT_USAGE;
+}
+
+int main(int argc, char **argv)
+{
+    if (argc < 2) {
+        usage(stderr);
+        return EXIT_USAGE;
+    }
+    if (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0 ||
+        strcmp(argv[1], "help") == 0) {
+        usage(stdout);
+        return EXIT_OK;
+    }
+    if (strcmp(argv[1], "--version") == 0) {
+        printf("referralctl %s (protocol version 1)\n", REF_VERSION);
+        return EXIT_OK;
+    }
+    if (strcmp(argv[1], "keygen") == 0)
+        return cmd_keygen(argc - 1, argv + 1);
+    if (strcmp(argv[1], "directory") == 0)
+        return cmd_directory(argc - 1, argv + 1);
+    fprintf(stderr, "referralctl: unknown command %s\n\n", argv[1]);
+    usage(stderr);
+    return EXIT_USAGE;
+}
