@@ -33,6 +33,7 @@ typedef struct {
     size_t len;
     bool is_delivery;             /* a failed send returns message_id to its queue */
     uint8_t message_id[IDS_BYTES];
+    uint64_t held_since_ms;       /* 0, or when the peer's pipe was first full */
 } outgoing;
 
 typedef struct {
@@ -55,6 +56,7 @@ typedef struct {
 
     uint64_t next_due_ms;         /* earliest deadline, UINT64_MAX if none */
     bool is_busy;                 /* more work waits: poll without sleeping */
+    bool is_holding;              /* frames wait for a full peer pipe: poll briefly */
     volatile sig_atomic_t *stop;  /* set by SIGTERM / SIGINT */
     volatile sig_atomic_t *reload; /* set by SIGHUP: load the directory again */
 } broker;

@@ -49,6 +49,7 @@ bool loop_queue_frame(broker *b, const uint8_t *rid, size_t rid_len, uint8_t *da
     o->data = data;
     o->len = len;
     o->is_delivery = false;
+    o->held_since_ms = 0;
     return true;
 }
 
@@ -385,34 +386,109 @@ static void remember_lost(broker *b, const uint8_t id[IDS_BYTES])
     memcpy(b->lost[b->n_lost++], id, IDS_BYTES);
 }
 
-/* Send the turn's frames. A peer that is gone (EHOSTUNREACH, ROUTER_MANDATORY
- * makes that visible) loses its session; its deliveries go back next turn. */
+/* A peer whose pipe stays full this long loses its session. */
+#define MAX_HOLD_MS 5000
+#define MAX_HELD_FRAMES 8192
+
+static bool same_rid(const outgoing *a, const uint8_t *rid, size_t len)
+{
+    return a->rid_len == len && memcmp(a->rid, rid, len) == 0;
+}
+
+/* Give up on rid: close its session, return its deliveries to their
+ * queues next turn, drop its frames (from index from on). */
+static size_t drop_peer(broker *b, size_t from, const uint8_t *rid, size_t rid_len,
+                        const char *why)
+{
+    session *s = session_find(&b->sessions, rid, rid_len);
+    log_info("loop", "session closed agency=%s why=%s", s != NULL ? s->agency : "-", why);
+    session_close(&b->sessions, s);
+    size_t dropped = 0;
+    for (size_t j = from; j < b->n_out; j++) {
+        outgoing *o = &b->out[j];
+        if (o->data == NULL || !same_rid(o, rid, rid_len))
+            continue;
+        if (o->is_delivery)
+            remember_lost(b, o->message_id);
+        free(o->data);
+        o->data = NULL;
+        dropped++;
+    }
+    b->is_busy = true;
+    return dropped;
+}
+
+/* Send the turn's frames, in order. A peer that is gone (EHOSTUNREACH:
+ * ROUTER_MANDATORY makes that visible) loses its session and its
+ * deliveries go back to their queues. A peer whose pipe is full (EAGAIN)
+ * keeps its frames, in order, for the next turn; if it stays full for
+ * MAX_HOLD_MS, or too much piles up, it is treated as gone. Nothing is
+ * dropped silently. */
 static void flush(broker *b)
 {
+    uint64_t now = clock_mono_ms();
+    size_t kept = 0;
     for (size_t i = 0; i < b->n_out; i++) {
         outgoing *o = &b->out[i];
-        int rc = zmq_send(b->router, o->rid, o->rid_len, ZMQ_SNDMORE | ZMQ_DONTWAIT);
-        if (rc >= 0)
-            rc = zmq_send(b->router, o->data, o->len, ZMQ_DONTWAIT);
-        if (rc < 0) {
-            session *s = session_find(&b->sessions, o->rid, o->rid_len);
-            log_info("loop", "send failed, session closed agency=%s err=%s",
-                     s != NULL ? s->agency : "-", zmq_strerror(errno));
-            session_close(&b->sessions, s);
-            if (o->is_delivery) {
-                remember_lost(b, o->message_id);
-                b->is_busy = true;
-            }
+        if (o->data == NULL)
+            continue;   /* dropped with its peer */
+        bool is_behind_held = false;
+        for (size_t k = 0; k < kept && !is_behind_held; k++)
+            is_behind_held = same_rid(&b->out[k], o->rid, o->rid_len);
+        int rc = -1;
+        if (!is_behind_held) {
+            rc = zmq_send(b->router, o->rid, o->rid_len, ZMQ_SNDMORE | ZMQ_DONTWAIT);
+            if (rc >= 0)
+                rc = zmq_send(b->router, o->data, o->len, ZMQ_DONTWAIT);
         }
+        if (rc >= 0) {
+            free(o->data);
+            continue;
+        }
+        if (is_behind_held || errno == EAGAIN) {
+            if (o->held_since_ms == 0)
+                o->held_since_ms = now;
+            if (now - o->held_since_ms > MAX_HOLD_MS || kept >= MAX_HELD_FRAMES) {
+                uint8_t rid[SESSION_RID_MAX];
+                size_t rid_len = o->rid_len;
+                memcpy(rid, o->rid, rid_len);
+                drop_peer(b, i, rid, rid_len, "peer stopped reading");
+                /* frames of this peer already kept stay dropped below */
+                for (size_t k = 0; k < kept; k++)
+                    if (b->out[k].data != NULL && same_rid(&b->out[k], rid, rid_len)) {
+                        if (b->out[k].is_delivery)
+                            remember_lost(b, b->out[k].message_id);
+                        free(b->out[k].data);
+                        b->out[k].data = NULL;
+                    }
+                continue;
+            }
+            b->out[kept++] = *o;
+            continue;
+        }
+        uint8_t rid[SESSION_RID_MAX];
+        size_t rid_len = o->rid_len;
+        memcpy(rid, o->rid, rid_len);
+        if (o->is_delivery)
+            remember_lost(b, o->message_id);
         free(o->data);
+        o->data = NULL;
+        drop_peer(b, i + 1, rid, rid_len, zmq_strerror(errno));
     }
-    b->n_out = 0;
+    size_t n = 0;   /* compact: frames of dropped peers are gone */
+    for (size_t k = 0; k < kept; k++)
+        if (b->out[k].data != NULL)
+            b->out[n++] = b->out[k];
+    b->n_out = n;
+    b->is_holding = n > 0;
 }
 
 static int wait_ms(const broker *b)
 {
     if (b->is_busy || b->n_lost > 0)
         return 0;
+    if (b->is_holding)
+        return 10;   /* a full peer pipe drains on the peer's schedule */
     uint64_t now = clock_now_ms();
     if (b->next_due_ms <= now)
         return 0;

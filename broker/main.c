@@ -87,10 +87,15 @@ static int open_socket(broker *b)
     /* Frames up to twice the limit are read and answered TOO_LARGE; bigger
      * ones make libzmq drop the connection before we allocate them. */
     int64_t hard_max = 2 * (int64_t)b->cfg.max_frame_bytes;
+    /* Deliveries are bounded by credit, replies by what a client sends: a
+     * pipe deep enough for a full window plus a turn's replies never fills
+     * for a client that reads. One that does not read is handled in flush. */
+    int hwm = (int)(2 * b->cfg.max_credit + 2 * b->cfg.max_batch + 1000);
     if (zmq_setsockopt(b->router, ZMQ_ROUTER_MANDATORY, &one, sizeof one) != 0 ||
         zmq_setsockopt(b->router, ZMQ_LINGER, &linger_ms, sizeof linger_ms) != 0 ||
         zmq_setsockopt(b->router, ZMQ_HANDSHAKE_IVL, &handshake_ms, sizeof handshake_ms) != 0 ||
         zmq_setsockopt(b->router, ZMQ_MAXMSGSIZE, &hard_max, sizeof hard_max) != 0 ||
+        zmq_setsockopt(b->router, ZMQ_SNDHWM, &hwm, sizeof hwm) != 0 ||
         zmq_setsockopt(b->router, ZMQ_CURVE_SERVER, &one, sizeof one) != 0 ||
         zmq_setsockopt(b->router, ZMQ_CURVE_SECRETKEY, b->keys.curve_secret, 32) != 0 ||
         zmq_setsockopt(b->router, ZMQ_ZAP_DOMAIN, "referral", 8) != 0) {

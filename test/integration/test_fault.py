@@ -12,11 +12,11 @@ DESK = "sh.12355.desk"
 
 
 def drain(client, expected_ids, timeout_s=60):
-    """Receive and ack until every expected id arrived; returns the ids seen."""
+    """Receive and ack until every expected id arrived; returns the ids seen.
+    Credit is topped up by one per delivery, whatever the broker's cap."""
     seen = set()
     deadline = time.monotonic() + timeout_s
     client.credit(1000)
-    granted = 1000
     while not expected_ids <= seen:
         left = deadline - time.monotonic()
         if left <= 0:
@@ -27,10 +27,7 @@ def drain(client, expected_ids, timeout_s=60):
             continue
         seen.add(f.delivery.message_id)
         client.settle(f.delivery.message_id, wait=False)
-        granted -= 1
-        if granted < 500:
-            client.credit(500)
-            granted += 500
+        client.credit(1)
     return seen
 
 
@@ -55,6 +52,8 @@ def restart_keeps_10000_queued():
         agency = h.Client(b, "qd.youth-league")
         seen = drain(agency, ids, timeout_s=240)
         missing = ids - seen
+        if missing:
+            print(b.read_log()[-6000:])
         assert not missing, f"{len(missing)} of 10000 lost across a restart"
         assert seen == ids
 
@@ -255,8 +254,37 @@ def corrupt_body_is_quarantined_not_delivered():
         assert "quarantined" in b.read_log()
 
 
+def client_that_stops_reading_does_not_stall_others():
+    """A client floods requests and never reads: its replies fill its pipe,
+    the broker holds them, then drops that session; others are served all
+    along and nothing accepted is lost."""
+    with h.Broker(limits__max_credit=4) as b:
+        desk = h.Client(b, DESK)
+        flooder = h.Client(b, "qd.hospital")
+        flooder.sock.setsockopt(h.zmq.RCVHWM, 10)
+        flooder.sock.setsockopt(h.zmq.SNDTIMEO, 2000)
+        junk = b"\xff" * 64                 # each answered by an ErrorReply
+        for _ in range(100000):
+            try:
+                flooder.sock.send(junk)
+            except h.zmq.Again:
+                break
+        accepted = set()
+        start = time.monotonic()
+        while time.monotonic() - start < 7:
+            env = h.make_envelope(DESK, "qd.police")
+            r = desk.submit(env, timeout_s=5)
+            assert r.code == pb.RESULT_OK, r
+            accepted.add(r.message_id)
+            time.sleep(0.1)
+        assert "peer stopped reading" in b.read_log(), "the flooding session was not dropped"
+        police = h.Client(b, "qd.police")
+        assert drain(police, accepted, timeout_s=60) == accepted
+        assert b.proc.poll() is None
+
+
 if __name__ == "__main__":
     h.run([bad_frames_get_errors_and_broker_keeps_serving, sigterm_closes_cleanly,
            damaged_or_missing_store_is_refused, corrupt_body_is_quarantined_not_delivered,
            full_store_refuses_new_and_loses_nothing, restart_keeps_10000_queued,
-           kill9_keeps_every_accepted_referral])
+           kill9_keeps_every_accepted_referral, client_that_stops_reading_does_not_stall_others])

@@ -1,0 +1,158 @@
+/*
+ * envelope: composing and opening envelopes for libreferral (envelope.h).
+ * It must never return a body whose signature it did not verify against
+ * the directory, nor sign a header it did not build itself.
+ */
+#include "envelope.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "clock.h"
+#include "digest.h"
+#include "ids.h"
+#include "referral.h"
+#include "seal.h"
+#include "sign.h"
+#include "wire.h"
+
+#define MAX_READERS (1 + 16)
+
+int envelope_compose(const keys_identity *me, const directory *dir, const envelope_spec *spec,
+                     uint8_t **out, size_t *out_len, uint8_t message_id[16],
+                     uint8_t referral_id[16], char *why, size_t why_len)
+{
+    *out = NULL;
+    if (spec->n_backups > 16) {
+        snprintf(why, why_len, "at most 16 backup agencies");
+        return REF_E_INVALID;
+    }
+    seal_recipient readers[MAX_READERS];
+    const char *names[MAX_READERS];
+    names[0] = spec->to_agency;
+    for (size_t i = 0; i < spec->n_backups; i++)
+        names[i + 1] = spec->backups[i];
+    size_t n = 1 + spec->n_backups;
+    for (size_t i = 0; i < n; i++) {
+        if (!ids_is_valid_name(names[i])) {
+            snprintf(why, why_len, "\"%.64s\" is not a valid agency id", names[i] ? names[i] : "");
+            return REF_E_INVALID;
+        }
+        const Referral__V1__DirectoryAgency *a = directory_agency(dir, names[i]);
+        if (a == NULL) {
+            snprintf(why, why_len, "agency %s is not in the directory", names[i]);
+            return REF_E_UNKNOWN_AGENCY;
+        }
+        readers[i].agency_id = a->id;
+        readers[i].seal_public = a->seal_public.data;
+    }
+    size_t sealed_len = seal_sealed_size(spec->plaintext_len, readers, n);
+    if (sealed_len == 0) {
+        snprintf(why, why_len, "case file of %zu bytes is larger than %u bytes",
+                 spec->plaintext_len, SEAL_MAX_PLAINTEXT);
+        return REF_E_TOO_LARGE;
+    }
+    uint64_t now = clock_now_ms();
+    uint8_t attempt[16];
+    if (!ids_new(message_id, now) || !ids_new(attempt, now) ||
+        (spec->referral_id == NULL && !ids_new(referral_id, now)))
+        return REF_E_NO_MEMORY;
+    if (spec->referral_id != NULL)
+        memcpy(referral_id, spec->referral_id, 16);
+
+    Referral__V1__RoutingHeader h = REFERRAL__V1__ROUTING_HEADER__INIT;
+    h.header_version = 1;
+    h.message_id = (ProtobufCBinaryData){16, message_id};
+    h.referral_id = (ProtobufCBinaryData){16, referral_id};
+    h.attempt_id = (ProtobufCBinaryData){16, attempt};
+    if (spec->in_reply_to != NULL)
+        h.in_reply_to = (ProtobufCBinaryData){16, (uint8_t *)(uintptr_t)spec->in_reply_to};
+    h.kind = spec->kind;
+    h.from_agency = (char *)(uintptr_t)me->id;
+    h.to_agency = (char *)(uintptr_t)spec->to_agency;
+    h.backup_recipients = (char **)(uintptr_t)spec->backups;
+    h.n_backup_recipients = spec->n_backups;
+    h.urgency = spec->urgency;
+    h.created_at_ms = now;
+    h.expires_at_ms = now + spec->ttl_ms;
+    h.hop_limit = 8;
+    h.suite = REFERRAL__V1__CIPHER_SUITE__CIPHER_SUITE_ED25519_X25519_AES256GCM;
+    h.padded_size = (uint32_t)sealed_len;
+    size_t hlen;
+    uint8_t *header = wire_pack(&h, &hlen);
+    if (header == NULL)
+        return REF_E_NO_MEMORY;
+    uint8_t digest[DIGEST_BYTES], sig[SIGN_BYTES], kid[SIGN_KEY_ID_BYTES];
+    digest_sha256(header, hlen, digest);
+    uint8_t *sealed = NULL;
+    size_t slen = 0;
+    if (seal_body(spec->plaintext, spec->plaintext_len, digest, readers, n, &sealed, &slen, why,
+                  why_len) != SEAL_OK ||
+        !sign_envelope(me->sign_secret, header, hlen, sealed, slen, sig)) {
+        free(header);
+        free(sealed);
+        return REF_E_NO_MEMORY;
+    }
+    sign_key_id(me->sign_public, kid);
+    Referral__V1__Envelope env = REFERRAL__V1__ENVELOPE__INIT;
+    env.header = (ProtobufCBinaryData){hlen, header};
+    env.sealed_body = (ProtobufCBinaryData){slen, sealed};
+    env.signature = (ProtobufCBinaryData){SIGN_BYTES, sig};
+    env.signer_key_id = (ProtobufCBinaryData){SIGN_KEY_ID_BYTES, kid};
+    env.suite = REFERRAL__V1__CIPHER_SUITE__CIPHER_SUITE_ED25519_X25519_AES256GCM;
+    *out = wire_pack(&env, out_len);
+    free(header);
+    free(sealed);
+    return *out != NULL ? REF_OK : REF_E_NO_MEMORY;
+}
+
+int envelope_open(const keys_identity *me, const directory *dir,
+                  const Referral__V1__Envelope *env, Referral__V1__RoutingHeader **header,
+                  Referral__V1__BodyPlaintext **plain, char *why, size_t why_len)
+{
+    *header = NULL;
+    *plain = NULL;
+    if (wire_check_envelope(env, NULL, why, why_len) != WIRE_OK ||
+        wire_decode_header(env, NULL, header, why, why_len) != WIRE_OK)
+        return REF_E_PROTOCOL;
+    const Referral__V1__RoutingHeader *h = *header;
+    int rc = REF_OK;
+    const Referral__V1__DirectoryAgency *from = directory_agency(dir, h->from_agency);
+    uint8_t kid[SIGN_KEY_ID_BYTES];
+    if (from != NULL)
+        sign_key_id(from->sign_public.data, kid);
+    bool is_mine = strcmp(h->to_agency, me->id) == 0;
+    for (size_t i = 0; !is_mine && i < h->n_backup_recipients; i++)
+        is_mine = strcmp(h->backup_recipients[i], me->id) == 0;
+    if (!is_mine) {
+        snprintf(why, why_len, "envelope is addressed to %s, not to %s", h->to_agency, me->id);
+        rc = REF_E_PROTOCOL;
+    } else if (from == NULL || directory_is_revoked(dir, env->signer_key_id.data) ||
+               memcmp(kid, env->signer_key_id.data, SIGN_KEY_ID_BYTES) != 0) {
+        snprintf(why, why_len, "sender %s or its signing key is not (or no longer) in the "
+                 "directory", h->from_agency);
+        rc = REF_E_PROTOCOL;
+    } else if (!sign_verify_envelope(from->sign_public.data, env->header.data, env->header.len,
+                                     env->sealed_body.data, env->sealed_body.len,
+                                     env->signature.data)) {
+        snprintf(why, why_len, "signature of %s does not verify", h->from_agency);
+        rc = REF_E_PROTOCOL;
+    }
+    uint8_t digest[DIGEST_BYTES], *bytes = NULL;
+    size_t len = 0;
+    if (rc == REF_OK) {
+        digest_sha256(env->header.data, env->header.len, digest);
+        if (seal_open(env->sealed_body.data, env->sealed_body.len, digest, me->id,
+                      me->seal_secret, me->seal_public, &bytes, &len, why, why_len) != SEAL_OK)
+            rc = REF_E_PROTOCOL;
+    }
+    if (rc == REF_OK && wire_decode_plaintext(bytes, len, NULL, plain, why, why_len) != WIRE_OK)
+        rc = REF_E_PROTOCOL;
+    free(bytes);
+    if (rc != REF_OK) {
+        wire_free(*header);
+        *header = NULL;
+    }
+    return rc;
+}

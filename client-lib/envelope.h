@@ -1,0 +1,42 @@
+/*
+ * envelope (libreferral internal): compose a signed, sealed envelope, and
+ * verify and open one that arrived. The rules are docs/protocol.md's; the
+ * crypto is common/sign.c and common/seal.c, shared with the broker.
+ */
+#ifndef REF_CLIENT_ENVELOPE_H
+#define REF_CLIENT_ENVELOPE_H
+
+#include <stdint.h>
+
+#include "directory.h"
+#include "keys.h"
+#include "referral.pb-c.h"
+
+/* What to compose. plaintext: a serialised BodyPlaintext (unpadded). */
+typedef struct {
+    Referral__V1__MessageKind kind;
+    const char *to_agency;
+    const char *const *backups;
+    size_t n_backups;
+    Referral__V1__Urgency urgency;
+    uint64_t ttl_ms;
+    const uint8_t *referral_id;     /* NULL: a new referral */
+    const uint8_t *in_reply_to;     /* NULL or 16 bytes */
+    const uint8_t *plaintext;
+    size_t plaintext_len;
+} envelope_spec;
+
+/* Build, seal and sign. On 0, *out (free()) holds the packed Envelope and
+ * message_id (16 bytes) its id. Returns a ref_err value. */
+int envelope_compose(const keys_identity *me, const directory *dir, const envelope_spec *spec,
+                     uint8_t **out, size_t *out_len, uint8_t message_id[16],
+                     uint8_t referral_id[16], char *why, size_t why_len);
+
+/* Check an envelope addressed to me: header, sender's key and signature
+ * from the directory, then open the body. On 0, *header and *plain are
+ * decoded (free with wire_free). Returns a ref_err value. */
+int envelope_open(const keys_identity *me, const directory *dir,
+                  const Referral__V1__Envelope *env, Referral__V1__RoutingHeader **header,
+                  Referral__V1__BodyPlaintext **plain, char *why, size_t why_len);
+
+#endif

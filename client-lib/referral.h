@@ -1,0 +1,267 @@
+/*
+ * referral.h: libreferral, the client library of the referral federation.
+ *
+ * Desk and agency software links this library to send case referrals to
+ * other agencies and to receive, acknowledge and answer them. It speaks
+ * the wire protocol of docs/protocol.md to the agency's home broker over
+ * CURVE, signs every envelope with the agency's Ed25519 key, seals every
+ * case file so that only its readers can open it, and verifies and opens
+ * what it receives. It keeps a small LMDB state directory of its own: an
+ * outbox (a referral handed to ref_send() survives a crash of the process
+ * and is sent again at the next start) and the ids already received (the
+ * application sees each referral once).
+ *
+ * The broker never replaces an emergency call: when a life is at risk,
+ * phone the emergency services first.
+ *
+ * Threads: a ref_client is not thread-safe. Use it from one thread at a
+ * time (or one client per thread). ref_strerror() and ref_version() are
+ * safe from any thread.
+ *
+ * Ownership: strings passed in are borrowed for the duration of the call.
+ * Objects returned through out-parameters belong to the caller and are
+ * freed with their own destroy function, which accepts NULL and sets the
+ * pointer to NULL. Strings returned by accessors are borrowed from their
+ * object and live as long as it does.
+ *
+ * Errors: every function returns a ref_err; REF_OK is 0. Results go through
+ * out-parameters. The library never writes to stderr: it reports through
+ * the log callback in ref_config.
+ */
+#ifndef REFERRAL_H
+#define REFERRAL_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#if defined(REF_BUILDING_LIBRARY)
+#define REF_API __attribute__((visibility("default")))
+#else
+#define REF_API
+#endif
+
+/* Hex length of a message or referral id (16 bytes), without the NUL. */
+#define REF_ID_HEX_LEN 32
+
+typedef enum {
+    REF_OK = 0,
+    REF_E_INVALID = 1,        /* a NULL, empty or out-of-range argument; a bad id */
+    REF_E_NO_MEMORY = 2,
+    REF_E_CLOSED = 3,         /* the client is not connected */
+    REF_E_TIMEOUT = 4,        /* no answer in time; a sent referral stays in the outbox */
+    REF_E_KEYS = 5,           /* the agency's key files are missing or unreadable */
+    REF_E_DIRECTORY = 6,      /* the directory is missing, unsigned, wrongly signed or expired */
+    REF_E_UNKNOWN_AGENCY = 7, /* an agency named is not in the directory */
+    REF_E_TOO_LARGE = 8,      /* a field or the case file is over its limit */
+    REF_E_REFUSED = 9,        /* the broker refused; ref_client_last_detail() says why */
+    REF_E_TRANSPORT = 10,     /* the connection to the broker cannot be made */
+    REF_E_STATE = 11,         /* the local state directory (outbox) failed */
+    REF_E_AGAIN = 12,         /* nothing to receive yet */
+    REF_E_PROTOCOL = 13,      /* the broker sent something this version cannot read */
+} ref_err;
+
+/* A stable, human sentence for an error. Never NULL. */
+REF_API const char *ref_strerror(ref_err err);
+
+/* The library's version, e.g. "0.1.0". */
+REF_API const char *ref_version(void);
+
+typedef enum {
+    REF_URGENCY_ROUTINE = 1,
+    REF_URGENCY_PRIORITY = 2,
+    REF_URGENCY_URGENT = 3,
+    REF_URGENCY_CRISIS = 4,
+} ref_urgency;
+
+typedef enum {
+    REF_CATEGORY_PROTECTION = 1,
+    REF_CATEGORY_FAMILY_DYSFUNCTION = 2,
+    REF_CATEGORY_PSYCHOLOGICAL_SUPPORT = 3,
+    REF_CATEGORY_GROWTH_DIFFICULTY = 4,
+    REF_CATEGORY_LEGAL_AID = 5,
+    REF_CATEGORY_OTHER = 6,
+} ref_category;
+
+/* Acknowledgement levels an agency asserts (DESIGN.md). */
+typedef enum {
+    REF_LEVEL_DELIVERED = 3,           /* sent automatically by ref_receive() */
+    REF_LEVEL_RECEIVED = 4,            /* a named person picked it up */
+    REF_LEVEL_ACCEPTED_BY_AGENCY = 5,
+    REF_LEVEL_REJECTED = 6,            /* with a reason */
+    REF_LEVEL_ACTION_TAKEN = 7,
+    REF_LEVEL_CLOSED = 8,              /* with an outcome */
+} ref_level;
+
+typedef enum {
+    REF_LOG_ERROR = 0,
+    REF_LOG_WARN = 1,
+    REF_LOG_INFO = 2,
+    REF_LOG_DEBUG = 3,
+} ref_log_level;
+
+/* The log callback: one line of key=value text, without a newline. */
+typedef void (*ref_log_fn)(ref_log_level level, const char *line, void *ctx);
+
+/*
+ * How to connect. All strings are borrowed during ref_client_new() only.
+ *   agency_id       this agency's id ("qd.police.shibei")
+ *   key_dir         holds agency_id.sign.pem, .seal.pem, .curve (referralctl keygen)
+ *   directory       the signed directory file
+ *   trust_root      the pinned root key: 64 hex digits or a .pub.json path
+ *   broker_id       the home broker's id; its endpoint and CURVE key come
+ *                   from the directory unless endpoint is set
+ *   endpoint        optional: ZeroMQ endpoint overriding the directory's
+ *   state_dir       this client's own directory (outbox, received ids);
+ *                   created if missing
+ *   timeout_ms      how long blocking calls wait (default 10000 when 0)
+ *   credit          deliveries the broker may send ahead (default 16 when 0)
+ *   log, log_ctx    optional log callback
+ */
+typedef struct {
+    const char *agency_id;
+    const char *key_dir;
+    const char *directory;
+    const char *trust_root;
+    const char *broker_id;
+    const char *endpoint;
+    const char *state_dir;
+    uint32_t timeout_ms;
+    uint32_t credit;
+    ref_log_fn log;
+    void *log_ctx;
+} ref_config;
+
+typedef struct ref_client ref_client;
+
+/*
+ * Load keys and directory, open the state directory, connect to the broker
+ * and say Hello. On REF_OK *out is a connected client (free with
+ * ref_client_destroy). Referrals left in the outbox by an earlier process
+ * are sent again. Errors: REF_E_INVALID, REF_E_KEYS, REF_E_DIRECTORY,
+ * REF_E_STATE, REF_E_TRANSPORT, REF_E_TIMEOUT (no Welcome), REF_E_REFUSED.
+ * On error *out is NULL and, when a detail buffer is given, detail (size
+ * detail_len) holds a sentence naming the problem and the fix.
+ */
+REF_API ref_err ref_client_new(const ref_config *cfg, ref_client **out, char *detail,
+                               size_t detail_len);
+
+/* Close the connection and the state directory; frees *client and sets it
+ * to NULL. NULL or *client NULL is fine. Unsent referrals stay in the
+ * outbox for the next start. */
+REF_API void ref_client_destroy(ref_client **client);
+
+/* The last refusal's sentence (from the broker or the library), or "". */
+REF_API const char *ref_client_last_detail(const ref_client *client);
+
+/*
+ * A file descriptor that becomes readable when the client may have work:
+ * put it in your poll()/epoll loop and call ref_receive() with timeout 0
+ * (and ref_pump()) when it fires. It is edge-triggered (ZeroMQ's ZMQ_FD):
+ * drain with ref_receive() until REF_E_AGAIN. -1 if not connected.
+ */
+REF_API int ref_client_fd(const ref_client *client);
+
+/* A referral to compose. Strings are borrowed during the call. */
+typedef struct {
+    const char *to_agency;          /* required */
+    const char *const *backups;     /* optional agencies that may be copied on escalation */
+    size_t n_backups;               /* at most 16 */
+    ref_urgency urgency;            /* required */
+    ref_category category;          /* required */
+    uint32_t ttl_s;                 /* expiry after creation; default 7 days when 0 */
+    const char *subject_pseudonym;  /* the desk's label for the child */
+    uint32_t subject_age;
+    const char *subject_location;
+    const char *narrative;          /* what happened */
+    const char *requested_action;
+    const char *desk_case_number;
+} ref_referral;
+
+/*
+ * Sign, seal and send a referral, then wait up to timeout_ms for the
+ * broker's ACCEPTED (stored durably). The referral is first written to the
+ * outbox: if the process dies before ACCEPTED, the next ref_client_new()
+ * sends it again (the broker deduplicates). message_id_hex and
+ * referral_id_hex (each REF_ID_HEX_LEN + 1 bytes, may be NULL) get the ids.
+ * Errors: REF_E_INVALID, REF_E_UNKNOWN_AGENCY, REF_E_TOO_LARGE,
+ * REF_E_REFUSED (the broker's reason in ref_client_last_detail()),
+ * REF_E_TIMEOUT (still in the outbox: it will be sent again), REF_E_STATE.
+ */
+REF_API ref_err ref_send(ref_client *client, const ref_referral *referral,
+                         char *message_id_hex, char *referral_id_hex);
+
+/* As ref_send() but returns once the referral is in the outbox and on the
+ * wire; the ACCEPTED answer is processed by later calls (ref_pump(),
+ * ref_receive()). */
+REF_API ref_err ref_send_async(ref_client *client, const ref_referral *referral,
+                               char *message_id_hex, char *referral_id_hex);
+
+/* Process whatever the broker sent (answers, deliveries) without blocking;
+ * deliveries are kept for ref_receive(). */
+REF_API ref_err ref_pump(ref_client *client);
+
+/* What a delivery is. */
+typedef enum {
+    REF_DELIVERY_REFERRAL = 1,   /* a referral addressed to this agency */
+    REF_DELIVERY_RECEIPT = 2,    /* an agency's receipt for a referral this agency sent */
+    REF_DELIVERY_NOTICE = 3,     /* the broker's notice about a referral this agency sent */
+} ref_delivery_kind;
+
+typedef struct ref_delivery ref_delivery;
+
+/*
+ * Receive the next delivery, waiting up to timeout_ms (0: do not wait).
+ * A referral is verified (signature against the sender's key in the
+ * directory) and opened before it is returned, stored as received, and
+ * settled with the broker (level DELIVERED, reported to the sender); one
+ * that fails verification is refused at the broker and never returned.
+ * Each message is returned once, even if the broker delivers it again.
+ * Errors: REF_E_AGAIN (nothing yet), REF_E_CLOSED, REF_E_STATE.
+ */
+REF_API ref_err ref_receive(ref_client *client, uint32_t timeout_ms, ref_delivery **out);
+
+REF_API void ref_delivery_destroy(ref_delivery **delivery);
+
+/* Accessors (borrowed strings; "" when absent). */
+REF_API ref_delivery_kind ref_delivery_kind_of(const ref_delivery *d);
+REF_API const char *ref_delivery_message_id(const ref_delivery *d);
+REF_API const char *ref_delivery_referral_id(const ref_delivery *d);
+REF_API const char *ref_delivery_from(const ref_delivery *d);
+REF_API ref_urgency ref_delivery_urgency(const ref_delivery *d);
+REF_API const char *ref_delivery_narrative(const ref_delivery *d);
+REF_API const char *ref_delivery_requested_action(const ref_delivery *d);
+REF_API const char *ref_delivery_subject_pseudonym(const ref_delivery *d);
+REF_API uint32_t ref_delivery_subject_age(const ref_delivery *d);
+/* For receipts and notices: the level reached (0 if none) and the text. */
+REF_API int ref_delivery_level(const ref_delivery *d);
+REF_API const char *ref_delivery_detail(const ref_delivery *d);
+
+/*
+ * Acknowledge a referral this agency received, at a level above
+ * DELIVERED: a receipt signed by this agency and sealed for the sender.
+ * person: who (required from RECEIVED on); reason: for REJECTED (required);
+ * outcome: for CLOSED. Errors: REF_E_INVALID, REF_E_REFUSED, REF_E_TIMEOUT.
+ */
+REF_API ref_err ref_acknowledge(ref_client *client, const char *referral_message_id_hex,
+                                ref_level level, const char *person, const char *reason);
+
+/*
+ * Ask the broker the state of a message this agency sent or received.
+ * *state_name (a static string) gets QUEUED, IN_FLIGHT, DELIVERED,
+ * REJECTED, UNDELIVERABLE, QUARANTINED or UNKNOWN (never seen, forgotten
+ * after retention, or not this agency's to see). Errors: REF_E_INVALID,
+ * REF_E_TIMEOUT.
+ */
+REF_API ref_err ref_status(ref_client *client, const char *message_id_hex,
+                           const char **state_name);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif

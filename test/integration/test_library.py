@@ -1,0 +1,227 @@
+"""libreferral and referral-desk against a real referrald on 127.0.0.1:
+send, receive, acknowledge at every level, status, receipts back to the
+sender, interoperation with an independent client (this harness, in
+Python, reading only docs/protocol.md and the .proto), the outbox across
+kill -9, and misuse."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+
+import zmq
+
+import harness as h
+from harness import pb
+
+DESK = "sh.12355.desk"
+LEAGUE = "qd.youth-league"
+DESKTOOL = os.environ.get("REFERRAL_DESK", "referral-desk")
+
+
+class Desk:
+    """referral-desk as one agency, with its own state directory."""
+
+    def __init__(self, broker, agency, endpoint=None):
+        self.state = tempfile.mkdtemp(prefix="referral-desk-")
+        t = broker.trust
+        self.env = dict(os.environ, REFERRAL_AGENCY=agency, REFERRAL_KEYS=t.keydir,
+                        REFERRAL_DIRECTORY=t.directory, REFERRAL_ROOT=t.root_pub(),
+                        REFERRAL_BROKER=broker.id, REFERRAL_ENDPOINT=endpoint or broker.endpoint,
+                        REFERRAL_STATE=self.state)
+
+    def run(self, *args, timeout=30, check=True):
+        r = subprocess.run([DESKTOOL, "--timeout-ms", "5000", *args], env=self.env,
+                           capture_output=True, text=True, timeout=timeout)
+        if check and r.returncode != 0:
+            raise AssertionError(f"referral-desk {' '.join(args)} exited {r.returncode}: "
+                                 f"{r.stderr}")
+        return r
+
+    def popen(self, *args):
+        return subprocess.Popen([DESKTOOL, "--timeout-ms", "60000", *args], env=self.env,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    def events(self, *args, **kw):
+        r = self.run(*args, "--json", **kw)
+        return [json.loads(line) for line in r.stdout.splitlines() if line.startswith("{")]
+
+    def cleanup(self):
+        shutil.rmtree(self.state, ignore_errors=True)
+
+
+def send_receive_acknowledge_with_receipts():
+    with h.Broker() as b:
+        desk, league = Desk(b, DESK), Desk(b, LEAGUE)
+        try:
+            sent = desk.events("send", "--to", LEAGUE, "--urgency", "crisis", "--category",
+                               "psychological_support", "--narrative",
+                               "Caller, 17, has a plan for tonight", "--action",
+                               "call within 15 minutes", "--pseudonym", "caller-7", "--age", "17")
+            assert sent[0]["event"] == "accepted", sent
+            mid = sent[0]["message_id"]
+            got = league.events("listen", "--count", "1", "--timeout-s", "10", "--ack",
+                                "received", "--person", "Wang Li")
+            ref = [e for e in got if e["event"] == "referral"][0]
+            assert ref["message_id"] == mid and ref["from"] == DESK
+            assert ref["narrative"] == "Caller, 17, has a plan for tonight"
+            assert ref["urgency"] == "crisis" and ref["age"] == 17
+            assert any(e["event"] == "acknowledged" for e in got)
+            league.run("ack", mid, "--level", "accepted", "--person", "Wang Li")
+            league.run("ack", mid, "--level", "closed", "--person", "Wang Li", "--reason",
+                       "family and school engaged")
+            receipts = desk.events("listen", "--count", "4", "--timeout-s", "15")
+            levels = [e["level"] for e in receipts if e["event"] == "receipt"]
+            assert levels == ["delivered", "received", "accepted", "closed"], receipts
+            assert all(e["from"] == LEAGUE for e in receipts)
+            assert desk.run("status", mid).stdout.split()[1] == "DELIVERED"
+            # Delivered once: listening again shows nothing new.
+            again = league.events("listen", "--timeout-s", "2")
+            assert not [e for e in again if e["event"] == "referral"], again
+        finally:
+            desk.cleanup()
+            league.cleanup()
+
+
+def python_client_and_c_library_interoperate():
+    """A referral signed and sealed in Python is verified and opened by
+    libreferral; one sent by libreferral is verified and opened in Python."""
+    with h.Broker() as b:
+        league = Desk(b, LEAGUE)
+        try:
+            env = h.make_envelope(DESK, LEAGUE, pb.URGENCY_URGENT,
+                                  case=h.case_file("made in Python, read in C"))
+            py_desk = h.Client(b, DESK)
+            assert py_desk.submit(env).code == pb.RESULT_OK
+            got = league.events("listen", "--count", "1", "--timeout-s", "10")
+            assert got[0]["narrative"] == "made in Python, read in C", got
+            assert got[0]["message_id"] == h.header_of(env).message_id.hex()
+            # Its DELIVERED receipt comes back to the Python desk, signed and sealed in C.
+            py_desk.credit(5)
+            d = py_desk.deliveries(1)[0]
+            hdr = h.header_of(d.envelope)
+            assert hdr.kind == pb.MESSAGE_KIND_RECEIPT and hdr.from_agency == LEAGUE
+            data = (b"referral.v1 envelope\x00" + len(d.envelope.header).to_bytes(4, "big")
+                    + d.envelope.header + h.sha256(d.envelope.sealed_body))
+            b.trust.identity(LEAGUE).sign_key.public_key().verify(d.envelope.signature, data)
+            receipt = h.open_sealed(d.envelope.sealed_body, d.envelope.header,
+                                    b.trust.identity(DESK)).receipt
+            assert receipt.level == pb.ACK_LEVEL_DELIVERED
+            assert receipt.message_id == h.header_of(env).message_id
+            # And the other way: C sends, Python opens.
+            desk = Desk(b, DESK)
+            sent = desk.events("send", "--to", LEAGUE, "--urgency", "routine", "--category",
+                               "legal_aid", "--narrative", "made in C, read in Python")
+            py_league = h.Client(b, LEAGUE)
+            py_league.credit(5)
+            d = py_league.deliveries(1)[0]
+            assert d.message_id.hex() == sent[0]["message_id"]
+            plain = h.open_sealed(d.envelope.sealed_body, d.envelope.header,
+                                  b.trust.identity(LEAGUE))
+            assert plain.case_file.narrative == "made in C, read in Python"
+            assert plain.case_file.category == pb.CASE_CATEGORY_LEGAL_AID
+            desk.cleanup()
+        finally:
+            league.cleanup()
+
+
+def fake_broker(trust, broker_id):
+    """A CURVE ROUTER with the broker's key that answers Hello and swallows
+    every Submit: the desk waits for an ACCEPTED that never comes."""
+    ctx = zmq.Context.instance()
+    s = ctx.socket(zmq.ROUTER)
+    s.setsockopt(zmq.LINGER, 0)
+    me = trust.identity(broker_id)
+    s.curve_server = True
+    s.curve_secretkey = me.curve_secret
+    s.curve_publickey = me.curve_public
+    port = s.bind_to_random_port("tcp://127.0.0.1")
+    return s, f"tcp://127.0.0.1:{port}"
+
+
+def serve_fake(s, seconds):
+    deadline = time.monotonic() + seconds
+    submits = 0
+    while time.monotonic() < deadline:
+        if not s.poll(100):
+            continue
+        rid, data = s.recv_multipart()
+        f = pb.ClientFrame()
+        f.ParseFromString(data)
+        if f.WhichOneof("body") == "hello":
+            w = pb.BrokerFrame(version=h.V1, welcome=pb.Welcome(broker_id="broker.test",
+                                                              agency_id=f.hello.agency_id))
+            s.send_multipart([rid, w.SerializeToString()])
+        elif f.WhichOneof("body") == "submit":
+            submits += 1
+    return submits
+
+
+def outbox_survives_kill9_of_the_desk():
+    with h.Broker() as b:
+        fake, endpoint = fake_broker(b.trust, b.id)
+        desk = Desk(b, DESK, endpoint=endpoint)
+        try:
+            p = desk.popen("send", "--to", LEAGUE, "--urgency", "crisis", "--category",
+                           "protection", "--narrative", "must not be lost")
+            assert serve_fake(fake, 3) == 1, "the desk did not submit"
+            p.send_signal(signal.SIGKILL)       # before any ACCEPTED
+            p.wait(timeout=10)
+            fake.close(0)
+            # The next start of the desk, against the real broker, sends it again.
+            desk.env["REFERRAL_ENDPOINT"] = b.endpoint
+            desk.run("listen", "--timeout-s", "2")
+            league = Desk(b, LEAGUE)
+            got = league.events("listen", "--count", "1", "--timeout-s", "10")
+            assert got and got[0]["narrative"] == "must not be lost", got
+            again = league.events("listen", "--timeout-s", "2")
+            assert not [e for e in again if e["event"] == "referral"], "delivered twice"
+            league.cleanup()
+        finally:
+            desk.cleanup()
+
+
+def misuse_gives_errors_not_crashes():
+    with h.Broker() as b:
+        desk = Desk(b, DESK)
+        try:
+            r = desk.run("send", "--to", LEAGUE, check=False)
+            assert r.returncode == 2 and "required" in r.stderr, r
+            r = desk.run("send", "--to", "qd.nowhere", "--urgency", "routine", "--category",
+                         "other", "--narrative", "x", check=False)
+            assert r.returncode == 1 and "not in the directory" in r.stderr, r
+            r = desk.run("send", "--to", "Bad..Id", "--urgency", "routine", "--category",
+                         "other", "--narrative", "x", check=False)
+            assert r.returncode == 2, r
+            r = desk.run("send", "--to", LEAGUE, "--urgency", "routine", "--category", "other",
+                         "--narrative", "x" * 70000, check=False)
+            assert r.returncode == 1 and "larger" in r.stderr, r
+            r = desk.run("ack", "00" * 16, "--level", "received", "--person", "x", check=False)
+            assert r.returncode == 2 and "no referral" in r.stderr, r
+            r = desk.run("ack", "nothex", "--level", "received", check=False)
+            assert r.returncode == 2, r
+            r = desk.run("frobnicate", check=False)
+            assert r.returncode == 2, r
+            wrong = dict(desk.env, REFERRAL_KEYS="/nonexistent")
+            r = subprocess.run([DESKTOOL, "status", "00" * 16], env=wrong, capture_output=True,
+                               text=True, timeout=30)
+            assert r.returncode == 4 and "cannot open" in r.stderr, r
+            other = dict(desk.env, REFERRAL_AGENCY="qd.outsider")
+            r = subprocess.run([DESKTOOL, "--timeout-ms", "1500", "status", "00" * 16],
+                               env=other, capture_output=True, text=True, timeout=30)
+            assert r.returncode != 0, r
+            assert subprocess.run([DESKTOOL, "--help"], capture_output=True,
+                                  timeout=10).returncode == 0
+        finally:
+            desk.cleanup()
+        assert b.proc.poll() is None
+
+
+TESTS = [send_receive_acknowledge_with_receipts, python_client_and_c_library_interoperate,
+         outbox_survives_kill9_of_the_desk, misuse_gives_errors_not_crashes]
+
+if __name__ == "__main__":
+    h.run(TESTS)
