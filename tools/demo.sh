@@ -10,5 +10,5 @@ bash tools/install-deps.sh
 ninja -C build
 
 PYTHONPATH="build/proto:test/integration" REFERRALD="build/broker/referrald" \
-  REFERRALCTL="build/tools/referralctl" \
+  REFERRALCTL="build/tools/referralctl" REFERRAL_DESK="build/tools/referral-desk" \
   PYTHONDONTWRITEBYTECODE=1 /usr/bin/python3 tools/demo.py

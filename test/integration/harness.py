@@ -41,6 +41,7 @@ import referral_pb2 as pb
 
 REFERRALD = os.environ.get("REFERRALD", "referrald")
 REFERRALCTL = os.environ.get("REFERRALCTL", "referralctl")
+DESKTOOL = os.environ.get("REFERRAL_DESK", "referral-desk")
 V1 = pb.PROTOCOL_VERSION_1
 
 # The agencies every test directory lists (all served by the test broker).
@@ -516,6 +517,37 @@ def make_envelope(sender, recipient, urgency=pb.URGENCY_ROUTINE, body_size=256, 
                        signature=sign_envelope(signing, header, sealed),
                        signer_key_id=key_id(signing.sign_public),
                        suite=pb.CIPHER_SUITE_ED25519_X25519_AES256GCM, hops=list(hops))
+
+
+class Desk:
+    """referral-desk as one agency, with its own state directory."""
+
+    def __init__(self, broker, agency, endpoint=None):
+        self.state = tempfile.mkdtemp(prefix="referral-desk-")
+        t = broker.trust
+        self.env = dict(os.environ, REFERRAL_AGENCY=agency, REFERRAL_KEYS=t.keydir,
+                        REFERRAL_DIRECTORY=t.directory, REFERRAL_ROOT=t.root_pub(),
+                        REFERRAL_BROKER=broker.id, REFERRAL_ENDPOINT=endpoint or broker.endpoint,
+                        REFERRAL_STATE=self.state)
+
+    def run(self, *args, timeout=30, check=True):
+        r = subprocess.run([DESKTOOL, "--timeout-ms", "5000", *args], env=self.env,
+                           capture_output=True, text=True, timeout=timeout)
+        if check and r.returncode != 0:
+            raise AssertionError(f"referral-desk {' '.join(args)} exited {r.returncode}: "
+                                 f"{r.stderr}")
+        return r
+
+    def popen(self, *args):
+        return subprocess.Popen([DESKTOOL, "--timeout-ms", "60000", *args], env=self.env,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    def events(self, *args, **kw):
+        r = self.run(*args, "--json", **kw)
+        return [json.loads(line) for line in r.stdout.splitlines() if line.startswith("{")]
+
+    def cleanup(self):
+        shutil.rmtree(self.state, ignore_errors=True)
 
 
 def header_of(envelope):
