@@ -159,6 +159,26 @@ uint8_t *wire_pack(const void *msg, size_t *len)
     return buf;
 }
 
+
+/* Unpack buf as desc (cap, budget), then run check on it: the message is
+ * handed out only if both pass. The pattern every wire_decode_* follows. */
+typedef wire_err (*check_fn)(const void *msg, const wire_limits *limits, char *why,
+                             size_t why_len);
+
+static wire_err decode_checked(const ProtobufCMessageDescriptor *desc, const uint8_t *buf,
+                               size_t len, size_t cap, size_t budget_bytes, check_fn check,
+                               const wire_limits *limits, void **out, char *why, size_t why_len)
+{
+    ProtobufCMessage *m;
+    *out = NULL;
+    wire_err e = unpack(desc, buf, len, cap, budget_bytes, &m, why, why_len);
+    if (e == WIRE_OK && check != NULL && (e = check(m, limits, why, why_len)) != WIRE_OK)
+        wire_free(m);
+    if (e == WIRE_OK)
+        *out = m;
+    return e;
+}
+
 /* ---- field rules ---------------------------------------------------------- */
 
 static bool is_enum_known(const ProtobufCEnumDescriptor *d, int value)
@@ -250,22 +270,19 @@ wire_err wire_check_envelope(const Referral__V1__Envelope *env, const wire_limit
     return WIRE_OK;
 }
 
+static wire_err check_envelope_msg(const void *m, const wire_limits *l, char *why, size_t n)
+{
+    return wire_check_envelope(m, l, why, n);
+}
+
 wire_err wire_decode_envelope(const uint8_t *buf, size_t len, const wire_limits *limits,
                               Referral__V1__Envelope **out, char *why, size_t why_len)
 {
     if (limits == NULL)
         limits = &wire_default_limits;
-    ProtobufCMessage *m;
-    *out = NULL;
-    TRY(unpack(&referral__v1__envelope__descriptor, buf, len, limits->max_frame_bytes,
-               limits->budget_bytes, &m, why, why_len));
-    wire_err e = wire_check_envelope((Referral__V1__Envelope *)m, limits, why, why_len);
-    if (e != WIRE_OK) {
-        wire_free(m);
-        return e;
-    }
-    *out = (Referral__V1__Envelope *)m;
-    return WIRE_OK;
+    return decode_checked(&referral__v1__envelope__descriptor, buf, len, limits->max_frame_bytes,
+                          limits->budget_bytes, check_envelope_msg, limits, (void **)out, why,
+                          why_len);
 }
 
 static wire_err check_header(const Referral__V1__RoutingHeader *h,
@@ -366,22 +383,19 @@ static wire_err check_client_frame(const Referral__V1__ClientFrame *f,
     }
 }
 
+static wire_err check_client_msg(const void *m, const wire_limits *l, char *why, size_t n)
+{
+    return check_client_frame(m, l, why, n);
+}
+
 wire_err wire_decode_client_frame(const uint8_t *buf, size_t len, const wire_limits *limits,
                                   Referral__V1__ClientFrame **out, char *why, size_t why_len)
 {
     if (limits == NULL)
         limits = &wire_default_limits;
-    ProtobufCMessage *m;
-    *out = NULL;
-    TRY(unpack(&referral__v1__client_frame__descriptor, buf, len, limits->max_frame_bytes,
-               limits->budget_bytes, &m, why, why_len));
-    wire_err e = check_client_frame((Referral__V1__ClientFrame *)m, limits, why, why_len);
-    if (e != WIRE_OK) {
-        wire_free(m);
-        return e;
-    }
-    *out = (Referral__V1__ClientFrame *)m;
-    return WIRE_OK;
+    return decode_checked(&referral__v1__client_frame__descriptor, buf, len,
+                          limits->max_frame_bytes, limits->budget_bytes, check_client_msg, limits,
+                          (void **)out, why, why_len);
 }
 
 /* ---- broker frames (what a client receives) ------------------------------- */
@@ -476,22 +490,19 @@ static wire_err check_broker_frame(const Referral__V1__BrokerFrame *f,
     }
 }
 
+static wire_err check_broker_msg(const void *m, const wire_limits *l, char *why, size_t n)
+{
+    return check_broker_frame(m, l, why, n);
+}
+
 wire_err wire_decode_broker_frame(const uint8_t *buf, size_t len, const wire_limits *limits,
                                   Referral__V1__BrokerFrame **out, char *why, size_t why_len)
 {
     if (limits == NULL)
         limits = &wire_default_limits;
-    ProtobufCMessage *m;
-    *out = NULL;
-    TRY(unpack(&referral__v1__broker_frame__descriptor, buf, len, limits->max_frame_bytes,
-               limits->budget_bytes, &m, why, why_len));
-    wire_err e = check_broker_frame((Referral__V1__BrokerFrame *)m, limits, why, why_len);
-    if (e != WIRE_OK) {
-        wire_free(m);
-        return e;
-    }
-    *out = (Referral__V1__BrokerFrame *)m;
-    return WIRE_OK;
+    return decode_checked(&referral__v1__broker_frame__descriptor, buf, len,
+                          limits->max_frame_bytes, limits->budget_bytes, check_broker_msg, limits,
+                          (void **)out, why, why_len);
 }
 
 /* ---- peer frames ---------------------------------------------------------- */
@@ -526,22 +537,19 @@ static wire_err check_peer_frame(const Referral__V1__PeerFrame *f, const wire_li
     }
 }
 
+static wire_err check_peer_msg(const void *m, const wire_limits *l, char *why, size_t n)
+{
+    return check_peer_frame(m, l, why, n);
+}
+
 wire_err wire_decode_peer_frame(const uint8_t *buf, size_t len, const wire_limits *limits,
                                 Referral__V1__PeerFrame **out, char *why, size_t why_len)
 {
     if (limits == NULL)
         limits = &wire_default_limits;
-    ProtobufCMessage *m;
-    *out = NULL;
-    TRY(unpack(&referral__v1__peer_frame__descriptor, buf, len, limits->max_frame_bytes,
-               limits->budget_bytes, &m, why, why_len));
-    wire_err e = check_peer_frame((Referral__V1__PeerFrame *)m, limits, why, why_len);
-    if (e != WIRE_OK) {
-        wire_free(m);
-        return e;
-    }
-    *out = (Referral__V1__PeerFrame *)m;
-    return WIRE_OK;
+    return decode_checked(&referral__v1__peer_frame__descriptor, buf, len,
+                          limits->max_frame_bytes, limits->budget_bytes, check_peer_msg, limits,
+                          (void **)out, why, why_len);
 }
 
 /* ---- notices and plaintexts ---------------------------------------------- */
@@ -558,21 +566,28 @@ static wire_err check_notice(const Referral__V1__Notice *n, char *why, size_t wh
     return check_text(n->detail, WIRE_MAX_TEXT, "notice detail", why, why_len);
 }
 
+static wire_err check_notice_msg(const void *m, const wire_limits *l, char *why, size_t n)
+{
+    (void)l;
+    return check_notice(m, why, n);
+}
+
 wire_err wire_decode_notice(const uint8_t *buf, size_t len, const wire_limits *limits,
                             Referral__V1__Notice **out, char *why, size_t why_len)
 {
     if (limits == NULL)
         limits = &wire_default_limits;
-    ProtobufCMessage *m;
-    *out = NULL;
-    TRY(unpack(&referral__v1__notice__descriptor, buf, len, MAX_NOTICE_BYTES,
-               limits->budget_bytes, &m, why, why_len));
-    wire_err e = check_notice((Referral__V1__Notice *)m, why, why_len);
-    if (e != WIRE_OK) {
-        wire_free(m);
-        return e;
-    }
-    *out = (Referral__V1__Notice *)m;
+    return decode_checked(&referral__v1__notice__descriptor, buf, len, MAX_NOTICE_BYTES,
+                          limits->budget_bytes, check_notice_msg, limits, (void **)out, why,
+                          why_len);
+}
+
+static wire_err check_plaintext_msg(const void *m, const wire_limits *l, char *why, size_t n)
+{
+    (void)l;
+    if (((const Referral__V1__BodyPlaintext *)m)->body_case ==
+        REFERRAL__V1__BODY_PLAINTEXT__BODY__NOT_SET)
+        return fail(why, n, WIRE_INVALID, "sealed body holds no content");
     return WIRE_OK;
 }
 
@@ -581,17 +596,9 @@ wire_err wire_decode_plaintext(const uint8_t *buf, size_t len, const wire_limits
 {
     if (limits == NULL)
         limits = &wire_default_limits;
-    ProtobufCMessage *m;
-    *out = NULL;
-    TRY(unpack(&referral__v1__body_plaintext__descriptor, buf, len, limits->max_body_bytes,
-               limits->budget_bytes, &m, why, why_len));
-    const Referral__V1__BodyPlaintext *p = (Referral__V1__BodyPlaintext *)m;
-    if (p->body_case == REFERRAL__V1__BODY_PLAINTEXT__BODY__NOT_SET) {
-        wire_free(m);
-        return fail(why, why_len, WIRE_INVALID, "sealed body holds no content");
-    }
-    *out = (Referral__V1__BodyPlaintext *)m;
-    return WIRE_OK;
+    return decode_checked(&referral__v1__body_plaintext__descriptor, buf, len,
+                          limits->max_body_bytes, limits->budget_bytes, check_plaintext_msg,
+                          limits, (void **)out, why, why_len);
 }
 
 /* ---- directory ------------------------------------------------------------ */
@@ -690,20 +697,33 @@ static wire_err check_directory(const Referral__V1__Directory *d, char *why, siz
     return e;
 }
 
+static wire_err check_directory_msg(const void *m, const wire_limits *l, char *why, size_t n)
+{
+    (void)l;
+    return check_directory(m, why, n);
+}
+
 wire_err wire_decode_directory(const uint8_t *buf, size_t len, const wire_limits *limits,
                                Referral__V1__Directory **out, char *why, size_t why_len)
 {
-    (void)limits;
-    ProtobufCMessage *m;
-    *out = NULL;
-    TRY(unpack(&referral__v1__directory__descriptor, buf, len, MAX_DIRECTORY_BYTES,
-               8 * (size_t)MAX_DIRECTORY_BYTES, &m, why, why_len));
-    wire_err e = check_directory((Referral__V1__Directory *)m, why, why_len);
-    if (e != WIRE_OK) {
-        wire_free(m);
-        return e;
-    }
-    *out = (Referral__V1__Directory *)m;
+    return decode_checked(&referral__v1__directory__descriptor, buf, len, MAX_DIRECTORY_BYTES,
+                          8 * (size_t)MAX_DIRECTORY_BYTES, check_directory_msg, limits,
+                          (void **)out, why, why_len);
+}
+
+static wire_err check_signed_directory_msg(const void *m, const wire_limits *l, char *why,
+                                           size_t n)
+{
+    (void)l;
+    const Referral__V1__SignedDirectory *sd = m;
+    if (sd->directory.len == 0)
+        return fail(why, n, WIRE_INVALID, "the file holds no directory");
+    if (sd->signature.len != WIRE_SIGNATURE_BYTES)
+        return fail(why, n, WIRE_INVALID, "the directory is not signed (signature of %zu bytes); "
+                    "sign it with referralctl directory sign", sd->signature.len);
+    if (sd->signer_key_id.len != WIRE_KEY_ID_BYTES)
+        return fail(why, n, WIRE_INVALID, "directory signer key id must be %u bytes",
+                    WIRE_KEY_ID_BYTES);
     return WIRE_OK;
 }
 
@@ -711,27 +731,9 @@ wire_err wire_decode_signed_directory(const uint8_t *buf, size_t len, const wire
                                       Referral__V1__SignedDirectory **out, char *why,
                                       size_t why_len)
 {
-    (void)limits;
-    ProtobufCMessage *m;
-    *out = NULL;
-    TRY(unpack(&referral__v1__signed_directory__descriptor, buf, len, MAX_DIRECTORY_BYTES + 1024,
-               2 * (size_t)MAX_DIRECTORY_BYTES, &m, why, why_len));
-    const Referral__V1__SignedDirectory *sd = (Referral__V1__SignedDirectory *)m;
-    wire_err e = WIRE_OK;
-    if (sd->directory.len == 0)
-        e = fail(why, why_len, WIRE_INVALID, "the file holds no directory");
-    else if (sd->signature.len != WIRE_SIGNATURE_BYTES)
-        e = fail(why, why_len, WIRE_INVALID, "the directory is not signed (signature of %zu "
-                 "bytes); sign it with referralctl directory sign", sd->signature.len);
-    else if (sd->signer_key_id.len != WIRE_KEY_ID_BYTES)
-        e = fail(why, why_len, WIRE_INVALID, "directory signer key id must be %u bytes",
-                 WIRE_KEY_ID_BYTES);
-    if (e != WIRE_OK) {
-        wire_free(m);
-        return e;
-    }
-    *out = (Referral__V1__SignedDirectory *)m;
-    return WIRE_OK;
+    return decode_checked(&referral__v1__signed_directory__descriptor, buf, len,
+                          MAX_DIRECTORY_BYTES + 1024, 2 * (size_t)MAX_DIRECTORY_BYTES,
+                          check_signed_directory_msg, limits, (void **)out, why, why_len);
 }
 
 /* ---- hand-packed delivery frame ------------------------------------------ */
