@@ -305,7 +305,9 @@ static void on_envelope(ref_client *c, const Referral__V1__Delivery *dl)
                      ? protobuf_c_enum_descriptor_get_value(&referral__v1__ack_level__descriptor,
                                                             (int)r->level)->name
                      : "ACK_LEVEL_?", r->agency_id, r->person[0] ? ", " : "", r->person);
-        d->detail = dup_text(r->reason_detail[0] ? r->reason_detail : text);
+        const char *said = r->reason_detail[0] ? r->reason_detail
+                         : r->outcome_detail[0] ? r->outcome_detail : r->action_detail;
+        d->detail = dup_text(said[0] ? said : text);
         d->narrative = dup_text(text);
         d->requested_action = dup_text("");
         d->pseudonym = dup_text("");
@@ -730,9 +732,21 @@ ref_err ref_acknowledge(ref_client *c, const char *mid_hex, ref_level level, con
     rc.at_ms = clock_now_ms();
     rc.agency_id = c->keys.id;
     rc.person = (char *)(uintptr_t)(person ? person : "");
-    if (level == REF_LEVEL_REJECTED)
+    const char *text = reason != NULL ? reason : "";
+    rc.reason_detail = (char *)(uintptr_t)"";
+    rc.outcome_detail = (char *)(uintptr_t)"";
+    rc.action_detail = (char *)(uintptr_t)"";
+    if (level == REF_LEVEL_REJECTED) {
         rc.reject_reason = REFERRAL__V1__REJECT_REASON__REJECT_REASON_OTHER;
-    rc.reason_detail = (char *)(uintptr_t)(reason ? reason : "");
+        rc.reason_detail = (char *)(uintptr_t)text;
+    } else if (level == REF_LEVEL_CLOSED) {
+        rc.outcome = REFERRAL__V1__OUTCOME__OUTCOME_OTHER;
+        rc.outcome_detail = (char *)(uintptr_t)text;
+    } else if (level == REF_LEVEL_ACTION_TAKEN) {
+        rc.action_detail = (char *)(uintptr_t)text;
+    } else {
+        rc.reason_detail = (char *)(uintptr_t)text;
+    }
     Referral__V1__BodyPlaintext p = REFERRAL__V1__BODY_PLAINTEXT__INIT;
     p.body_case = REFERRAL__V1__BODY_PLAINTEXT__BODY_RECEIPT;
     p.receipt = &rc;

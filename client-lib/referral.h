@@ -243,9 +243,14 @@ REF_API const char *ref_delivery_detail(const ref_delivery *d);
 
 /*
  * Acknowledge a referral this agency received, at a level above
- * DELIVERED: a receipt signed by this agency and sealed for the sender.
- * person: who (required from RECEIVED on); reason: for REJECTED (required);
- * outcome: for CLOSED. Errors: REF_E_INVALID, REF_E_REFUSED, REF_E_TIMEOUT.
+ * DELIVERED: a receipt signed by this agency and sealed for the sender,
+ * who sees it as a REF_DELIVERY_RECEIPT (level and text). person: who
+ * (required from RECEIVED on). reason: free text, required for REJECTED
+ * (why; the sender re-routes), for CLOSED the outcome, for ACTION_TAKEN
+ * what was done; may be NULL otherwise. Waits for the broker's ACCEPTED of
+ * the receipt. Errors: REF_E_INVALID (bad id, missing person or reason, or
+ * no such referral received here), REF_E_TOO_LARGE, REF_E_REFUSED,
+ * REF_E_TIMEOUT.
  */
 REF_API ref_err ref_acknowledge(ref_client *client, const char *referral_message_id_hex,
                                 ref_level level, const char *person, const char *reason);

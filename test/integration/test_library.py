@@ -46,6 +46,17 @@ def send_receive_acknowledge_with_receipts():
             receipts = desk.events("listen", "--count", "4", "--timeout-s", "15")
             levels = [e["level"] for e in receipts if e["event"] == "receipt"]
             assert levels == ["delivered", "received", "accepted", "closed"], receipts
+            assert receipts[3]["detail"] == "family and school engaged", receipts[3]
+            # A JSON case file, with a flag overriding one of its fields.
+            case = os.path.join(desk.state, "case.json")
+            with open(case, "w") as f:
+                json.dump({"to": LEAGUE, "urgency": "urgent", "category": "protection",
+                           "narrative": "from a case file", "requested_action": "visit",
+                           "subject": {"pseudonym": "child-3", "age": 9}}, f)
+            desk.events("send", "--case", case, "--urgency", "crisis")
+            got = league.events("listen", "--count", "1", "--timeout-s", "10")
+            assert got[0]["narrative"] == "from a case file" and got[0]["age"] == 9, got
+            assert got[0]["urgency"] == "crisis" and got[0]["pseudonym"] == "child-3", got
             assert all(e["from"] == LEAGUE for e in receipts)
             assert desk.run("status", mid).stdout.split()[1] == "DELIVERED"
             # Delivered once: listening again shows nothing new.
