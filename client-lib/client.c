@@ -38,6 +38,9 @@
 #define R(x) REFERRAL__V1__RESULT_CODE__RESULT_##x
 
 struct ref_delivery {
+    uint8_t wire_id[16];            /* the Delivery's message id, settled on hand-over */
+    bool has_seen;                  /* record seen (envelopes) on hand-over */
+    state_seen seen;
     ref_delivery_kind kind;
     char message_id[REF_ID_HEX_LEN + 1];
     char referral_id[REF_ID_HEX_LEN + 1];
@@ -168,10 +171,7 @@ static ref_err send_settle(ref_client *c, const uint8_t id[16], Referral__V1__Se
     Referral__V1__ClientFrame f = REFERRAL__V1__CLIENT_FRAME__INIT;
     f.body_case = REFERRAL__V1__CLIENT_FRAME__BODY_SETTLE;
     f.settle = &s;
-    ref_err e = send_frame(c, &f);
-    if (e == REF_OK)
-        e = send_credit(c, 1);   /* keep the window full */
-    return e;
+    return send_frame(c, &f);
 }
 
 static ref_err submit_bytes(ref_client *c, const uint8_t *env_bytes, size_t len)
@@ -212,10 +212,23 @@ static char *dup_text(const char *s)
     return strdup(s != NULL ? s : "");
 }
 
+/* Keep d until the application takes it. Nothing is settled before then:
+ * if the process dies first, the broker delivers it again. The queue holds
+ * at most the credit granted (credit is given back one by one as the
+ * application takes deliveries), so it cannot fill; a copy delivered again
+ * while the first still waits here is left unsettled (the first copy's
+ * settle covers both). */
 static void keep_ready(ref_client *c, ref_delivery *d)
 {
-    if (c->n_ready == MAX_READY) {   /* cannot happen within credit; never drop silently */
-        say(c, REF_LOG_ERROR, "ready queue full msg=%s", d->message_id);
+    for (size_t i = 0; i < c->n_ready; i++) {
+        if (memcmp(c->ready[i]->wire_id, d->wire_id, 16) == 0) {
+            ref_delivery_destroy(&d);
+            return;
+        }
+    }
+    if (c->n_ready == MAX_READY) {   /* beyond credit: a broker bug; it will redeliver */
+        say(c, REF_LOG_ERROR, "ready queue full, delivery left unsettled msg=%s",
+            d->message_id);
         ref_delivery_destroy(&d);
         return;
     }
@@ -250,10 +263,10 @@ static void on_notice(ref_client *c, const Referral__V1__Delivery *dl)
         d->narrative = dup_text("");
         d->requested_action = dup_text("");
         d->pseudonym = dup_text("");
+        memcpy(d->wire_id, dl->message_id.data, 16);
         keep_ready(c, d);
     }
     wire_free(n);
-    send_settle(c, dl->message_id.data, REFERRAL__V1__SETTLE_VERB__SETTLE_VERB_ACK, NULL);
 }
 
 static void on_envelope(ref_client *c, const Referral__V1__Delivery *dl)
@@ -318,24 +331,15 @@ static void on_envelope(ref_client *c, const Referral__V1__Delivery *dl)
         d->pseudonym = dup_text("");
         d->detail = dup_text("");
     }
-    seen.forget_at_ms = h->expires_at_ms + 30ull * 24 * 3600 * 1000;
-    memcpy(seen.referral_id, h->referral_id.data, 16);
-    snprintf(seen.from, sizeof seen.from, "%s", h->from_agency);
-    seen.urgency = (uint8_t)h->urgency;
-    bool is_referral = d->kind == REF_DELIVERY_REFERRAL;
-    /* Remember it durably before settling: DELIVERED means stored here. */
-    if (state_seen_put(c->st, mid, &seen) != REF_OK) {
-        say(c, REF_LOG_ERROR, "cannot record a delivery in the state directory msg=%s",
-            d->message_id);
-        ref_delivery_destroy(&d);
-    } else {
-        send_settle(c, mid, REFERRAL__V1__SETTLE_VERB__SETTLE_VERB_ACK, NULL);
-        say(c, REF_LOG_INFO, "received msg=%s referral=%s from=%s", d->message_id,
-            d->referral_id, d->from);
-        keep_ready(c, d);
-        if (is_referral)
-            ref_acknowledge(c, hex, REF_LEVEL_DELIVERED, "", "");
-    }
+    d->seen.forget_at_ms = h->expires_at_ms + 30ull * 24 * 3600 * 1000;
+    memcpy(d->seen.referral_id, h->referral_id.data, 16);
+    snprintf(d->seen.from, sizeof d->seen.from, "%s", h->from_agency);
+    d->seen.urgency = (uint8_t)h->urgency;
+    d->has_seen = true;
+    memcpy(d->wire_id, mid, 16);
+    say(c, REF_LOG_DEBUG, "verified and opened msg=%s referral=%s from=%s", d->message_id,
+        d->referral_id, d->from);
+    keep_ready(c, d);
     wire_free(h);
     wire_free(p);
 }
@@ -702,9 +706,27 @@ ref_err ref_receive(ref_client *c, uint32_t timeout_ms, ref_delivery **out)
         return REF_E_AGAIN;
     if (e != REF_OK)
         return e;
-    *out = c->ready[0];
+    ref_delivery *d = c->ready[0];
     memmove(c->ready, c->ready + 1, (c->n_ready - 1) * sizeof c->ready[0]);
     c->n_ready--;
+    /* Hand-over: remember the id durably (so a copy delivered again is not
+     * shown twice), settle with the broker, give the credit back, and for
+     * a referral tell the sender it is DELIVERED. */
+    if (d->has_seen && state_seen_put(c->st, d->wire_id, &d->seen) != REF_OK) {
+        say(c, REF_LOG_ERROR, "cannot record a delivery in the state directory msg=%s",
+            d->message_id);
+        send_settle(c, d->wire_id, REFERRAL__V1__SETTLE_VERB__SETTLE_VERB_NAK, NULL);
+        send_credit(c, 1);
+        ref_delivery_destroy(&d);
+        return REF_E_STATE;
+    }
+    send_settle(c, d->wire_id, REFERRAL__V1__SETTLE_VERB__SETTLE_VERB_ACK, NULL);
+    send_credit(c, 1);
+    say(c, REF_LOG_INFO, "received msg=%s referral=%s from=%s", d->message_id, d->referral_id,
+        d->from);
+    if (d->kind == REF_DELIVERY_REFERRAL && d->has_seen)
+        ref_acknowledge(c, d->message_id, REF_LEVEL_DELIVERED, "", "");
+    *out = d;
     return REF_OK;
 }
 

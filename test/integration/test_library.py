@@ -165,6 +165,30 @@ def outbox_survives_kill9_of_the_desk():
             desk.cleanup()
 
 
+def delivery_not_taken_by_the_application_comes_again():
+    """A client that pumps a delivery but exits before the application took
+    it must not settle it: the broker delivers it again, and the next
+    listener gets it once."""
+    with h.Broker(delivery__ack_timeout_ms=800) as b:
+        desk, league = Desk(b, DESK), Desk(b, LEAGUE)
+        try:
+            sent = desk.events("send", "--to", LEAGUE, "--urgency", "urgent", "--category",
+                               "protection", "--narrative", "do not lose me")
+            mid = sent[0]["message_id"]
+            # 'status' connects (granting credit), pumps, and exits without
+            # ever calling ref_receive.
+            league.run("status", mid)
+            time.sleep(1.5)
+            got = league.events("listen", "--count", "1", "--timeout-s", "10")
+            assert [e["narrative"] for e in got if e["event"] == "referral"] == \
+                ["do not lose me"], got
+            again = league.events("listen", "--timeout-s", "2")
+            assert not [e for e in again if e["event"] == "referral"], again
+        finally:
+            desk.cleanup()
+            league.cleanup()
+
+
 def misuse_gives_errors_not_crashes():
     with h.Broker() as b:
         desk = Desk(b, DESK)
@@ -202,7 +226,8 @@ def misuse_gives_errors_not_crashes():
 
 
 TESTS = [send_receive_acknowledge_with_receipts, python_client_and_c_library_interoperate,
-         outbox_survives_kill9_of_the_desk, misuse_gives_errors_not_crashes]
+         outbox_survives_kill9_of_the_desk, delivery_not_taken_by_the_application_comes_again,
+         misuse_gives_errors_not_crashes]
 
 if __name__ == "__main__":
     h.run(TESTS)
