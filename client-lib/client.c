@@ -609,6 +609,34 @@ static ref_err hand_over(ref_client *c, const uint8_t *env, size_t len, const ui
     return map_refusal(c->answer);
 }
 
+/* Pack p, seal and sign it as spec says (spec->plaintext is filled here),
+ * and hand it over (waiting for the answer if wait). mid and rid get the
+ * new envelope's message and referral ids. */
+static ref_err send_body(ref_client *c, const Referral__V1__BodyPlaintext *p,
+                         envelope_spec *spec, bool wait, uint8_t mid[16], uint8_t rid[16])
+{
+    size_t plen;
+    uint8_t *plain = wire_pack(p, &plen);
+    if (plain == NULL)
+        return REF_E_NO_MEMORY;
+    spec->plaintext = plain;
+    spec->plaintext_len = plen;
+    uint8_t *env = NULL;
+    size_t len;
+    char why[300] = "";
+    ref_err e = (ref_err)envelope_compose(&c->keys, c->dir, spec, &env, &len, mid, rid, why,
+                                          sizeof why);
+    OPENSSL_cleanse(plain, plen);
+    free(plain);
+    if (e != REF_OK) {
+        set_detail(c, why);
+        return e;
+    }
+    e = hand_over(c, env, len, mid, wait);
+    free(env);
+    return e;
+}
+
 static bool is_text_ok(const char *s)
 {
     return s == NULL || strnlen(s, MAX_TEXT + 1) <= MAX_TEXT;
@@ -640,10 +668,6 @@ static ref_err send_referral(ref_client *c, const ref_referral *r, char *mid_hex
     Referral__V1__BodyPlaintext p = REFERRAL__V1__BODY_PLAINTEXT__INIT;
     p.body_case = REFERRAL__V1__BODY_PLAINTEXT__BODY_CASE_FILE;
     p.case_file = &cf;
-    size_t plen;
-    uint8_t *plain = wire_pack(&p, &plen);
-    if (plain == NULL)
-        return REF_E_NO_MEMORY;
     envelope_spec spec = {
         .kind = REFERRAL__V1__MESSAGE_KIND__MESSAGE_KIND_REFERRAL,
         .to_agency = r->to_agency,
@@ -651,26 +675,15 @@ static ref_err send_referral(ref_client *c, const ref_referral *r, char *mid_hex
         .n_backups = r->n_backups,
         .urgency = (Referral__V1__Urgency)r->urgency,
         .ttl_ms = (uint64_t)(r->ttl_s ? r->ttl_s : DEFAULT_TTL_S) * 1000u,
-        .plaintext = plain,
-        .plaintext_len = plen,
     };
-    uint8_t *env = NULL, mid[16], rid[16];
-    size_t len;
-    char why[300] = "";
-    ref_err e = (ref_err)envelope_compose(&c->keys, c->dir, &spec, &env, &len, mid, rid, why,
-                                          sizeof why);
-    OPENSSL_cleanse(plain, plen);
-    free(plain);
-    if (e != REF_OK) {
-        set_detail(c, why);
-        return e;
-    }
+    uint8_t mid[16] = {0}, rid[16] = {0}, none[16] = {0};
+    ref_err e = send_body(c, &p, &spec, wait, mid, rid);
+    if (memcmp(mid, none, sizeof mid) == 0)
+        return e;   /* refused before an envelope existed */
     if (mid_hex != NULL)
         ids_hex(mid, 16, mid_hex);
     if (rid_hex != NULL)
         ids_hex(rid, 16, rid_hex);
-    e = hand_over(c, env, len, mid, wait);
-    free(env);
     char hex[REF_ID_HEX_LEN + 1];
     say(c, e == REF_OK ? REF_LOG_INFO : REF_LOG_WARN, "sent msg=%s to=%s result=%s",
         ids_hex(mid, 16, hex), r->to_agency, ref_strerror(e));
@@ -772,10 +785,6 @@ ref_err ref_acknowledge(ref_client *c, const char *mid_hex, ref_level level, con
     Referral__V1__BodyPlaintext p = REFERRAL__V1__BODY_PLAINTEXT__INIT;
     p.body_case = REFERRAL__V1__BODY_PLAINTEXT__BODY_RECEIPT;
     p.receipt = &rc;
-    size_t plen;
-    uint8_t *plain = wire_pack(&p, &plen);
-    if (plain == NULL)
-        return REF_E_NO_MEMORY;
     envelope_spec spec = {
         .kind = REFERRAL__V1__MESSAGE_KIND__MESSAGE_KIND_RECEIPT,
         .to_agency = seen.from,
@@ -783,23 +792,10 @@ ref_err ref_acknowledge(ref_client *c, const char *mid_hex, ref_level level, con
         .ttl_ms = (uint64_t)DEFAULT_TTL_S * 1000u,
         .referral_id = seen.referral_id,
         .in_reply_to = mid,
-        .plaintext = plain,
-        .plaintext_len = plen,
     };
-    uint8_t *env = NULL, rmid[16], rid[16];
-    size_t len;
-    char why[300] = "";
-    ref_err e = (ref_err)envelope_compose(&c->keys, c->dir, &spec, &env, &len, rmid, rid, why,
-                                          sizeof why);
-    free(plain);
-    if (e != REF_OK) {
-        set_detail(c, why);
-        return e;
-    }
-    /* DELIVERED goes out with the delivery's settle and is not waited for. */
-    e = hand_over(c, env, len, rmid, level != REF_LEVEL_DELIVERED);
-    free(env);
-    return e;
+    uint8_t rmid[16], rid[16];
+    /* DELIVERED goes out with the hand-over and is not waited for. */
+    return send_body(c, &p, &spec, level != REF_LEVEL_DELIVERED, rmid, rid);
 }
 
 static bool has_status(const ref_client *c)
