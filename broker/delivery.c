@@ -68,6 +68,7 @@ store_err delivery_trace(const delivery_ctx *dc, MDB_txn *txn, const store_msg *
     ev.kind = kind;
     ev.broker_id = (char *)(uintptr_t)dc->broker_id;
     ev.agency_id = (char *)(uintptr_t)m->recipient;
+    ev.from_agency = (char *)(uintptr_t)m->sender;
     ev.at_ms = now_ms;
     ev.code = code;
     ev.attempt = m->attempts;

@@ -161,6 +161,56 @@ static store_err handle_status(broker *b, MDB_txn *txn, const session *s,
     return STORE_OK;
 }
 
+typedef struct {
+    Referral__V1__TraceEvent *events[256];
+    size_t n;
+    const char *agency;
+    bool may_see;
+} trace_collect;
+
+static void collect_event(const uint8_t *bytes, size_t len, void *ctx)
+{
+    trace_collect *tc = ctx;
+    Referral__V1__TraceEvent *ev = referral__v1__trace_event__unpack(NULL, len, bytes);
+    if (ev == NULL || tc->n == sizeof tc->events / sizeof tc->events[0]) {
+        wire_free(ev);
+        return;
+    }
+    if (strcmp(ev->agency_id, tc->agency) == 0 || strcmp(ev->from_agency, tc->agency) == 0)
+        tc->may_see = true;
+    tc->events[tc->n++] = ev;
+}
+
+/* A trace query: the referral's events at this broker, for an agency that
+ * sent or received one of its messages. Every query is logged. */
+static store_err handle_trace(broker *b, MDB_txn *txn, const session *s,
+                              const Referral__V1__TraceQuery *q)
+{
+    trace_collect tc = {.n = 0, .agency = s->agency, .may_see = false};
+    bool is_truncated = false;
+    store_err e = store_trace_each(b->st, txn, q->referral_id.data, 256, collect_event, &tc,
+                                   &is_truncated);
+    Referral__V1__TraceReply tr = REFERRAL__V1__TRACE_REPLY__INIT;
+    tr.request_id = q->request_id;
+    tr.code = tc.may_see ? R(OK) : R(NOT_AUTHORIZED);
+    if (tc.may_see) {
+        tr.events = tc.events;
+        tr.n_events = tc.n;
+        tr.is_truncated = is_truncated;
+    }
+    char hex[IDS_HEX_LEN + 1];
+    log_info("trace", "trace query referral=%s agency=%s events=%zu answered=%s",
+             ids_hex(q->referral_id.data, IDS_BYTES, hex), s->agency, tc.n,
+             tc.may_see ? "yes" : "refused");
+    Referral__V1__BrokerFrame rf = REFERRAL__V1__BROKER_FRAME__INIT;
+    rf.body_case = REFERRAL__V1__BROKER_FRAME__BODY_TRACE;
+    rf.trace = &tr;
+    queue_reply(b, s->rid, s->rid_len, &rf);
+    for (size_t i = 0; i < tc.n; i++)
+        wire_free(tc.events[i]);
+    return e;
+}
+
 /* Is this frame's connection still admitted, and is it the session's? The
  * identity comes from the ZAP User-Id of the message, never from the
  * routing id (which a peer can claim). */
@@ -233,16 +283,9 @@ static store_err handle_frame(broker *b, MDB_txn *txn, const uint8_t *rid, size_
         case REFERRAL__V1__CLIENT_FRAME__BODY_STATUS:
             e = handle_status(b, txn, s, f->status);
             break;
-        case REFERRAL__V1__CLIENT_FRAME__BODY_TRACE: {
-            Referral__V1__TraceReply tr = REFERRAL__V1__TRACE_REPLY__INIT;
-            tr.request_id = f->trace->request_id;
-            tr.code = R(NOT_AUTHORIZED);   /* trace queries come with referral-trace */
-            Referral__V1__BrokerFrame rf = REFERRAL__V1__BROKER_FRAME__INIT;
-            rf.body_case = REFERRAL__V1__BROKER_FRAME__BODY_TRACE;
-            rf.trace = &tr;
-            queue_reply(b, rid, rid_len, &rf);
+        case REFERRAL__V1__CLIENT_FRAME__BODY_TRACE:
+            e = handle_trace(b, txn, s, f->trace);
             break;
-        }
         case REFERRAL__V1__CLIENT_FRAME__BODY_PING: {
             Referral__V1__Pong p = REFERRAL__V1__PONG__INIT;
             p.nonce = f->ping->nonce;

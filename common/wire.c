@@ -429,6 +429,7 @@ static wire_err check_trace_event(const Referral__V1__TraceEvent *ev, char *why,
                    "trace event kind", why, why_len));
     TRY(check_name(ev->broker_id, "trace event broker_id", false, why, why_len));
     TRY(check_name(ev->agency_id, "trace event agency_id", true, why, why_len));
+    TRY(check_name(ev->from_agency, "trace event from_agency", true, why, why_len));
     return check_text(ev->detail, WIRE_MAX_TEXT, "trace event detail", why, why_len);
 }
 

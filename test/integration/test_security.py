@@ -346,7 +346,42 @@ def hello_with_bad_identity_is_refused():
         assert c.recv_kind("error").error.code == pb.RESULT_NOT_IDENTIFIED
 
 
-TESTS = [hello_with_bad_identity_is_refused, forged_and_unknown_signatures_are_refused, tampered_header_and_body_are_refused,
+def trace_only_for_sender_and_recipient():
+    with h.Broker() as b:
+        env = h.make_envelope(DESK, POLICE, pb.URGENCY_CRISIS)
+        rid = h.header_of(env).referral_id
+        desk = h.Client(b, DESK)
+        assert desk.submit(env).code == pb.RESULT_OK
+        police = h.Client(b, POLICE)
+        police.credit(1)
+        police.deliveries(1)
+
+        def trace(client):
+            client.send(trace=pb.TraceQuery(request_id=7, referral_id=rid))
+            return client.recv_kind("trace").trace
+
+        for who in (desk, police):
+            deadline = time.monotonic() + 5
+            while True:
+                r = trace(who)
+                kinds = [pb.TraceEventKind.Name(e.kind) for e in r.events]
+                if "TRACE_EVENT_KIND_ACKNOWLEDGED" in kinds or time.monotonic() > deadline:
+                    break
+                time.sleep(0.1)
+            assert r.code == pb.RESULT_OK, r
+            assert kinds == ["TRACE_EVENT_KIND_ACCEPTED", "TRACE_EVENT_KIND_DELIVERED",
+                             "TRACE_EVENT_KIND_ACKNOWLEDGED"], kinds
+            assert all(e.broker_id == b.id and e.from_agency == DESK for e in r.events)
+        other = h.Client(b, "qd.school")
+        r = trace(other)
+        assert r.code == pb.RESULT_NOT_AUTHORIZED and not r.events, r
+        unknown = pb.TraceQuery(request_id=8, referral_id=h.new_id())
+        other.send(trace=unknown)
+        assert other.recv_kind("trace").trace.code == pb.RESULT_NOT_AUTHORIZED
+        assert b.read_log().count("trace query") >= 4
+
+
+TESTS = [hello_with_bad_identity_is_refused, trace_only_for_sender_and_recipient, forged_and_unknown_signatures_are_refused, tampered_header_and_body_are_refused,
          body_moved_to_another_header_is_refused_and_unreadable, replay_is_refused,
          unknown_curve_key_cannot_connect, sender_spoofing_is_refused,
          another_agency_queue_is_out_of_reach, broker_store_holds_no_plaintext,
