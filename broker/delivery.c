@@ -16,6 +16,7 @@
 #include "ids.h"
 #include "log.h"
 #include "queue.h"
+#include "sign.h"
 #include "wire.h"
 
 #define S_QUEUED REFERRAL__V1__MESSAGE_STATE__MESSAGE_STATE_QUEUED
@@ -118,6 +119,14 @@ static store_err notify_sender(const delivery_ctx *dc, MDB_txn *txn, const store
     Referral__V1__SignedNotice sn = REFERRAL__V1__SIGNED_NOTICE__INIT;
     sn.notice.data = nbuf;
     sn.notice.len = nlen;
+    uint8_t sig[SIGN_BYTES], kid[SIGN_KEY_ID_BYTES];
+    if (!sign_detached(dc->sign_secret, "referral.v1 notice", nbuf, nlen, sig)) {
+        free(nbuf);
+        return STORE_FAILED;
+    }
+    sign_key_id(dc->sign_public, kid);
+    sn.signature = (ProtobufCBinaryData){SIGN_BYTES, sig};
+    sn.signer_key_id = (ProtobufCBinaryData){SIGN_KEY_ID_BYTES, kid};
     size_t plen;
     uint8_t *payload = wire_pack(&sn, &plen);
     free(nbuf);

@@ -36,6 +36,8 @@ typedef struct {
     uint64_t max_nak_delay_ms;
     uint64_t clock_skew_ms;
     uint64_t notice_ttl_ms;
+    const uint8_t *sign_secret;  /* borrowed: the broker's Ed25519 key, signs notices */
+    const uint8_t *sign_public;  /* borrowed */
 } delivery_ctx;
 
 /* Assert that from -> to is one of the moves above. */

@@ -243,6 +243,8 @@ int main(int argc, char **argv)
         .max_nak_delay_ms = b.cfg.max_nak_delay_ms,
         .clock_skew_ms = b.cfg.clock_skew_ms,
         .notice_ttl_ms = b.cfg.notice_ttl_ms,
+        .sign_secret = b.keys.sign_secret,
+        .sign_public = b.keys.sign_public,
     };
     if (rc == BROKER_EXIT_OK && !session_table_init(&b.sessions, b.cfg.max_sessions)) {
         log_error("main", "out of memory for %u sessions", b.cfg.max_sessions);

@@ -27,6 +27,7 @@
 #include "ids.h"
 #include "keys.h"
 #include "ref_version.h"
+#include "sign.h"
 #include "state.h"
 #include "wire.h"
 
@@ -243,6 +244,21 @@ static void on_notice(ref_client *c, const Referral__V1__Delivery *dl)
                            sizeof why) != WIRE_OK) {
         say(c, REF_LOG_WARN, "unreadable notice refused detail=%s", why);
         send_settle(c, dl->message_id.data, REFERRAL__V1__SETTLE_VERB__SETTLE_VERB_REJECT, why);
+        return;
+    }
+    /* A notice must be signed by the broker that made it (a broker in the
+     * directory): it may tell the desk to phone an agency. */
+    const Referral__V1__DirectoryBroker *by = directory_broker(c->dir, n->broker_id);
+    uint8_t kid[SIGN_KEY_ID_BYTES];
+    if (by != NULL)
+        sign_key_id(by->sign_public.data, kid);
+    if (by == NULL || memcmp(kid, dl->notice->signer_key_id.data, SIGN_KEY_ID_BYTES) != 0 ||
+        !sign_verify(by->sign_public.data, "referral.v1 notice", dl->notice->notice.data,
+                     dl->notice->notice.len, dl->notice->signature.data)) {
+        say(c, REF_LOG_WARN, "notice not signed by broker %s, refused", n->broker_id);
+        send_settle(c, dl->message_id.data, REFERRAL__V1__SETTLE_VERB__SETTLE_VERB_REJECT,
+                    "notice signature does not verify");
+        wire_free(n);
         return;
     }
     ref_delivery *d = calloc(1, sizeof *d);

@@ -414,9 +414,9 @@ static wire_err check_signed_notice(const Referral__V1__SignedNotice *n, char *w
     if (n->notice.len > MAX_NOTICE_BYTES)
         return fail(why, why_len, WIRE_TOO_LARGE, "notice of %zu bytes is over %u bytes",
                     n->notice.len, MAX_NOTICE_BYTES);
-    if (n->signature.len != 0 && n->signature.len != WIRE_SIGNATURE_BYTES)
-        return fail(why, why_len, WIRE_INVALID, "notice signature must be %u bytes",
-                    WIRE_SIGNATURE_BYTES);
+    if (n->signature.len != WIRE_SIGNATURE_BYTES || n->signer_key_id.len != WIRE_KEY_ID_BYTES)
+        return fail(why, why_len, WIRE_INVALID, "notice must carry a %u-byte signature and a "
+                    "%u-byte signer key id", WIRE_SIGNATURE_BYTES, WIRE_KEY_ID_BYTES);
     return WIRE_OK;
 }
 

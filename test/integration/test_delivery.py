@@ -134,6 +134,10 @@ def reject_and_expiry_notify_sender():
             kinds[body.message_id] = body
         rejected = kinds[h.header_of(rej).message_id]
         assert rejected.level == pb.ACK_LEVEL_REJECTED and "not our remit" in rejected.detail
+        for n in notices:                      # signed by the broker
+            b.trust.identity(b.id).sign_key.public_key().verify(
+                n.notice.signature, b"referral.v1 notice\x00" + n.notice.notice)
+            assert n.notice.signer_key_id == h.key_id(b.trust.identity(b.id).sign_public)
         expired = kinds[h.header_of(exp).message_id]
         assert expired.kind == pb.NOTICE_KIND_UNDELIVERABLE
         assert expired.code == pb.RESULT_UNDELIVERABLE

@@ -189,6 +189,58 @@ def delivery_not_taken_by_the_application_comes_again():
             league.cleanup()
 
 
+def forged_notice_is_refused():
+    """A notice that its broker did not sign (here: signed with an agency's
+    key) is refused by libreferral, never shown; a signed one is shown."""
+    with h.Broker() as b:
+        fake, endpoint = fake_broker(b.trust, b.id)
+        desk = Desk(b, DESK, endpoint=endpoint)
+        try:
+            p = desk.popen("listen", "--count", "1", "--timeout-s", "6", "--json")
+            settles = []
+
+            def notice(signer, detail):
+                n = pb.Notice(notice_id=h.new_id(), kind=pb.NOTICE_KIND_UNDELIVERABLE,
+                              referral_id=h.new_id(), message_id=h.new_id(), broker_id=b.id,
+                              about_agency=LEAGUE, at_ms=h.now_ms(),
+                              code=pb.RESULT_UNDELIVERABLE, detail=detail).SerializeToString()
+                key = b.trust.identity(signer)
+                return pb.Delivery(message_id=h.new_id(), attempt=1, urgency=pb.URGENCY_CRISIS,
+                                   notice=pb.SignedNotice(
+                                       notice=n, signer_key_id=h.key_id(key.sign_public),
+                                       signature=key.sign_key.sign(
+                                           b"referral.v1 notice\x00" + n)))
+
+            deadline = time.monotonic() + 8
+            sent = False
+            while time.monotonic() < deadline and p.poll() is None:
+                if not fake.poll(100):
+                    continue
+                rid, data = fake.recv_multipart()
+                f = pb.ClientFrame()
+                f.ParseFromString(data)
+                body = f.WhichOneof("body")
+                if body == "hello":
+                    w = pb.BrokerFrame(version=h.V1, welcome=pb.Welcome(
+                        broker_id=b.id, agency_id=DESK))
+                    fake.send_multipart([rid, w.SerializeToString()])
+                elif body == "credit" and not sent:
+                    for d in (notice(DESK, "forged"), notice(b.id, "genuine")):
+                        fake.send_multipart([rid, pb.BrokerFrame(
+                            version=h.V1, delivery=d).SerializeToString()])
+                    sent = True
+                elif body == "settle":
+                    settles.append((f.settle.verb, f.settle.reason))
+            out, err = p.communicate(timeout=10)
+            shown = [json.loads(x) for x in out.splitlines() if x.startswith("{")]
+            assert [e["detail"] for e in shown] == [
+                "NOTICE_KIND_UNDELIVERABLE: genuine (about qd.youth-league)"], (shown, err)
+            assert (pb.SETTLE_VERB_REJECT, "notice signature does not verify") in settles, settles
+        finally:
+            fake.close(0)
+            desk.cleanup()
+
+
 def misuse_gives_errors_not_crashes():
     with h.Broker() as b:
         desk = Desk(b, DESK)
@@ -227,7 +279,7 @@ def misuse_gives_errors_not_crashes():
 
 TESTS = [send_receive_acknowledge_with_receipts, python_client_and_c_library_interoperate,
          outbox_survives_kill9_of_the_desk, delivery_not_taken_by_the_application_comes_again,
-         misuse_gives_errors_not_crashes]
+         forged_notice_is_refused, misuse_gives_errors_not_crashes]
 
 if __name__ == "__main__":
     h.run(TESTS)
