@@ -144,6 +144,25 @@ static Referral__V1__ResultCode check(broker *b, MDB_txn *txn, const session *se
     Referral__V1__ResultCode code = verify_envelope(b, env, h, detail, dlen);
     if (code != R(OK))
         return code;
+    /* A known id first: the same content is answered OK whatever its age
+     * (an outbox resending after a long outage must hear it was stored),
+     * other content is a replay. */
+    uint8_t seen[DIGEST_BYTES];
+    store_err e = store_dedup_get(b->st, txn, h->message_id.data, seen);
+    if (e == STORE_OK) {
+        if (memcmp(seen, digest, DIGEST_BYTES) == 0) {
+            *is_dup = true;
+            snprintf(detail, dlen, "already stored");
+            return R(OK);
+        }
+        snprintf(detail, dlen, "message id was used before with other content");
+        return R(REPLAY);
+    }
+    if (e != STORE_NOT_FOUND) {
+        *fault = e;
+        snprintf(detail, dlen, "store failed");
+        return R(INTERNAL);
+    }
     uint64_t skew = b->cfg.clock_skew_ms;
     if (env->n_hops == 0 && (h->created_at_ms + skew < now_ms || h->created_at_ms > now_ms + skew)) {
         snprintf(detail, dlen, "created_at_ms is more than %" PRIu64 " ms from the broker's "
@@ -168,22 +187,6 @@ static Referral__V1__ResultCode check(broker *b, MDB_txn *txn, const session *se
     if (env->n_hops >= h->hop_limit) {
         snprintf(detail, dlen, "hop limit %u reached", h->hop_limit);
         return R(HOP_LIMIT);
-    }
-    uint8_t seen[DIGEST_BYTES];
-    store_err e = store_dedup_get(b->st, txn, h->message_id.data, seen);
-    if (e == STORE_OK) {
-        if (memcmp(seen, digest, DIGEST_BYTES) == 0) {
-            *is_dup = true;
-            snprintf(detail, dlen, "already stored");
-            return R(OK);
-        }
-        snprintf(detail, dlen, "message id was used before with other content");
-        return R(REPLAY);
-    }
-    if (e != STORE_NOT_FOUND) {
-        *fault = e;
-        snprintf(detail, dlen, "store failed");
-        return R(INTERNAL);
     }
     char room_why[200];
     size_t size = env->header.len + env->sealed_body.len + 256;

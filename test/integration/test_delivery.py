@@ -54,6 +54,21 @@ def duplicate_is_accepted_once():
             pass
 
 
+def late_resend_of_a_stored_referral_is_a_duplicate():
+    """A desk's outbox may resend long after the broker stored a referral
+    (the answer was lost): same content is OK (duplicate) even once its
+    created_at has left the clock-skew window."""
+    with h.Broker(limits__clock_skew_ms=1000) as b:
+        desk = h.Client(b, "sh.12355.desk")
+        env = h.make_envelope("sh.12355.desk", "qd.police")
+        assert desk.submit(env).code == pb.RESULT_OK
+        h.time.sleep(1.5)
+        r = desk.submit(env)
+        assert r.code == pb.RESULT_OK and r.is_duplicate, r
+        fresh = h.make_envelope("sh.12355.desk", "qd.police", created_at_ms=h.now_ms() - 5000)
+        assert desk.submit(fresh).code == pb.RESULT_REPLAY
+
+
 def crisis_overtakes_routine():
     with h.Broker() as b:
         desk = h.Client(b, "sh.12355.desk")
@@ -146,6 +161,7 @@ def reject_and_expiry_notify_sender():
 
 
 if __name__ == "__main__":
-    h.run([submit_deliver_ack, duplicate_is_accepted_once, crisis_overtakes_routine,
+    h.run([submit_deliver_ack, duplicate_is_accepted_once,
+           late_resend_of_a_stored_referral_is_a_duplicate, crisis_overtakes_routine,
            redelivery_after_disconnect, nak_delays_and_in_progress_extends,
            reject_and_expiry_notify_sender])
