@@ -40,6 +40,7 @@
 
 struct ref_delivery {
     uint8_t wire_id[16];            /* the Delivery's message id, settled on hand-over */
+    bool is_local;                  /* made here (a refused outbox entry): nothing to settle */
     bool has_seen;                  /* record seen (envelopes) on hand-over */
     state_seen seen;
     ref_delivery_kind kind;
@@ -360,6 +361,38 @@ static void on_envelope(ref_client *c, const Referral__V1__Delivery *dl)
     wire_free(p);
 }
 
+/* A submission nobody waits for (sent again from the outbox, or with
+ * ref_send_async) was refused for good: never drop that silently. It
+ * becomes a notice for the application and an error in the log. */
+static void refused_in_background(ref_client *c, const Referral__V1__SubmitReply *r)
+{
+    char hex[REF_ID_HEX_LEN + 1] = "";
+    if (r->message_id.len == 16)
+        ids_hex(r->message_id.data, 16, hex);
+    const ProtobufCEnumValue *v =
+        protobuf_c_enum_descriptor_get_value(&referral__v1__result_code__descriptor, (int)r->code);
+    say(c, REF_LOG_ERROR, "broker refused a referral from the outbox msg=%s code=%s detail=%s",
+        hex, v != NULL ? v->name : "?", r->detail);
+    ref_delivery *d = calloc(1, sizeof *d);
+    if (d == NULL)
+        return;
+    char text[700];
+    snprintf(text, sizeof text, "the broker refused message %s: %s: %s; it was not sent",
+             hex, v != NULL ? v->name : "?", r->detail);
+    d->kind = REF_DELIVERY_NOTICE;
+    d->is_local = true;
+    snprintf(d->message_id, sizeof d->message_id, "%s", hex);
+    snprintf(d->from, sizeof d->from, "%s", "libreferral");
+    d->urgency = REF_URGENCY_URGENT;
+    d->detail = dup_text(text);
+    d->narrative = dup_text("");
+    d->requested_action = dup_text("");
+    d->pseudonym = dup_text("");
+    if (r->message_id.len == 16)
+        memcpy(d->wire_id, r->message_id.data, 16);
+    keep_ready(c, d);
+}
+
 /* Read and act on every frame waiting, without blocking. */
 static ref_err pump(ref_client *c)
 {
@@ -388,10 +421,13 @@ static ref_err pump(ref_client *c)
                 state_outbox_del(c->st, r->message_id.data);
             if (r->code != R(OK))
                 set_detail(c, r->detail);
-            if (c->is_awaiting && r->message_id.len == 16 &&
-                memcmp(r->message_id.data, c->awaited_id, 16) == 0) {
+            bool is_awaited = c->is_awaiting && r->message_id.len == 16 &&
+                              memcmp(r->message_id.data, c->awaited_id, 16) == 0;
+            if (is_awaited) {
                 c->has_answer = true;
                 c->answer = r->code;
+            } else if (r->code != R(OK) && !is_transient) {
+                refused_in_background(c, r);
             }
             break;
         }
@@ -738,6 +774,10 @@ ref_err ref_receive(ref_client *c, uint32_t timeout_ms, ref_delivery **out)
     ref_delivery *d = c->ready[0];
     memmove(c->ready, c->ready + 1, (c->n_ready - 1) * sizeof c->ready[0]);
     c->n_ready--;
+    if (d->is_local) {
+        *out = d;
+        return REF_OK;
+    }
     /* Hand-over: remember the id durably (so a copy delivered again is not
      * shown twice), settle with the broker, give the credit back, and for
      * a referral tell the sender it is DELIVERED. */

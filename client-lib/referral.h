@@ -209,7 +209,9 @@ REF_API ref_err ref_pump(ref_client *client);
 typedef enum {
     REF_DELIVERY_REFERRAL = 1,   /* a referral addressed to this agency */
     REF_DELIVERY_RECEIPT = 2,    /* an agency's receipt for a referral this agency sent */
-    REF_DELIVERY_NOTICE = 3,     /* the broker's notice about a referral this agency sent */
+    REF_DELIVERY_NOTICE = 3,     /* the broker's notice about a referral this agency sent, or
+                                    (from "libreferral") a referral sent from the outbox or
+                                    with ref_send_async() that the broker refused for good */
 } ref_delivery_kind;
 
 typedef struct ref_delivery ref_delivery;

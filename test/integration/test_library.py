@@ -165,6 +165,29 @@ def outbox_survives_kill9_of_the_desk():
             desk.cleanup()
 
 
+def outbox_entry_refused_later_is_reported_not_dropped():
+    """A referral left in the outbox that expired before it could be sent
+    again is refused by the broker at the next start: the desk hears of it
+    (a notice to the application, an error in the log), it is not dropped."""
+    with h.Broker() as b:
+        fake, endpoint = fake_broker(b.trust, b.id)
+        desk = Desk(b, DESK, endpoint=endpoint)
+        try:
+            p = desk.popen("send", "--to", LEAGUE, "--urgency", "crisis", "--category",
+                           "protection", "--narrative", "expires in the outbox", "--ttl-s", "1")
+            assert serve_fake(fake, 3) == 1
+            p.send_signal(signal.SIGKILL)
+            p.wait(timeout=10)
+            fake.close(0)
+            time.sleep(1.5)
+            desk.env["REFERRAL_ENDPOINT"] = b.endpoint
+            got = desk.events("listen", "--count", "1", "--timeout-s", "10")
+            assert got and got[0]["event"] == "notice" and got[0]["from"] == "libreferral", got
+            assert "RESULT_EXPIRED" in got[0]["detail"], got
+        finally:
+            desk.cleanup()
+
+
 def delivery_not_taken_by_the_application_comes_again():
     """A client that pumps a delivery but exits before the application took
     it must not settle it: the broker delivers it again, and the next
@@ -278,7 +301,8 @@ def misuse_gives_errors_not_crashes():
 
 
 TESTS = [send_receive_acknowledge_with_receipts, python_client_and_c_library_interoperate,
-         outbox_survives_kill9_of_the_desk, delivery_not_taken_by_the_application_comes_again,
+         outbox_survives_kill9_of_the_desk, outbox_entry_refused_later_is_reported_not_dropped,
+         delivery_not_taken_by_the_application_comes_again,
          forged_notice_is_refused, misuse_gives_errors_not_crashes]
 
 if __name__ == "__main__":
