@@ -36,6 +36,8 @@
 #define DEFAULT_TTL_S (7u * 24 * 3600)
 #define MAX_READY 1024u
 #define MAX_TEXT (64u << 10)
+#define MAX_RETRY 256u
+#define RETRY_AFTER_MS 1000u
 #define R(x) REFERRAL__V1__RESULT_CODE__RESULT_##x
 
 struct ref_delivery {
@@ -69,6 +71,12 @@ struct ref_client {
     uint8_t awaited_id[16];
     bool is_awaiting, has_answer;
     Referral__V1__ResultCode answer;
+    /* outbox entries the broker asked to send again later (store full, busy) */
+    struct {
+        uint8_t id[16];
+        uint64_t due_ms;
+    } retry[MAX_RETRY];
+    size_t n_retry;
     /* the status a ref_status() waits for */
     uint64_t status_request;
     bool has_status;
@@ -393,9 +401,45 @@ static void refused_in_background(ref_client *c, const Referral__V1__SubmitReply
     keep_ready(c, d);
 }
 
+/* The broker said "later" (store full, busy, stopping): send the outbox
+ * entry again after RETRY_AFTER_MS. A full retry list leaves it for the
+ * next start (it stays in the outbox). */
+static void retry_later(ref_client *c, const uint8_t id[16])
+{
+    for (size_t i = 0; i < c->n_retry; i++)
+        if (memcmp(c->retry[i].id, id, 16) == 0)
+            return;
+    if (c->n_retry == MAX_RETRY) {
+        say(c, REF_LOG_WARN, "retry list full; the outbox entry waits for the next start");
+        return;
+    }
+    memcpy(c->retry[c->n_retry].id, id, 16);
+    c->retry[c->n_retry].due_ms = clock_mono_ms() + RETRY_AFTER_MS;
+    c->n_retry++;
+}
+
+static void resend_due(ref_client *c)
+{
+    uint64_t now = clock_mono_ms();
+    size_t kept = 0;
+    for (size_t i = 0; i < c->n_retry; i++) {
+        if (c->retry[i].due_ms > now) {
+            c->retry[kept++] = c->retry[i];
+            continue;
+        }
+        uint8_t *env = NULL;
+        size_t len = 0;
+        if (state_outbox_get(c->st, c->retry[i].id, &env, &len) == REF_OK)
+            submit_bytes(c, env, len);
+        free(env);
+    }
+    c->n_retry = kept;
+}
+
 /* Read and act on every frame waiting, without blocking. */
 static ref_err pump(ref_client *c)
 {
+    resend_due(c);
     for (;;) {
         zmq_msg_t m;
         zmq_msg_init(&m);
@@ -423,10 +467,12 @@ static ref_err pump(ref_client *c)
                 set_detail(c, r->detail);
             bool is_awaited = c->is_awaiting && r->message_id.len == 16 &&
                               memcmp(r->message_id.data, c->awaited_id, 16) == 0;
-            if (is_awaited) {
+            if (is_transient && r->message_id.len == 16) {
+                retry_later(c, r->message_id.data);   /* an awaited send keeps waiting */
+            } else if (is_awaited) {
                 c->has_answer = true;
                 c->answer = r->code;
-            } else if (r->code != R(OK) && !is_transient) {
+            } else if (r->code != R(OK)) {
                 refused_in_background(c, r);
             }
             break;

@@ -188,8 +188,10 @@ typedef struct {
  * outbox: if the process dies before ACCEPTED, the next ref_client_new()
  * sends it again (the broker deduplicates). message_id_hex and
  * referral_id_hex (each REF_ID_HEX_LEN + 1 bytes, may be NULL) get the ids.
+ * While the broker answers "later" (store full, busy, stopping), the
+ * library sends it again every second until timeout_ms.
  * Errors: REF_E_INVALID, REF_E_UNKNOWN_AGENCY, REF_E_TOO_LARGE,
- * REF_E_REFUSED (the broker's reason in ref_client_last_detail()),
+ * REF_E_REFUSED (for good; the broker's reason in ref_client_last_detail()),
  * REF_E_TIMEOUT (still in the outbox: it will be sent again), REF_E_STATE.
  */
 REF_API ref_err ref_send(ref_client *client, const ref_referral *referral,

@@ -177,3 +177,24 @@ size_t state_seen_prune(state *s, uint64_t now_ms)
         return 0;
     return n;
 }
+
+int state_outbox_get(state *s, const uint8_t id[16], uint8_t **env, size_t *len)
+{
+    MDB_txn *txn;
+    MDB_val k = {16, (void *)(uintptr_t)id}, v;
+    *env = NULL;
+    if (mdb_txn_begin(s->env, NULL, MDB_RDONLY, &txn) != 0)
+        return REF_E_STATE;
+    int rc = mdb_get(txn, s->outbox, &k, &v);
+    if (rc == 0) {
+        *env = malloc(v.mv_size ? v.mv_size : 1);
+        if (*env != NULL) {
+            memcpy(*env, v.mv_data, v.mv_size);
+            *len = v.mv_size;
+        }
+    }
+    mdb_txn_abort(txn);
+    if (rc == MDB_NOTFOUND)
+        return REF_E_AGAIN;
+    return *env != NULL ? REF_OK : REF_E_NO_MEMORY;
+}

@@ -33,6 +33,8 @@ int state_outbox_del(state *s, const uint8_t id[16]);
 typedef void (*state_outbox_fn)(const uint8_t id[16], const uint8_t *env, size_t len, void *ctx);
 int state_outbox_each(state *s, state_outbox_fn fn, void *ctx);
 size_t state_outbox_count(state *s);
+/* A copy of the outbox entry of id (caller frees *env); REF_E_AGAIN if none. */
+int state_outbox_get(state *s, const uint8_t id[16], uint8_t **env, size_t *len);
 
 /* 0 and *seen filled if id was received; REF_E_AGAIN-like 1 if not. */
 int state_seen_get(state *s, const uint8_t id[16], state_seen *seen);

@@ -188,6 +188,49 @@ def outbox_entry_refused_later_is_reported_not_dropped():
             desk.cleanup()
 
 
+def send_retries_while_the_store_is_full():
+    """ref_send keeps sending while the broker answers STORE_FULL, and
+    succeeds once the store has room again (no duplicate by the app)."""
+    with h.Broker(store__map_size_bytes=4 << 20, store__high_water_percent=50) as b:
+        py = h.Client(b, DESK)
+        accepted = []
+        full_since = None                      # fill until it stays full across measurements
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            r = py.submit(h.make_envelope(DESK, "qd.police", body_size=200))
+            if r.code == pb.RESULT_OK:
+                accepted.append(r.message_id)
+                full_since = None
+                continue
+            assert r.code == pb.RESULT_STORE_FULL, r
+            full_since = full_since or time.monotonic()
+            if time.monotonic() - full_since > 2.5:
+                break
+            time.sleep(0.2)
+        assert full_since is not None and time.monotonic() - full_since > 2.5
+        desk = Desk(b, DESK)
+        try:
+            desk.env["REFERRAL_STATE"] = desk.state
+            p = subprocess.Popen([DESKTOOL, "--timeout-ms", "30000", "send", "--to", LEAGUE,
+                                  "--urgency", "crisis", "--category", "protection",
+                                  "--narrative", "waits for room", "--json"], env=desk.env,
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            time.sleep(2)
+            if p.poll() is not None:
+                out, err = p.communicate()
+                raise AssertionError(f"ref_send gave up while the store was full: {p.returncode} {out} {err}")
+            police = h.Client(b, "qd.police")
+            police.credit(len(accepted) + 10)
+            police.deliveries(len(accepted), timeout_s=30)
+            out, err = p.communicate(timeout=40)
+            assert p.returncode == 0, err
+            assert json.loads(out.splitlines()[-1])["event"] == "accepted"
+            got = Desk(b, LEAGUE).events("listen", "--count", "1", "--timeout-s", "10")
+            assert [e["narrative"] for e in got] == ["waits for room"], got
+        finally:
+            desk.cleanup()
+
+
 def delivery_not_taken_by_the_application_comes_again():
     """A client that pumps a delivery but exits before the application took
     it must not settle it: the broker delivers it again, and the next
@@ -302,7 +345,7 @@ def misuse_gives_errors_not_crashes():
 
 TESTS = [send_receive_acknowledge_with_receipts, python_client_and_c_library_interoperate,
          outbox_survives_kill9_of_the_desk, outbox_entry_refused_later_is_reported_not_dropped,
-         delivery_not_taken_by_the_application_comes_again,
+         send_retries_while_the_store_is_full, delivery_not_taken_by_the_application_comes_again,
          forged_notice_is_refused, misuse_gives_errors_not_crashes]
 
 if __name__ == "__main__":
