@@ -104,7 +104,7 @@ def redelivery_after_disconnect():
 
 
 def nak_delays_and_in_progress_extends():
-    with h.Broker(delivery__ack_timeout_ms=800) as b:
+    with h.Broker(delivery__ack_timeout_ms=2000) as b:
         desk = h.Client(b, "sh.12355.desk")
         env = h.make_envelope("sh.12355.desk", "qd.civil")
         mid = h.header_of(env).message_id
@@ -115,9 +115,10 @@ def nak_delays_and_in_progress_extends():
         assert c.settle(mid, pb.SETTLE_VERB_NAK, delay_ms=300).code == pb.RESULT_OK
         d = c.deliveries(1, timeout_s=5, ack=False)[0]
         assert d.attempt == 2
-        # In progress twice across more than one ack timeout: no redelivery.
+        # In progress three times across more than one ack timeout (with a
+        # second of margin each time): no redelivery.
         for _ in range(3):
-            h.time.sleep(0.5)
+            h.time.sleep(1.0)
             assert c.settle(mid, pb.SETTLE_VERB_IN_PROGRESS).code == pb.RESULT_OK
         try:
             c.recv_kind("delivery", timeout_s=0.3)
