@@ -190,7 +190,8 @@ static Referral__V1__ResultCode check(broker *b, MDB_txn *txn, const session *se
     }
     char room_why[200];
     size_t size = env->header.len + env->sealed_body.len + 256;
-    if (!store_reserve(b->st, size, room_why, sizeof room_why)) {
+    bool is_receipt = h->kind == REFERRAL__V1__MESSAGE_KIND__MESSAGE_KIND_RECEIPT;
+    if (!store_reserve(b->st, size, is_receipt, room_why, sizeof room_why)) {
         snprintf(detail, dlen, "%s; retry later", room_why);
         return R(STORE_FULL);
     }

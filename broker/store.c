@@ -521,7 +521,7 @@ static void measure_room(store *s)
     }
 }
 
-bool store_reserve(store *s, size_t bytes, char *why, size_t why_len)
+bool store_reserve(store *s, size_t bytes, bool is_receipt, char *why, size_t why_len)
 {
     uint64_t now = clock_mono_ms();
     if (s->room_checked_ms == 0 || now - s->room_checked_ms >= 1000) {
@@ -532,6 +532,8 @@ bool store_reserve(store *s, size_t bytes, char *why, size_t why_len)
      * plus a page. */
     uint64_t need = 2 * (uint64_t)bytes + 4096;
     uint64_t limit = s->map_bytes / 100 * s->high_water_percent;
+    if (is_receipt)
+        limit += (s->map_bytes - limit) / 2;
     if (s->is_disk_low) {
         snprintf(why, why_len, "%s", s->disk_why);
         return false;

@@ -178,9 +178,11 @@ store_err store_trace_each(store *s, MDB_txn *txn, const uint8_t referral_id[IDS
  * then says which. On true, bytes (with room for indexes and copy-on-write)
  * are counted as used until the next measurement, so a burst within one
  * turn cannot run past the mark: the commit itself needs free pages, and a
- * commit that fails for want of them stops the broker.
+ * commit that fails for want of them stops the broker. Receipts
+ * (is_receipt) may use half of the room above the mark, so that
+ * acknowledgements keep flowing while new referrals are refused.
  */
-bool store_reserve(store *s, size_t bytes, char *why, size_t why_len);
+bool store_reserve(store *s, size_t bytes, bool is_receipt, char *why, size_t why_len);
 
 /* Pages in use and the map size, in bytes (for stats and tests). */
 void store_usage(store *s, uint64_t *used_bytes, uint64_t *map_bytes);

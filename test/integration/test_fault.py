@@ -167,6 +167,11 @@ def full_store_refuses_new_and_loses_nothing():
                 if refused >= 20:
                     break
         assert refused >= 20 and accepted, (len(accepted), refused)
+        # Receipts still flow above the high-water mark.
+        receipt = h.make_envelope("qd.hospital", DESK, kind=pb.MESSAGE_KIND_RECEIPT,
+                                  case=None, body_size=100)
+        hospital_desk = h.Client(b, "qd.hospital")
+        assert hospital_desk.submit(receipt).code == pb.RESULT_OK
         # Deliveries and acks keep flowing while full, and free the room.
         hospital = h.Client(b, "qd.hospital")
         seen = drain(hospital, accepted, timeout_s=60)
