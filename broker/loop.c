@@ -106,6 +106,7 @@ static void handle_hello(broker *b, const uint8_t *rid, size_t rid_len,
     w.ack_timeout_ms = (uint32_t)b->cfg.ack_timeout_ms;
     w.clock_skew_ms = b->cfg.clock_skew_ms;
     w.now_ms = clock_now_ms();
+    w.session_idle_ms = (uint32_t)b->cfg.session_idle_ms;
     Referral__V1__BrokerFrame f = REFERRAL__V1__BROKER_FRAME__INIT;
     f.body_case = REFERRAL__V1__BROKER_FRAME__BODY_WELCOME;
     f.welcome = &w;

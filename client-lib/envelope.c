@@ -87,12 +87,18 @@ int envelope_compose(const keys_identity *me, const directory *dir, const envelo
     digest_sha256(header, hlen, digest);
     uint8_t *sealed = NULL;
     size_t slen = 0;
-    if (seal_body(spec->plaintext, spec->plaintext_len, digest, readers, n, &sealed, &slen, why,
-                  why_len) != SEAL_OK ||
-        !sign_envelope(me->sign_secret, header, hlen, sealed, slen, sig)) {
+    seal_err se = seal_body(spec->plaintext, spec->plaintext_len, digest, readers, n, &sealed,
+                            &slen, why, why_len);
+    int rc = se == SEAL_OK ? REF_OK : se == SEAL_TOO_LARGE ? REF_E_TOO_LARGE : REF_E_INVALID;
+    if (rc == REF_OK && !sign_envelope(me->sign_secret, header, hlen, sealed, slen, sig)) {
+        snprintf(why, why_len, "cannot sign with the key of %s (OpenSSL refused it); check "
+                 "its .sign.pem file", me->id);
+        rc = REF_E_KEYS;
+    }
+    if (rc != REF_OK) {
         free(header);
         free(sealed);
-        return REF_E_NO_MEMORY;
+        return rc;
     }
     sign_key_id(me->sign_public, kid);
     Referral__V1__Envelope env = REFERRAL__V1__ENVELOPE__INIT;

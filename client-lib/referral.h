@@ -8,8 +8,33 @@
  * case file so that only its readers can open it, and verifies and opens
  * what it receives. It keeps a small LMDB state directory of its own: an
  * outbox (a referral handed to ref_send() survives a crash of the process
- * and is sent again at the next start) and the ids already received (the
- * application sees each referral once).
+ * and is sent again until the broker answers), an inbox (every delivery,
+ * stored whole before the broker is told it arrived, until the application
+ * confirms it with ref_delivery_done()) and the ids already received.
+ *
+ * What an application may assume at each step of a hand-over:
+ *   1. A delivery arrives: the library verifies and opens it, then stores
+ *      it in the inbox (fsync). A crash before this point: the broker
+ *      still holds it unsettled and delivers it again.
+ *   2. Stored: the library settles it with the broker and, for a referral,
+ *      sends the DELIVERED receipt to its sender (through the outbox, so
+ *      the receipt is not lost either). From here the library holds it.
+ *   3. ref_receive() hands it to the application. A crash of the process
+ *      at any time before step 4: the next ref_client_new() on the same
+ *      state directory hands it again, with the same message id.
+ *   4. The application has taken it (written it to its own store, shown
+ *      it to a person, or whatever "taken" means to it) and calls
+ *      ref_delivery_done(). The library forgets the delivery; it is never
+ *      handed again, even if the broker delivers it again.
+ * So a delivery can reach the application more than once (after a crash
+ * between 3 and 4): deduplicate by ref_delivery_message_id(). It is never
+ * lost.
+ *
+ * The session keeps itself alive: call ref_receive() or ref_pump() at
+ * least once a second (or whenever ref_client_fd() is readable and at
+ * least every second) and the library pings the broker while idle, and
+ * says Hello again by itself after a reconnect or a broker restart
+ * (credit granted again, every unanswered outbox entry sent again).
  *
  * The broker never replaces an emergency call: when a life is at risk,
  * phone the emergency services first.
@@ -89,7 +114,7 @@ typedef enum {
 
 /* Acknowledgement levels an agency asserts (DESIGN.md). */
 typedef enum {
-    REF_LEVEL_DELIVERED = 3,           /* sent automatically by ref_receive() */
+    REF_LEVEL_DELIVERED = 3,           /* sent by the library once a delivery is stored */
     REF_LEVEL_RECEIVED = 4,            /* a named person picked it up */
     REF_LEVEL_ACCEPTED_BY_AGENCY = 5,
     REF_LEVEL_REJECTED = 6,            /* with a reason */
@@ -219,15 +244,31 @@ typedef enum {
 typedef struct ref_delivery ref_delivery;
 
 /*
- * Receive the next delivery, waiting up to timeout_ms (0: do not wait).
- * A referral is verified (signature against the sender's key in the
- * directory) and opened before it is returned, stored as received, and
- * settled with the broker (level DELIVERED, reported to the sender); one
- * that fails verification is refused at the broker and never returned.
- * Each message is returned once, even if the broker delivers it again.
- * Errors: REF_E_AGAIN (nothing yet), REF_E_CLOSED, REF_E_STATE.
+ * Receive the next delivery, waiting up to timeout_ms (0: do not wait);
+ * the most urgent first. Every delivery was verified (signature against
+ * the sender's key in the directory) and opened, stored in the inbox and
+ * settled with the broker before it gets here (see the steps at the top);
+ * one that fails verification is refused at the broker and never
+ * returned. Deliveries not confirmed by an earlier process come first
+ * after a start. Within one process each message is returned once, even
+ * if the broker delivers it again. On REF_OK *out belongs to the caller
+ * (ref_delivery_destroy); confirm it with ref_delivery_done() once taken.
+ * Errors: REF_E_AGAIN (nothing yet), REF_E_CLOSED, REF_E_STATE (the inbox
+ * could not be written: the deliveries of that batch come again).
  */
 REF_API ref_err ref_receive(ref_client *client, uint32_t timeout_ms, ref_delivery **out);
+
+/*
+ * Confirm that the application has taken delivery d (step 4 at the top):
+ * the library drops it from its inbox (fsync) and never hands it again.
+ * Call it after the application has made the delivery safe on its side;
+ * without it, d is handed again after the next start. d stays the
+ * caller's (borrowed). While 512 deliveries wait unconfirmed, the library
+ * takes no new ones from the broker (they wait there, safely).
+ * Errors: REF_E_INVALID (NULL), REF_E_STATE (not recorded: d may be handed
+ * again; call again).
+ */
+REF_API ref_err ref_delivery_done(ref_client *client, const ref_delivery *d);
 
 REF_API void ref_delivery_destroy(ref_delivery **delivery);
 
@@ -243,6 +284,9 @@ REF_API const char *ref_delivery_subject_pseudonym(const ref_delivery *d);
 REF_API uint32_t ref_delivery_subject_age(const ref_delivery *d);
 /* For receipts and notices: the level reached (0 if none) and the text. */
 REF_API int ref_delivery_level(const ref_delivery *d);
+/* The broker's attempt number of this delivery (1 for the first; 0 for a
+ * notice made by the library). */
+REF_API uint32_t ref_delivery_attempt(const ref_delivery *d);
 REF_API const char *ref_delivery_detail(const ref_delivery *d);
 
 /*

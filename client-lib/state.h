@@ -2,11 +2,25 @@
  * state (libreferral internal): the client's own LMDB directory.
  *
  *   outbox  message id -> packed Envelope, until the broker answers
- *           ACCEPTED (or refuses for good); replayed at every start
- *   seen    message id -> forget_at_ms, referral id, sender: what was
- *           received, so the application sees each message once; pruned
- *           after forget_at_ms
- * Full sync as in the broker: a referral in the outbox survives kill -9.
+ *           ACCEPTED (or refuses for good); sent again after every start
+ *           and every new session
+ *   inbox   message id -> a delivery the library holds for the application
+ *           (the whole envelope or signed notice, not only its id), from
+ *           the moment it arrived until the application confirms it with
+ *           ref_delivery_done(); handed again after every start
+ *   seen    message id -> what was received (referral id, sender, urgency,
+ *           forget_at_ms), so a copy delivered again is not handed twice
+ *           and a receipt can be addressed; pruned after forget_at_ms
+ *   meta    "format" -> the record format of this directory (u32, LE)
+ *
+ * Every record is explicitly encoded with a version byte first (never a raw
+ * struct): see state.c for the layouts. A directory of an older format is
+ * migrated when it is opened; one of a newer format is refused.
+ *
+ * Writes go through a state_txn so that everything one pump of the library
+ * learned is committed at once, with LMDB's full sync: one fsync per batch,
+ * never one per message. A record that cannot be decoded is reported, never
+ * a crash.
  */
 #ifndef REF_CLIENT_STATE_H
 #define REF_CLIENT_STATE_H
@@ -15,7 +29,10 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#define STATE_FORMAT 2          /* 1: raw structs (libreferral 0.1.0); 2: versioned records */
+
 typedef struct state state;
+typedef struct state_txn state_txn;
 
 typedef struct {
     uint64_t forget_at_ms;
@@ -24,21 +41,63 @@ typedef struct {
     uint8_t urgency;
 } state_seen;
 
+typedef enum {
+    STATE_INBOX_ENVELOPE = 1,   /* payload: a packed Envelope */
+    STATE_INBOX_NOTICE = 2,     /* payload: a packed SignedNotice from the broker */
+    STATE_INBOX_LOCAL = 3,      /* payload: the text of a notice the library made */
+} state_inbox_kind;
+
+typedef struct {
+    state_inbox_kind kind;
+    uint8_t urgency;
+    uint32_t attempt;
+    const uint8_t *payload;     /* borrowed (from the caller, or from LMDB during a callback) */
+    size_t len;
+} state_inbox_entry;
+
+/* Open (creating if missing) the state directory dir, migrating an older
+ * format. Returns a ref_err value; why names the problem. */
 int state_open(const char *dir, state **out, char *why, size_t why_len);
 void state_destroy(state **s);
 
-int state_outbox_put(state *s, const uint8_t id[16], const uint8_t *env, size_t len);
-int state_outbox_del(state *s, const uint8_t id[16]);
-/* Call fn for each outbox entry (copies handed out). */
+/* A write transaction. state_commit() ends it (with fsync) and returns a
+ * ref_err value; state_abort() drops it. Both set *txn to NULL. */
+int state_begin(state *s, state_txn **txn);
+int state_commit(state_txn **txn);
+void state_abort(state_txn **txn);
+
+/* Writes inside txn. Each returns a ref_err value (REF_E_STATE on an LMDB
+ * failure: abort the transaction then). */
+int state_outbox_put(state_txn *txn, const uint8_t id[16], const uint8_t *env, size_t len);
+int state_outbox_del(state_txn *txn, const uint8_t id[16]);
+int state_inbox_put(state_txn *txn, const uint8_t id[16], const state_inbox_entry *e);
+int state_inbox_del(state_txn *txn, const uint8_t id[16]);
+int state_seen_put(state_txn *txn, const uint8_t id[16], const state_seen *seen);
+
+/* Each of these commits one write on its own (for the rare single write). */
+int state_outbox_put1(state *s, const uint8_t id[16], const uint8_t *env, size_t len);
+
+/* Call fn for each outbox entry, in id order (data borrowed during the
+ * call). */
 typedef void (*state_outbox_fn)(const uint8_t id[16], const uint8_t *env, size_t len, void *ctx);
 int state_outbox_each(state *s, state_outbox_fn fn, void *ctx);
 size_t state_outbox_count(state *s);
 /* A copy of the outbox entry of id (caller frees *env); REF_E_AGAIN if none. */
 int state_outbox_get(state *s, const uint8_t id[16], uint8_t **env, size_t *len);
 
-/* 0 and *seen filled if id was received; REF_E_AGAIN-like 1 if not. */
-int state_seen_get(state *s, const uint8_t id[16], state_seen *seen);
-int state_seen_put(state *s, const uint8_t id[16], const state_seen *seen);
+/* Call fn for each inbox entry, in id order (entry borrowed during the
+ * call). Entries that cannot be decoded are counted in *unreadable (may be
+ * NULL) and skipped. */
+typedef void (*state_inbox_fn)(const uint8_t id[16], const state_inbox_entry *e, void *ctx);
+int state_inbox_each(state *s, state_inbox_fn fn, void *ctx, size_t *unreadable);
+size_t state_inbox_count(state *s);
+
+/* REF_OK and *seen filled if id was received; REF_E_AGAIN if not;
+ * REF_E_PROTOCOL if a record exists but cannot be decoded (it was received:
+ * never hand it again). txn may be NULL (a read of its own) or a write
+ * transaction (which sees its own writes). */
+int state_seen_get(state *s, state_txn *txn, const uint8_t id[16], state_seen *seen);
+
 /* Forget entries past their time; returns how many. */
 size_t state_seen_prune(state *s, uint64_t now_ms);
 

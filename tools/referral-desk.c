@@ -37,7 +37,9 @@ static void usage(FILE *f)
         "                --backup AGENCY (repeatable) --ttl-s N --case-number TEXT --async\n"
         "  listen [--count N] [--timeout-s S] [--ack LEVEL --person NAME] [--json]\n"
         "                              print deliveries (referrals, receipts, notices);\n"
-        "                              --ack also acknowledges each referral at LEVEL\n"
+        "                              --ack also acknowledges each referral at LEVEL;\n"
+        "                              each delivery is confirmed once printed, and one\n"
+        "                              not yet printed is printed again after a crash\n"
         "  ack MESSAGE_ID --level LEVEL --person NAME [--reason TEXT]\n"
         "  status MESSAGE_ID\n"
         "\n"
@@ -295,6 +297,20 @@ static int cmd_listen(ref_client *c, int argc, char **argv)
             return fail(c, "listen", e);
         print_delivery(d, is_json);
         seen++;
+        /* Printed and flushed: this desk has handed it on, so confirm it.
+         * A failed write leaves it unconfirmed: it is printed again at the
+         * next start. */
+        if (ferror(stdout)) {
+            ref_delivery_destroy(&d);
+            fprintf(stderr, "referral-desk listen: cannot write to stdout; the delivery stays "
+                    "in the inbox\n");
+            return EX_FAILED;
+        }
+        e = ref_delivery_done(c, d);
+        if (e != REF_OK) {
+            ref_delivery_destroy(&d);
+            return fail(c, "listen", e);
+        }
         if (level != 0 && ref_delivery_kind_of(d) == REF_DELIVERY_REFERRAL) {
             e = ref_acknowledge(c, ref_delivery_message_id(d), (ref_level)level, person, "");
             if (e != REF_OK) {
