@@ -1,0 +1,167 @@
+/*
+ * lib_agent: an agency's software built on libreferral, for the hand-over
+ * and session tests (test_handover.py). It is a test program: it kills
+ * itself on purpose at a chosen step of the hand-over.
+ *
+ *   lib_agent receive OUT STEP N IDLE_MS
+ *       Receive deliveries; for each referral, append its message id to OUT
+ *       (fsync: the application has taken it), then ref_delivery_done().
+ *       STEP names the point at which the process kills itself (SIGKILL)
+ *       at the N-th occurrence:
+ *         arrived    a delivery arrived, before it is stored
+ *         stored     stored in the inbox, before the settle
+ *         settled    settled with the broker, before the DELIVERED receipt
+ *         receipt    DELIVERED receipt submitted
+ *         taken      written to OUT, before ref_delivery_done()
+ *         none       never
+ *       The steps are seen through the library's log callback (its debug
+ *       lines), so the library carries no test code. Exits 0 after IDLE_MS
+ *       with nothing received.
+ *   lib_agent send TO
+ *       For each line on stdin, send a crisis referral with that narrative
+ *       to TO (ref_send, waiting for ACCEPTED) and print one JSON line
+ *       {"result": "...", "message_id": "..."}; between lines it keeps
+ *       pumping so that the session stays alive.
+ *
+ * Connection from the environment, as referral-desk: REFERRAL_AGENCY,
+ * REFERRAL_KEYS, REFERRAL_DIRECTORY, REFERRAL_ROOT, REFERRAL_BROKER,
+ * REFERRAL_ENDPOINT (optional), REFERRAL_STATE.
+ */
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "referral.h"
+
+static const char *crash_prefix;   /* log line prefix of the chosen step, or NULL */
+static long crash_at;
+static long crash_seen;
+
+static void on_log(ref_log_level level, const char *line, void *ctx)
+{
+    (void)ctx;
+    if (level <= REF_LOG_WARN)
+        fprintf(stderr, "lib_agent: %s\n", line);
+    if (crash_prefix != NULL && strncmp(line, crash_prefix, strlen(crash_prefix)) == 0 &&
+        ++crash_seen == crash_at)
+        raise(SIGKILL);
+}
+
+static ref_client *connect_from_env(void)
+{
+    ref_config cfg = {
+        .agency_id = getenv("REFERRAL_AGENCY"),
+        .key_dir = getenv("REFERRAL_KEYS"),
+        .directory = getenv("REFERRAL_DIRECTORY"),
+        .trust_root = getenv("REFERRAL_ROOT"),
+        .broker_id = getenv("REFERRAL_BROKER"),
+        .endpoint = getenv("REFERRAL_ENDPOINT"),
+        .state_dir = getenv("REFERRAL_STATE"),
+        .timeout_ms = 10000,
+        .log = on_log,
+    };
+    ref_client *c = NULL;
+    char detail[700];
+    ref_err e = ref_client_new(&cfg, &c, detail, sizeof detail);
+    if (e != REF_OK) {
+        fprintf(stderr, "lib_agent: cannot connect: %s: %s\n", ref_strerror(e), detail);
+        return NULL;
+    }
+    return c;
+}
+
+static int run_receive(const char *out, const char *step, long n, long idle_ms)
+{
+    static const struct {
+        const char *step, *prefix;
+    } steps[] = {{"arrived", "delivery arrived "}, {"stored", "delivery stored "},
+                 {"settled", "delivery settled "}, {"receipt", "delivered receipt sent "},
+                 {"taken", NULL}, {"none", NULL}};
+    bool is_known = false, is_taken_step = strcmp(step, "taken") == 0;
+    for (size_t i = 0; i < sizeof steps / sizeof steps[0]; i++)
+        if (strcmp(step, steps[i].step) == 0) {
+            crash_prefix = steps[i].prefix;
+            is_known = true;
+        }
+    if (!is_known || n < 1) {
+        fprintf(stderr, "lib_agent: unknown step %s\n", step);
+        return 2;
+    }
+    crash_at = n;
+    int fd = open(out, O_WRONLY | O_CREAT | O_APPEND, 0600);
+    if (fd < 0)
+        return 1;
+    ref_client *c = connect_from_env();
+    if (c == NULL)
+        return 1;
+    long quiet_ms = 0, taken = 0;
+    while (quiet_ms < idle_ms) {
+        ref_delivery *d = NULL;
+        ref_err e = ref_receive(c, 100, &d);
+        if (e == REF_E_AGAIN) {
+            quiet_ms += 100;
+            continue;
+        }
+        if (e != REF_OK) {
+            fprintf(stderr, "lib_agent: receive: %s\n", ref_strerror(e));
+            return 1;
+        }
+        quiet_ms = 0;
+        if (ref_delivery_kind_of(d) == REF_DELIVERY_REFERRAL) {
+            char line[REF_ID_HEX_LEN + 2];
+            snprintf(line, sizeof line, "%s\n", ref_delivery_message_id(d));
+            if (write(fd, line, strlen(line)) != (ssize_t)strlen(line) || fsync(fd) != 0)
+                return 1;
+            if (is_taken_step && ++taken == crash_at)
+                raise(SIGKILL);
+        }
+        if (ref_delivery_done(c, d) != REF_OK)
+            return 1;
+        ref_delivery_destroy(&d);
+    }
+    ref_client_destroy(&c);
+    close(fd);
+    return 0;
+}
+
+static int run_send(const char *to)
+{
+    ref_client *c = connect_from_env();
+    if (c == NULL)
+        return 1;
+    char line[1024];
+    for (;;) {
+        struct pollfd p = {.fd = STDIN_FILENO, .events = POLLIN};
+        int rc = poll(&p, 1, 100);
+        ref_pump(c);
+        if (rc <= 0)
+            continue;
+        if (fgets(line, sizeof line, stdin) == NULL)
+            break;
+        line[strcspn(line, "\n")] = '\0';
+        ref_referral r = {.to_agency = to, .urgency = REF_URGENCY_CRISIS,
+                          .category = REF_CATEGORY_PSYCHOLOGICAL_SUPPORT, .narrative = line};
+        char mid[REF_ID_HEX_LEN + 1] = "";
+        ref_err e = ref_send(c, &r, mid, NULL);
+        printf("{\"result\": \"%s\", \"code\": %d, \"message_id\": \"%s\"}\n", ref_strerror(e),
+               (int)e, mid);
+        fflush(stdout);
+    }
+    ref_client_destroy(&c);
+    return 0;
+}
+
+int main(int argc, char **argv)
+{
+    if (argc == 6 && strcmp(argv[1], "receive") == 0)
+        return run_receive(argv[2], argv[3], strtol(argv[4], NULL, 10),
+                           strtol(argv[5], NULL, 10));
+    if (argc == 3 && strcmp(argv[1], "send") == 0)
+        return run_send(argv[2]);
+    fprintf(stderr, "usage: lib_agent receive OUT STEP N IDLE_MS | lib_agent send TO\n");
+    return 2;
+}

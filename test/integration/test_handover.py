@@ -1,0 +1,289 @@
+"""libreferral's hand-over to the application and its sessions, against a
+real referrald on 127.0.0.1, with the agency's software (lib_agent, built
+on libreferral) killed at every point of the hand-over, left idle for many
+times the broker's session_idle_ms, and run across a broker restart."""
+
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import tempfile
+import threading
+import time
+
+import harness as h
+from harness import pb
+
+DESK = "sh.12355.desk"
+LEAGUE = "qd.youth-league"
+AGENT = os.path.join(os.environ.get("REFERRAL_BUILD_ROOT", "build"), "test", "integration",
+                     "lib_agent")
+STEPS = ("arrived", "stored", "settled", "receipt", "taken")
+
+
+def agent_env(broker, agency, state):
+    t = broker.trust
+    return dict(os.environ, REFERRAL_AGENCY=agency, REFERRAL_KEYS=t.keydir,
+                REFERRAL_DIRECTORY=t.directory, REFERRAL_ROOT=t.root_pub(),
+                REFERRAL_BROKER=broker.id, REFERRAL_ENDPOINT=broker.endpoint,
+                REFERRAL_STATE=state)
+
+
+def read_ids(path):
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        return [line.strip() for line in f if line.strip()]
+
+
+def every_accepted_referral_reaches_the_application_across_kills():
+    """The receiving process dies at every point of the hand-over (before the
+    store, after it, after the settle, after the DELIVERED receipt, before
+    the application's confirm), and at random moments by kill -9 from
+    outside; every ACCEPTED referral reaches the application at least once
+    and none is lost."""
+    rng = random.Random(int(os.environ.get("HANDOVER_SEED", "8")))
+    with h.Broker(delivery__ack_timeout_ms=1000) as b:
+        state = tempfile.mkdtemp(prefix="referral-agent-")
+        out = os.path.join(state, "taken.txt")
+        env = agent_env(b, LEAGUE, os.path.join(state, "lib"))
+        sender = h.Client(b, DESK)
+        accepted = set()
+        try:
+            def submit(n):
+                for _ in range(n):
+                    e = h.make_envelope(DESK, LEAGUE, urgency=rng.choice(
+                        [pb.URGENCY_ROUTINE, pb.URGENCY_URGENT, pb.URGENCY_CRISIS]))
+                    r = sender.submit(e)
+                    assert r.code == pb.RESULT_OK, r
+                    accepted.add(h.header_of(e).message_id.hex())
+
+            cycles = 0
+            kills = {step: 0 for step in (*STEPS, "external")}
+            submit(10)
+            for cycle in range(60):
+                step = STEPS[cycle % len(STEPS)]
+                external = cycle % 6 == 5   # some kills come from outside instead
+                args = [AGENT, "receive", out, "none" if external else step,
+                        str(rng.randint(1, 3)), "1500"]
+                p = subprocess.Popen(args, env=env, stderr=subprocess.PIPE, text=True)
+                if external:
+                    time.sleep(rng.uniform(0.05, 0.6))
+                    if p.poll() is None:
+                        p.send_signal(signal.SIGKILL)
+                try:
+                    rc = p.wait(timeout=60)
+                finally:
+                    if p.poll() is None:
+                        p.kill()
+                        p.wait()
+                err = p.stderr.read()
+                p.stderr.close()
+                assert rc in (0, -signal.SIGKILL), f"agent exited {rc}: {err}"
+                assert "AddressSanitizer" not in err and "runtime error" not in err, err
+                cycles += 1
+                if rc == -signal.SIGKILL:
+                    kills["external" if external else step] += 1
+                if cycle % 2 == 1 and len(accepted) < 120:
+                    submit(4)
+            # A last run without crashes takes whatever is still held.
+            for _ in range(5):
+                if accepted <= set(read_ids(out)):
+                    break
+                r = subprocess.run([AGENT, "receive", out, "none", "1", "2500"], env=env,
+                                   capture_output=True, text=True, timeout=60)
+                assert r.returncode == 0, r.stderr
+            handed = set(read_ids(out))
+            lost = accepted - handed
+            print(f"cycles={cycles} kills={sum(kills.values())} {kills} accepted={len(accepted)} "
+                  f"handed={len(handed & accepted)} lost={len(lost)} "
+                  f"handed_twice={len(read_ids(out)) - len(set(read_ids(out)))}")
+            assert cycles >= 60 and all(n >= 3 for n in kills.values()), kills
+            assert not lost, f"lost {len(lost)} accepted referrals: {sorted(lost)[:5]}"
+            assert handed <= accepted, handed - accepted
+            # The broker agrees: each was settled (DELIVERED), none left behind.
+            for mid in accepted:
+                st = sender.status(bytes.fromhex(mid))
+                assert st.state == pb.MESSAGE_STATE_DELIVERED, (mid, st)
+        finally:
+            sender.close()
+            shutil.rmtree(state, ignore_errors=True)
+
+
+def confirmed_delivery_is_never_handed_again():
+    """A delivery confirmed with ref_delivery_done() is not handed again by
+    a later process; one taken but not confirmed is, with the same id."""
+    with h.Broker() as b:
+        state = tempfile.mkdtemp(prefix="referral-agent-")
+        out = os.path.join(state, "taken.txt")
+        env = agent_env(b, LEAGUE, os.path.join(state, "lib"))
+        sender = h.Client(b, DESK)
+        try:
+            ids = []
+            for _ in range(2):
+                e = h.make_envelope(DESK, LEAGUE)
+                assert sender.submit(e).code == pb.RESULT_OK
+                ids.append(h.header_of(e).message_id.hex())
+            # Killed after writing the first one, before confirming it.
+            r = subprocess.run([AGENT, "receive", out, "taken", "1", "1500"], env=env,
+                               capture_output=True, text=True, timeout=60)
+            assert r.returncode == -signal.SIGKILL, r
+            assert len(read_ids(out)) == 1
+            first = read_ids(out)[0]
+            r = subprocess.run([AGENT, "receive", out, "none", "1", "1500"], env=env,
+                               capture_output=True, text=True, timeout=60)
+            assert r.returncode == 0, r.stderr
+            got = read_ids(out)
+            assert got.count(first) == 2, got        # handed again, same id
+            assert sorted(set(got)) == sorted(ids), got
+            r = subprocess.run([AGENT, "receive", out, "none", "1", "1000"], env=env,
+                               capture_output=True, text=True, timeout=60)
+            assert read_ids(out) == got, read_ids(out)   # nothing more: all confirmed
+        finally:
+            sender.close()
+            shutil.rmtree(state, ignore_errors=True)
+
+
+class Lines:
+    """The stdout lines of a process, read by a thread, with their arrival
+    times (monotonic)."""
+
+    def __init__(self, proc):
+        self.proc = proc
+        self.lines = []
+        self.cond = threading.Condition()
+        self.thread = threading.Thread(target=self._read, daemon=True)
+        self.thread.start()
+
+    def _read(self):
+        for line in self.proc.stdout:
+            with self.cond:
+                self.lines.append((time.monotonic(), line.rstrip("\n")))
+                self.cond.notify_all()
+
+    def wait(self, pred, timeout_s):
+        deadline = time.monotonic() + timeout_s
+        with self.cond:
+            while True:
+                for at, line in self.lines:
+                    if pred(line):
+                        return at, line
+                left = deadline - time.monotonic()
+                if left <= 0 or self.proc.poll() is not None and not self.thread.is_alive():
+                    raise TimeoutError(f"no such line; got {self.lines}")
+                self.cond.wait(min(left, 0.2))
+
+
+def stop_process(p):
+    if p.poll() is None:
+        p.send_signal(signal.SIGTERM)
+        try:
+            p.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+
+
+def idle_listener_receives_a_crisis_within_a_second():
+    """A listener idle for ten times session_idle_ms still has its session:
+    a crisis referral submitted then reaches it within a second."""
+    idle_ms = 1000
+    with h.Broker(limits__session_idle_ms=idle_ms) as b:
+        league = h.Desk(b, LEAGUE)
+        p = league.popen("listen", "--count", "1", "--timeout-s", "40", "--json")
+        lines = Lines(p)
+        sender = None
+        try:
+            time.sleep(10 * idle_ms / 1000)   # the idleness under test, not synchronisation
+            assert p.poll() is None, p.stderr.read()
+            sender = h.Client(b, DESK)
+            e = h.make_envelope(DESK, LEAGUE, urgency=pb.URGENCY_CRISIS)
+            assert sender.submit(e).code == pb.RESULT_OK
+            accepted_at = time.monotonic()
+            mid = h.header_of(e).message_id.hex()
+            at, _ = lines.wait(lambda line: mid in line, 10)
+            print(f"idle_ms={idle_ms} idle_for_ms={10 * idle_ms} "
+                  f"delivered_after_ms={1000 * (at - accepted_at):.0f}")
+            assert at - accepted_at < 1.0, at - accepted_at
+            assert f"closed idle session agency={LEAGUE}" not in b.read_log()
+        finally:
+            stop_process(p)
+            if sender is not None:
+                sender.close()
+            league.cleanup()
+
+
+def listener_and_sender_carry_on_across_a_broker_restart():
+    """A listener and a sender run across a broker restart, neither process
+    restarted: the sender's next referral is ACCEPTED and the listener
+    receives it."""
+    with h.Broker() as b:
+        league = h.Desk(b, LEAGUE)
+        desk_state = tempfile.mkdtemp(prefix="referral-agent-")
+        listener = league.popen("listen", "--count", "2", "--timeout-s", "60", "--json")
+        heard = Lines(listener)
+        sender = subprocess.Popen([AGENT, "send", LEAGUE], env=agent_env(b, DESK, desk_state),
+                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True)
+        said = Lines(sender)
+        try:
+            sender.stdin.write("before the restart\n")
+            sender.stdin.flush()
+            _, line = said.wait(lambda line: line.startswith("{"), 20)
+            first = json.loads(line)
+            assert first["code"] == 0, first
+            heard.wait(lambda line: first["message_id"] in line, 20)
+            assert b.stop() == 0
+            b.start()
+            sender.stdin.write("after the restart\n")
+            sender.stdin.flush()
+            _, line = said.wait(lambda line: line.startswith("{")
+                                and json.loads(line)["message_id"] != first["message_id"], 30)
+            second = json.loads(line)
+            assert second["code"] == 0, second
+            heard.wait(lambda line: second["message_id"] in line, 20)
+            listener.wait(timeout=20)
+            assert listener.returncode == 0, listener.stderr.read()
+            assert sender.poll() is None   # still the same process
+        finally:
+            stop_process(listener)
+            try:
+                sender.stdin.close()
+            except BrokenPipeError:
+                pass
+            stop_process(sender)
+            league.cleanup()
+            shutil.rmtree(desk_state, ignore_errors=True)
+
+
+def listener_idle_across_a_broker_restart_hears_the_next_referral():
+    """A listener that does nothing while its broker restarts says Hello
+    again by itself and receives the next referral."""
+    with h.Broker() as b:
+        league = h.Desk(b, LEAGUE)
+        listener = league.popen("listen", "--count", "1", "--timeout-s", "60", "--json")
+        heard = Lines(listener)
+        sender = None
+        try:
+            time.sleep(1.0)   # the listener's session is open and idle
+            b.kill()
+            b.start()
+            sender = h.Client(b, DESK)
+            e = h.make_envelope(DESK, LEAGUE, urgency=pb.URGENCY_CRISIS)
+            assert sender.submit(e).code == pb.RESULT_OK
+            heard.wait(lambda line: h.header_of(e).message_id.hex() in line, 20)
+        finally:
+            stop_process(listener)
+            if sender is not None:
+                sender.close()
+            league.cleanup()
+
+
+if __name__ == "__main__":
+    h.run([every_accepted_referral_reaches_the_application_across_kills,
+           confirmed_delivery_is_never_handed_again,
+           idle_listener_receives_a_crisis_within_a_second,
+           listener_and_sender_carry_on_across_a_broker_restart,
+           listener_idle_across_a_broker_restart_hears_the_next_referral])
