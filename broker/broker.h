@@ -63,9 +63,10 @@ typedef struct {
 
 /* Load the directory file named in the configuration, refusing one older
  * than the version this store has used; on success replace b->dir and
- * record the version. Returns false with why filled on refusal (b->dir is
- * then unchanged). */
-bool broker_load_directory(broker *b, char *why, size_t why_len);
+ * record the version (a commit). Returns false with why filled on refusal
+ * (b->dir is then unchanged). *fault is STORE_OK unless the store failed
+ * (a failed commit included): then the broker must exit BROKER_EXIT_STORE. */
+bool broker_load_directory(broker *b, store_err *fault, char *why, size_t why_len);
 
 /* Run the loop until *b->stop. Returns a BROKER_EXIT_* code. */
 int loop_run(broker *b);

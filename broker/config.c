@@ -21,6 +21,7 @@ void config_defaults(config *cfg)
     cfg->max_body_bytes = 768u << 10;
     cfg->max_batch = 256;
     cfg->max_sessions = 1024;
+    cfg->max_sessions_per_agency = 16;
     cfg->max_credit = 1024;
     cfg->max_ttl_ms = 30ull * 24 * 3600 * 1000;
     cfg->clock_skew_ms = 24ull * 3600 * 1000;
@@ -95,6 +96,8 @@ static const key_spec keys[] = {
     {"limits", "max_body_bytes", K_U32, OFF(max_body_bytes), 0, 1024, 60u << 20, "1024..62914560"},
     {"limits", "max_batch", K_U32, OFF(max_batch), 0, 1, 65536, "1..65536"},
     {"limits", "max_sessions", K_U32, OFF(max_sessions), 0, 1, 1000000, "1..1000000"},
+    {"limits", "max_sessions_per_agency", K_U32, OFF(max_sessions_per_agency), 0, 1, 1000000,
+     "1..1000000, at most max_sessions"},
     {"limits", "max_credit", K_U32, OFF(max_credit), 0, 1, 1000000, "1..1000000"},
     {"limits", "max_ttl_ms", K_U64, OFF(max_ttl_ms), 0, 1000, 365 * DAY_MS, "1000..31536000000"},
     {"limits", "clock_skew_ms", K_U64, OFF(clock_skew_ms), 0, 1000, 30 * DAY_MS, "1000..2592000000"},
@@ -184,6 +187,12 @@ bool config_load(const char *path, config *cfg, char *err, size_t err_len)
                         : cfg->key_dir[0] == '\0' ? "[trust] key_dir" : NULL;
     if (missing != NULL) {
         snprintf(err, err_len, "configuration %s: required key %s is missing", path, missing);
+        return false;
+    }
+    if (cfg->max_sessions_per_agency > cfg->max_sessions) {
+        snprintf(err, err_len, "configuration %s: [limits] max_sessions_per_agency (%" PRIu32
+                 ") must not exceed max_sessions (%" PRIu32 "); lower it or raise max_sessions",
+                 path, cfg->max_sessions_per_agency, cfg->max_sessions);
         return false;
     }
     if (cfg->max_body_bytes + 8192u > cfg->max_frame_bytes) {

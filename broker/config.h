@@ -33,6 +33,7 @@ typedef struct {
     uint32_t max_body_bytes;
     uint32_t max_batch;               /* frames read in one loop turn (one commit) */
     uint32_t max_sessions;
+    uint32_t max_sessions_per_agency; /* an agency's oldest session makes room beyond this */
     uint32_t max_credit;              /* per session */
     uint64_t max_ttl_ms;              /* expires_at may be at most this far ahead */
     uint64_t clock_skew_ms;           /* created_at window; added to dedup lifetime */

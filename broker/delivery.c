@@ -235,16 +235,11 @@ store_err delivery_take(const delivery_ctx *dc, MDB_txn *txn, const char *agency
         if (e != STORE_OK)
             return e;
         TRY(queue_remove(dc->st, txn, m));
-        m->attempts++;
-        m->due_at_ms = now_ms + dc->ack_timeout_ms;
+        m->due_at_ms = now_ms + dc->ack_timeout_ms;   /* attempts: see delivery_sent */
         set_state(m, S_IN_FLIGHT, now_ms);
         TRY(inflight_put(dc->st, txn, m->id, m->due_at_ms));
         TRY(deadline_put(dc->st, txn, m->due_at_ms, DEADLINE_RETURN, m->id));
         TRY(store_msg_put(dc->st, txn, m));
-        if (m->payload_kind == STORE_PAYLOAD_ENVELOPE)
-            TRY(delivery_trace(dc, txn, m,
-                               REFERRAL__V1__TRACE_EVENT_KIND__TRACE_EVENT_KIND_DELIVERED,
-                               REFERRAL__V1__RESULT_CODE__RESULT_OK, "handed to client", now_ms));
         /* The body pointer may move with the writes above: read it again. */
         return store_body_get(dc->st, txn, m->id, payload, len);
     }
@@ -432,7 +427,45 @@ store_err delivery_return(const delivery_ctx *dc, MDB_txn *txn, const uint8_t id
         return e;
     if (m.state != S_IN_FLIGHT)
         return STORE_OK;
-    return requeue(dc, txn, &m, now_ms, "session lost");
+    return requeue(dc, txn, &m, now_ms, "send failed");
+}
+
+store_err delivery_sent(const delivery_ctx *dc, MDB_txn *txn, const uint8_t id[IDS_BYTES],
+                        uint32_t attempt, uint64_t now_ms)
+{
+    store_msg m;
+    store_err e = store_msg_get(dc->st, txn, id, &m);
+    if (e == STORE_NOT_FOUND)
+        return STORE_OK;
+    if (e != STORE_OK)
+        return e;
+    if (m.attempts >= attempt)
+        return STORE_OK;   /* counted already (a held frame sent twice) */
+    m.attempts = attempt;
+    TRY(store_msg_put(dc->st, txn, &m));
+    char idhex[IDS_HEX_LEN + 1];
+    log_debug("delivery", "sent msg=%s recipient=%s attempt=%u",
+              ids_hex(m.id, IDS_BYTES, idhex), m.recipient, m.attempts);
+    if (m.payload_kind != STORE_PAYLOAD_ENVELOPE)
+        return STORE_OK;
+    return delivery_trace(dc, txn, &m, REFERRAL__V1__TRACE_EVENT_KIND__TRACE_EVENT_KIND_DELIVERED,
+                          REFERRAL__V1__RESULT_CODE__RESULT_OK, "sent to the recipient's client",
+                          now_ms);
+}
+
+store_err delivery_return_flight(const delivery_ctx *dc, MDB_txn *txn,
+                                 const uint8_t id[IDS_BYTES], uint64_t due_at_ms,
+                                 uint64_t now_ms)
+{
+    store_msg m;
+    store_err e = store_msg_get(dc->st, txn, id, &m);
+    if (e == STORE_NOT_FOUND)
+        return STORE_OK;
+    if (e != STORE_OK)
+        return e;
+    if (m.state != S_IN_FLIGHT || m.due_at_ms != due_at_ms)
+        return STORE_OK;
+    return requeue(dc, txn, &m, now_ms, "session ended");
 }
 
 typedef struct {

@@ -5,7 +5,8 @@
  *
  *   (new) --enqueue--> QUEUED
  *   QUEUED --take--> IN_FLIGHT                 handed to a client session
- *   IN_FLIGHT --return--> QUEUED               ack timeout, NAK delay over, session lost
+ *   IN_FLIGHT --return--> QUEUED               ack timeout, NAK delay over, session
+ *                                              ended, send failed
  *   IN_FLIGHT --nak/in-progress--> IN_FLIGHT   new return deadline
  *   QUEUED|IN_FLIGHT --ack--> DELIVERED        final; body deleted
  *   QUEUED|IN_FLIGHT --reject--> REJECTED      final; body deleted; sender told
@@ -54,7 +55,15 @@ store_err delivery_enqueue(const delivery_ctx *dc, MDB_txn *txn, store_msg *m,
 /* Take the head of agency's queue into flight. On STORE_OK m holds the
  * record and *payload its body (valid until the next write in txn: pack it
  * into the outgoing frame at once). STORE_NOT_FOUND: nothing queued.
- * Corrupt bodies met on the way are quarantined and skipped. */
+ * Corrupt bodies met on the way are quarantined and skipped.
+ *
+ * Taking does not count an attempt: the frame carries m->attempts + 1,
+ * and only delivery_sent(), for a frame that left for a live connection
+ * (zmq_send succeeded after the commit), counts it, in the next turn's
+ * transaction. A delivery that never left (its session ended, its send
+ * failed) returns to the queue with its count unchanged. A crash between
+ * the send and the next commit loses that count: the delivery comes again
+ * with the same attempt number (at least once, never inflated). */
 store_err delivery_take(const delivery_ctx *dc, MDB_txn *txn, const char *agency,
                         uint64_t now_ms, store_msg *m, const uint8_t **payload, size_t *len);
 
@@ -69,9 +78,22 @@ store_err delivery_settle(const delivery_ctx *dc, MDB_txn *txn, const char *agen
 store_err delivery_fire(const delivery_ctx *dc, MDB_txn *txn, deadline_kind kind,
                         const uint8_t id[IDS_BYTES], uint64_t due_ms, uint64_t now_ms);
 
-/* Return one in-flight message to its queue now (its session was lost). */
+/* The frame of attempt `attempt` of message id left for a live connection:
+ * count it (attempts becomes at least attempt) and trace DELIVERED. A
+ * message already forgotten is skipped. */
+store_err delivery_sent(const delivery_ctx *dc, MDB_txn *txn, const uint8_t id[IDS_BYTES],
+                        uint32_t attempt, uint64_t now_ms);
+
+/* Return one in-flight message to its queue now (its send failed). */
 store_err delivery_return(const delivery_ctx *dc, MDB_txn *txn, const uint8_t id[IDS_BYTES],
                           uint64_t now_ms);
+
+/* Return message id to its queue now if it is still in the flight due at
+ * due_at_ms (the session that held it ended); a later flight, a settled or
+ * final message is left alone. */
+store_err delivery_return_flight(const delivery_ctx *dc, MDB_txn *txn,
+                                 const uint8_t id[IDS_BYTES], uint64_t due_at_ms,
+                                 uint64_t now_ms);
 
 /* At start: return every in-flight message to its queue; *count returned. */
 store_err delivery_return_all(const delivery_ctx *dc, MDB_txn *txn, uint64_t now_ms,

@@ -553,8 +553,14 @@ static int turn(broker *b)
     if (*b->reload) {
         *b->reload = 0;
         char why[700];
-        if (!broker_load_directory(b, why, sizeof why))
+        store_err fault;
+        if (!broker_load_directory(b, &fault, why, sizeof why)) {
+            if (fault != STORE_OK) {
+                log_error("store", "store failed during directory reload: %s; exiting", why);
+                return BROKER_EXIT_STORE;
+            }
             log_error("trust", "directory reload refused, keeping the current one: %s", why);
+        }
     }
     if (items[1].revents & ZMQ_POLLIN)
         zap_handle(b->zap, b->dir);
@@ -584,11 +590,13 @@ static int turn(broker *b)
                   store_strerror(e));
         return BROKER_EXIT_STORE;
     }
-    char why[256];
+    char why[700];
     if (store_commit(b->st, txn, why, sizeof why) != STORE_OK) {
-        log_error("store", "%s; exiting without acknowledging the turn, restart recovers", why);
+        log_error("store", "commit failed during turn: %s; exiting without answering the "
+                  "turn's submissions", why);
         return BROKER_EXIT_STORE;
     }
+    read_disconnects(b);   /* the last word before sending: no frame to a closed session */
     flush(b);
     session_expire_idle(&b->sessions, clock_mono_ms(), b->cfg.session_idle_ms);
     return -1;

@@ -121,7 +121,13 @@ static int load_trust(broker *b)
                   "keygen --id %s --dir %s)", why, b->cfg.id, b->cfg.key_dir);
         return BROKER_EXIT_TRUST;
     }
-    if (!broker_load_directory(b, why, sizeof why)) {
+    store_err fault;
+    if (!broker_load_directory(b, &fault, why, sizeof why)) {
+        if (fault != STORE_OK) {
+            log_error("store", "store failed at start (recording the directory version): "
+                      "%s; exiting", why);
+            return BROKER_EXIT_STORE;
+        }
         log_error("trust", "%s", why);
         return BROKER_EXIT_TRUST;
     }
@@ -132,17 +138,20 @@ static int recover(broker *b)
 {
     MDB_txn *txn;
     size_t n = 0;
-    char why[256];
+    char why[700];
     store_err e = store_begin(b->st, &txn);
     if (e == STORE_OK) {
         e = delivery_return_all(&b->dc, txn, clock_now_ms(), &n);
-        if (e == STORE_OK)
-            e = store_commit(b->st, txn, why, sizeof why);
-        else
+        if (e != STORE_OK) {
             mdb_txn_abort(txn);
+        } else if (store_commit(b->st, txn, why, sizeof why) != STORE_OK) {
+            log_error("store", "commit failed at start (returning in-flight deliveries to "
+                      "their queues): %s; exiting", why);
+            return BROKER_EXIT_STORE;
+        }
     }
     if (e != STORE_OK) {
-        log_error("main", "cannot return in-flight deliveries at start err=%s",
+        log_error("store", "cannot return in-flight deliveries at start err=%s; exiting",
                   store_strerror(e));
         return BROKER_EXIT_STORE;
     }

@@ -15,7 +15,6 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "clock.h"
 #include "log.h"
 
 #define RECORD_MAGIC 0x31464d52u   /* "RMF1": record format 1 */
@@ -33,13 +32,15 @@ struct store {
     uint64_t map_size_bytes;
     uint32_t high_water_percent;
     uint64_t min_free_disk_bytes;
-    /* room measurement, refreshed once a second, plus what was reserved since */
-    uint64_t room_checked_ms;
-    uint64_t used_bytes;
-    uint64_t reserved_bytes;
+    /* Room, measured at the first reservation of each write transaction
+     * (store_begin marks it stale), plus what was reserved since. */
+    bool is_room_measured;
+    uint64_t used_bytes;          /* map pages in use (not on the free list) */
     uint64_t map_bytes;
-    bool is_disk_low;
-    char disk_why[160];
+    uint64_t disk_free_bytes;     /* free on the file system (statvfs f_bavail) */
+    uint64_t file_free_bytes;     /* free inside data.mdb: free list + written, unused tail */
+    bool has_disk_measure;        /* statvfs and stat worked */
+    uint64_t reserved_bytes;      /* reserved since the measurement, map and disk alike */
 };
 
 const char *store_strerror(store_err e)
@@ -158,7 +159,7 @@ static store_err open_dbs(store *s, bool is_new, const char *broker_id, char *wh
     }
     rc = mdb_txn_commit(txn);
     if (rc != 0) {
-        snprintf(why, why_len, "cannot commit to store %s: %s", s->dir, mdb_strerror(rc));
+        store_describe_failure(s->dir, s->map_size_bytes, rc, "commit at open", why, why_len);
         return STORE_FAILED;
     }
     return STORE_OK;
@@ -242,6 +243,7 @@ void store_destroy(store **sp)
 
 store_err store_begin(store *s, MDB_txn **txn)
 {
+    s->is_room_measured = false;   /* a new turn measures room again */
     return store_err_from_mdb(mdb_txn_begin(s->env, NULL, 0, txn));
 }
 
@@ -250,12 +252,56 @@ store_err store_begin_child(store *s, MDB_txn *parent, MDB_txn **child)
     return store_err_from_mdb(mdb_txn_begin(s->env, parent, 0, child));
 }
 
+/* Free bytes on the file system holding dir, or UINT64_MAX if unknown. */
+static uint64_t disk_free(const char *dir)
+{
+    struct statvfs vfs;
+    if (statvfs(dir, &vfs) != 0)
+        return UINT64_MAX;
+    return (uint64_t)vfs.f_bavail * vfs.f_frsize;
+}
+
+/* Below this much free space an I/O error is taken for a full disk: LMDB
+ * reports a short write (the disk filled in the middle of it) as EIO. */
+#define DISK_FULL_BYTES (1ull << 20)
+
+void store_describe_failure(const char *dir, uint64_t map_size_bytes, int rc, const char *doing,
+                            char *why, size_t why_len)
+{
+    uint64_t avail = disk_free(dir);
+    if (rc == ENOSPC || (rc == EIO && avail < DISK_FULL_BYTES)) {
+        snprintf(why, why_len, "disk full: %s in %s failed (%s) with %llu bytes free on its "
+                 "file system; free space there or move data_dir to a larger disk, then start "
+                 "the broker again (it recovers from the last good commit)", doing, dir,
+                 mdb_strerror(rc), (unsigned long long)avail);
+    } else if (rc == EIO) {
+        snprintf(why, why_len, "I/O error: %s in %s failed (%s) with space free on the disk: "
+                 "the disk or file system is failing; check the kernel log (dmesg) and the "
+                 "disk, then start the broker again (it recovers from the last good commit)",
+                 doing, dir, mdb_strerror(rc));
+    } else if (rc == EDQUOT) {
+        snprintf(why, why_len, "disk quota exceeded: %s in %s failed; raise the quota of the "
+                 "broker's user or move data_dir, then start the broker again", doing, dir);
+    } else if (rc == EROFS) {
+        snprintf(why, why_len, "read-only file system: %s in %s failed; the file system was "
+                 "remounted read-only (often after disk errors: check dmesg), then start the "
+                 "broker again", doing, dir);
+    } else if (rc == MDB_MAP_FULL) {
+        snprintf(why, why_len, "store map full: %s in %s needs more than map_size_bytes "
+                 "(%llu); stop the broker, raise [store] map_size_bytes, start it", doing, dir,
+                 (unsigned long long)map_size_bytes);
+    } else {
+        snprintf(why, why_len, "%s in %s failed: %s; start the broker again (it recovers from "
+                 "the last good commit)", doing, dir, mdb_strerror(rc));
+    }
+}
+
 store_err store_commit(store *s, MDB_txn *txn, char *why, size_t why_len)
 {
     int rc = mdb_txn_commit(txn);
     if (rc == 0)
         return STORE_OK;
-    snprintf(why, why_len, "commit to %s failed: %s", s->dir, mdb_strerror(rc));
+    store_describe_failure(s->dir, s->map_size_bytes, rc, "commit", why, why_len);
     /* Never retried: after a failed fsync the page cache cannot be trusted
      * to hold what was written. The caller exits; restart recovers. */
     return STORE_FAILED;
@@ -496,53 +542,74 @@ static uint64_t free_pages(store *s)
     return total;
 }
 
+/* Measure the map and the disk as of the last commit. Room on the disk is
+ * what the file system has free plus what data.mdb has free inside it
+ * (pages on LMDB's free list, and pages written once but past the last one
+ * in use): LMDB never shrinks its file, so a drained store has its room
+ * inside the file, not on the file system. */
 static void measure_room(store *s)
 {
     MDB_envinfo info;
     MDB_stat st;
     mdb_env_info(s->env, &info);
     mdb_env_stat(s->env, &st);
+    uint64_t page = st.ms_psize;
     uint64_t pages = (uint64_t)info.me_last_pgno + 1;
     uint64_t freep = free_pages(s);
     uint64_t used = pages > freep ? pages - freep : 0;
-    s->used_bytes = used * st.ms_psize;
+    s->used_bytes = used * page;
     s->map_bytes = info.me_mapsize;
     s->reserved_bytes = 0;
-    s->is_disk_low = false;
-    struct statvfs vfs;
-    if (s->min_free_disk_bytes > 0 && statvfs(s->dir, &vfs) == 0) {
-        uint64_t avail = (uint64_t)vfs.f_bavail * vfs.f_frsize;
-        if (avail < s->min_free_disk_bytes) {
-            s->is_disk_low = true;
-            snprintf(s->disk_why, sizeof s->disk_why,
-                     "disk holding the store has %llu bytes free, below the %llu configured",
-                     (unsigned long long)avail, (unsigned long long)s->min_free_disk_bytes);
-        }
-    }
+    s->is_room_measured = true;
+    char path[600];
+    struct stat fst;
+    snprintf(path, sizeof path, "%s/data.mdb", s->dir);
+    uint64_t avail = disk_free(s->dir);
+    s->has_disk_measure = avail != UINT64_MAX && stat(path, &fst) == 0;
+    if (!s->has_disk_measure)
+        return;
+    uint64_t file_pages = (uint64_t)fst.st_size / page;
+    uint64_t tail = file_pages > pages ? file_pages - pages : 0;
+    s->disk_free_bytes = avail;
+    s->file_free_bytes = (freep + tail) * page;
 }
 
 bool store_reserve(store *s, size_t bytes, bool is_receipt, char *why, size_t why_len)
 {
-    uint64_t now = clock_mono_ms();
-    if (s->room_checked_ms == 0 || now - s->room_checked_ms >= 1000) {
+    if (!s->is_room_measured)
         measure_room(s);
-        s->room_checked_ms = now;
-    }
     /* Indexes, the record, and pages copied on write: count twice the body
      * plus a page. */
     uint64_t need = 2 * (uint64_t)bytes + 4096;
     uint64_t limit = s->map_bytes / 100 * s->high_water_percent;
     if (is_receipt)
         limit += (s->map_bytes - limit) / 2;
-    if (s->is_disk_low) {
-        snprintf(why, why_len, "%s", s->disk_why);
-        return false;
-    }
     if (s->used_bytes + s->reserved_bytes + need > limit) {
         snprintf(why, why_len, "store is %llu%% full (high-water mark %u%% of %llu bytes)",
                  (unsigned long long)((s->used_bytes + s->reserved_bytes) * 100 / s->map_bytes),
                  s->high_water_percent, (unsigned long long)s->map_bytes);
         return false;
+    }
+    if (s->min_free_disk_bytes > 0) {
+        /* Receipts may use half of the guard, settles and notices (not
+         * reserved here) the rest: acknowledgements flow while referrals
+         * are refused. */
+        uint64_t floor = is_receipt ? s->min_free_disk_bytes / 2 : s->min_free_disk_bytes;
+        uint64_t room = s->has_disk_measure ? s->disk_free_bytes + s->file_free_bytes : 0;
+        if (room < floor || room - floor < s->reserved_bytes + need) {
+            if (s->has_disk_measure)
+                snprintf(why, why_len, "disk low: the store's disk has %llu bytes of room "
+                         "(%llu free on the file system, %llu free inside data.mdb, %llu "
+                         "reserved this turn), below min_free_disk_bytes %llu",
+                         (unsigned long long)room, (unsigned long long)s->disk_free_bytes,
+                         (unsigned long long)s->file_free_bytes,
+                         (unsigned long long)s->reserved_bytes,
+                         (unsigned long long)s->min_free_disk_bytes);
+            else
+                snprintf(why, why_len, "disk low: free space of the store's disk cannot be "
+                         "measured (statvfs or stat of %s failed)", s->dir);
+            return false;
+        }
     }
     s->reserved_bytes += need;
     return true;
@@ -550,10 +617,9 @@ bool store_reserve(store *s, size_t bytes, bool is_receipt, char *why, size_t wh
 
 void store_usage(store *s, uint64_t *used_bytes, uint64_t *map_bytes)
 {
-    MDB_envinfo info;
+    uint64_t reserved = s->reserved_bytes;
     measure_room(s);
-    s->room_checked_ms = clock_mono_ms();
-    mdb_env_info(s->env, &info);
+    s->reserved_bytes = reserved;   /* keep this turn's reservations */
     *used_bytes = s->used_bytes;
-    *map_bytes = info.me_mapsize;
+    *map_bytes = s->map_bytes;
 }

@@ -108,9 +108,19 @@ void store_destroy(store **s);
 /* Begin a write transaction (*txn owned until commit or abort). */
 store_err store_begin(store *s, MDB_txn **txn);
 
-/* Commit with fsync. STORE_FAILED means the broker must log and exit. The
- * transaction is gone either way. */
+/* Commit with fsync. STORE_FAILED means the broker must log why and exit
+ * (BROKER_EXIT_STORE); why then names the cause and the fix, starting
+ * "disk full:" when the file system had no room. The transaction is gone
+ * either way. */
 store_err store_commit(store *s, MDB_txn *txn, char *why, size_t why_len);
+
+/* A sentence for a failed LMDB or file-system call rc (an MDB_* code or an
+ * errno) while doing something (e.g. "commit") in the store at dir: names
+ * the cause ("disk full:", "I/O error:", "store map full:", ...) and what an
+ * operator does about it. LMDB reports a write cut short by a full disk as
+ * EIO; with under 1 MiB free that is reported as "disk full". */
+void store_describe_failure(const char *dir, uint64_t map_size_bytes, int rc, const char *doing,
+                            char *why, size_t why_len);
 
 /* Begin a child transaction of txn, for work that may hit a full map and
  * must then be undone alone (a submission). */
@@ -173,14 +183,21 @@ store_err store_trace_each(store *s, MDB_txn *txn, const uint8_t referral_id[IDS
                            size_t max, store_trace_fn fn, void *ctx, bool *is_truncated);
 
 /*
- * May new work of about bytes be accepted? False when the map would pass
- * the high-water mark or the disk has less free space than configured; why
- * then says which. On true, bytes (with room for indexes and copy-on-write)
- * are counted as used until the next measurement, so a burst within one
- * turn cannot run past the mark: the commit itself needs free pages, and a
- * commit that fails for want of them stops the broker. Receipts
- * (is_receipt) may use half of the room above the mark, so that
- * acknowledgements keep flowing while new referrals are refused.
+ * May new work of about bytes be accepted? Room is measured at the first
+ * call in each write transaction (store_begin marks the measurement stale)
+ * and every accepted call reserves bytes (with room for indexes and
+ * copy-on-write) against both limits until the next measurement, so a
+ * burst within one turn cannot run past them:
+ *   - the map: pages in use (the free list does not count) plus what is
+ *     reserved must stay under high_water_percent of the map;
+ *   - the disk: room is the file system's free space plus the free pages
+ *     inside data.mdb (LMDB never shrinks the file, so a drained store has
+ *     its room there); it must stay above min_free_disk_bytes (0: no check).
+ * Receipts (is_receipt) may use half of the room above the high-water mark
+ * and half of min_free_disk_bytes, so acknowledgements keep flowing while
+ * new referrals are refused; settles and broker notices are never reserved
+ * here and use what is left. False, with why naming the limit, when the
+ * work does not fit; the caller refuses it (STORE_FULL, retry later).
  */
 bool store_reserve(store *s, size_t bytes, bool is_receipt, char *why, size_t why_len);
 

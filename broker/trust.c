@@ -17,17 +17,20 @@
 #include "log.h"
 #include "zap.h"
 
-bool broker_load_directory(broker *b, char *why, size_t why_len)
+bool broker_load_directory(broker *b, store_err *fault, char *why, size_t why_len)
 {
     MDB_txn *txn;
-    if (store_begin(b->st, &txn) != STORE_OK) {
-        snprintf(why, why_len, "cannot read the store to check the directory version");
+    *fault = store_begin(b->st, &txn);
+    if (*fault != STORE_OK) {
+        snprintf(why, why_len, "cannot begin a transaction to check the directory version: %s",
+                 store_strerror(*fault));
         return false;
     }
     uint64_t min_version = 0;
     store_err e = store_meta_get_u64(b->st, txn, "directory_version", &min_version);
     if (e != STORE_OK && e != STORE_NOT_FOUND) {
         mdb_txn_abort(txn);
+        *fault = e;
         snprintf(why, why_len, "cannot read the directory version from the store: %s",
                  store_strerror(e));
         return false;
@@ -50,12 +53,19 @@ bool broker_load_directory(broker *b, char *why, size_t why_len)
         return false;
     }
     uint64_t version = directory_get(d)->version;
-    char cwhy[256];
     e = store_meta_put_u64(b->st, txn, "directory_version", version);
-    if (e != STORE_OK || store_commit(b->st, txn, cwhy, sizeof cwhy) != STORE_OK) {
-        if (e != STORE_OK)
-            mdb_txn_abort(txn);
-        snprintf(why, why_len, "cannot record the directory version in the store");
+    if (e != STORE_OK) {
+        mdb_txn_abort(txn);
+        snprintf(why, why_len, "cannot record the directory version in the store: %s",
+                 store_strerror(e));
+        *fault = e;
+        directory_destroy(&d);
+        return false;
+    }
+    /* A failed commit is the store's failure, never a refused directory:
+     * the caller exits and the restart recovers. */
+    *fault = store_commit(b->st, txn, why, why_len);
+    if (*fault != STORE_OK) {
         directory_destroy(&d);
         return false;
     }

@@ -1,0 +1,529 @@
+/*
+ * delivery: what libreferral receives, and the hand-over to the
+ * application (referral.h, steps 1 to 4). A delivery is verified and
+ * opened, then written whole to the inbox with its seen record and, for a
+ * referral, its DELIVERED receipt in the outbox, all in the pump's one
+ * commit (batch_finish); only after that commit is it settled with the
+ * broker. ref_delivery_done() removes it from the inbox; until then every
+ * start hands it again (reload_one).
+ *
+ * It must never settle what is not stored, hand over what it did not
+ * verify, or drop a delivery without a trace (an entry that can no longer
+ * be opened becomes a notice, never silence).
+ */
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <openssl/crypto.h>
+#include <zmq.h>
+
+#include "client_impl.h"
+#include "clock.h"
+#include "envelope.h"
+#include "ref_version.h"
+#include "sign.h"
+#include "wire.h"
+
+/* ---- deliveries ----------------------------------------------------------- */
+
+void ref_delivery_destroy(ref_delivery **dp)
+{
+    if (dp == NULL || *dp == NULL)
+        return;
+    ref_delivery *d = *dp;
+    if (d->narrative != NULL)
+        OPENSSL_cleanse(d->narrative, strlen(d->narrative));
+    free(d->narrative);
+    free(d->requested_action);
+    free(d->pseudonym);
+    free(d->detail);
+    free(d);
+    *dp = NULL;
+}
+
+static char *dup_text(const char *s)
+{
+    return strdup(s != NULL ? s : "");
+}
+
+/* A new delivery with every text set (to "" where text is NULL). */
+static ref_delivery *delivery_new(ref_delivery_kind kind, const uint8_t wire_id[16],
+                                  const char *narrative, const char *detail)
+{
+    ref_delivery *d = calloc(1, sizeof *d);
+    if (d == NULL)
+        return NULL;
+    d->kind = kind;
+    memcpy(d->wire_id, wire_id, 16);
+    ids_hex(wire_id, 16, d->message_id);
+    d->narrative = dup_text(narrative);
+    d->detail = dup_text(detail);
+    d->requested_action = dup_text("");
+    d->pseudonym = dup_text("");
+    if (d->narrative == NULL || d->detail == NULL || d->requested_action == NULL ||
+        d->pseudonym == NULL)
+        ref_delivery_destroy(&d);
+    return d;
+}
+
+const char *enum_name(const ProtobufCEnumDescriptor *desc, int value)
+{
+    const ProtobufCEnumValue *v = protobuf_c_enum_descriptor_get_value(desc, value);
+    return v != NULL ? v->name : "?";
+}
+
+/* Verify a notice's signature (by a broker of the directory: it may tell
+ * the desk to phone an agency) and make its delivery. */
+static ref_err delivery_from_notice(ref_client *c, const uint8_t wire_id[16],
+                                    const Referral__V1__SignedNotice *sn, ref_delivery **out,
+                                    char *why, size_t why_len)
+{
+    *out = NULL;
+    Referral__V1__Notice *n = NULL;
+    if (sn->signer_key_id.len != SIGN_KEY_ID_BYTES || sn->signature.len != SIGN_BYTES) {
+        snprintf(why, why_len, "notice without a signature");
+        return REF_E_PROTOCOL;
+    }
+    if (wire_decode_notice(sn->notice.data, sn->notice.len, NULL, &n, why, why_len) != WIRE_OK)
+        return REF_E_PROTOCOL;
+    const Referral__V1__DirectoryBroker *by = directory_broker(c->dir, n->broker_id);
+    uint8_t kid[SIGN_KEY_ID_BYTES];
+    if (by != NULL)
+        sign_key_id(by->sign_public.data, kid);
+    if (by == NULL || memcmp(kid, sn->signer_key_id.data, SIGN_KEY_ID_BYTES) != 0 ||
+        !sign_verify(by->sign_public.data, "referral.v1 notice", sn->notice.data, sn->notice.len,
+                     sn->signature.data)) {
+        snprintf(why, why_len, "notice signature does not verify");
+        wire_free(n);
+        return REF_E_PROTOCOL;
+    }
+    char text[700];
+    snprintf(text, sizeof text, "%s: %s (about %s)",
+             enum_name(&referral__v1__notice_kind__descriptor, (int)n->kind), n->detail,
+             n->about_agency);
+    ref_delivery *d = delivery_new(REF_DELIVERY_NOTICE, wire_id, "", text);
+    if (d != NULL) {
+        ids_hex(n->message_id.data, 16, d->message_id);
+        if (n->referral_id.len == 16)
+            ids_hex(n->referral_id.data, 16, d->referral_id);
+        snprintf(d->from, sizeof d->from, "%s", n->broker_id);
+        d->level = n->kind == REFERRAL__V1__NOTICE_KIND__NOTICE_KIND_ACK_LEVEL ? (int)n->level
+                                                                              : 0;
+    }
+    wire_free(n);
+    *out = d;
+    return d != NULL ? REF_OK : REF_E_NO_MEMORY;
+}
+
+/* Fill d from an opened body. */
+static bool fill_from_body(ref_delivery *d, const Referral__V1__BodyPlaintext *p)
+{
+    char text[700];
+    const char *narrative = "", *action = "", *pseudonym = "", *detail = "";
+    if (p->body_case == REFERRAL__V1__BODY_PLAINTEXT__BODY_CASE_FILE) {
+        const Referral__V1__CaseFile *cf = p->case_file;
+        d->kind = REF_DELIVERY_REFERRAL;
+        narrative = cf->narrative;
+        action = cf->requested_action;
+        pseudonym = cf->subject != NULL ? cf->subject->pseudonym : "";
+        d->age = cf->subject != NULL ? cf->subject->age_years : 0;
+    } else if (p->body_case == REFERRAL__V1__BODY_PLAINTEXT__BODY_RECEIPT) {
+        const Referral__V1__Receipt *r = p->receipt;
+        d->kind = REF_DELIVERY_RECEIPT;
+        d->level = (int)r->level;
+        if (r->message_id.len == 16)
+            ids_hex(r->message_id.data, 16, d->referral_id);   /* the referral message acked */
+        snprintf(text, sizeof text, "%s by %s%s%s",
+                 enum_name(&referral__v1__ack_level__descriptor, (int)r->level), r->agency_id,
+                 r->person[0] ? ", " : "", r->person);
+        const char *said = r->reason_detail[0] ? r->reason_detail
+                         : r->outcome_detail[0] ? r->outcome_detail : r->action_detail;
+        detail = said[0] ? said : text;
+        narrative = text;
+    } else {
+        d->kind = REF_DELIVERY_REFERRAL;
+        narrative = p->update != NULL ? p->update->narrative : "";
+    }
+    free(d->narrative);
+    free(d->requested_action);
+    free(d->pseudonym);
+    free(d->detail);
+    d->narrative = dup_text(narrative);
+    d->requested_action = dup_text(action);
+    d->pseudonym = dup_text(pseudonym);
+    d->detail = dup_text(detail);
+    return d->narrative != NULL && d->requested_action != NULL && d->pseudonym != NULL &&
+           d->detail != NULL;
+}
+
+/* Verify and open an envelope addressed to this agency and make its
+ * delivery; seen gets what a receipt to its sender needs. */
+static ref_err delivery_from_envelope(ref_client *c, const uint8_t wire_id[16],
+                                      const Referral__V1__Envelope *env, ref_delivery **out,
+                                      state_seen *seen, char *why, size_t why_len)
+{
+    *out = NULL;
+    Referral__V1__RoutingHeader *h = NULL;
+    Referral__V1__BodyPlaintext *p = NULL;
+    ref_err e = (ref_err)envelope_open(&c->keys, c->dir, env, &h, &p, why, why_len);
+    if (e != REF_OK)
+        return e;
+    ref_delivery *d = delivery_new(REF_DELIVERY_REFERRAL, wire_id, "", "");
+    if (d != NULL && fill_from_body(d, p)) {
+        ids_hex(h->message_id.data, 16, d->message_id);
+        if (d->kind != REF_DELIVERY_RECEIPT)
+            ids_hex(h->referral_id.data, 16, d->referral_id);
+        snprintf(d->from, sizeof d->from, "%s", h->from_agency);
+        d->urgency = (ref_urgency)h->urgency;
+        memset(seen, 0, sizeof *seen);
+        seen->forget_at_ms = h->expires_at_ms + SEEN_KEEP_MS;
+        memcpy(seen->referral_id, h->referral_id.data, 16);
+        snprintf(seen->from, sizeof seen->from, "%s", h->from_agency);
+        seen->urgency = (uint8_t)h->urgency;
+    } else {
+        ref_delivery_destroy(&d);
+        e = REF_E_NO_MEMORY;
+    }
+    wire_free(h);
+    wire_free(p);
+    *out = d;
+    return e;
+}
+
+/* A notice the library makes itself (a referral refused for good after it
+ * left the outbox). */
+ref_delivery *delivery_local(const uint8_t wire_id[16], const char *text)
+{
+    ref_delivery *d = delivery_new(REF_DELIVERY_NOTICE, wire_id, "", text);
+    if (d != NULL) {
+        snprintf(d->from, sizeof d->from, "%s", "libreferral");
+        d->urgency = REF_URGENCY_URGENT;
+    }
+    return d;
+}
+
+/* Keep d until the application takes it (takes ownership). A copy of one
+ * already waiting is dropped. The queue holds what the inbox holds plus the
+ * credit granted, so it cannot fill; if it does, d stays in the inbox and
+ * is handed at the next start. */
+void keep_ready(ref_client *c, ref_delivery *d)
+{
+    for (size_t i = 0; i < c->n_ready; i++) {
+        if (memcmp(c->ready[i]->wire_id, d->wire_id, 16) == 0) {
+            ref_delivery_destroy(&d);
+            return;
+        }
+    }
+    if (c->n_ready == MAX_READY) {
+        say(c, REF_LOG_ERROR, "ready queue full, delivery waits in the inbox for the next "
+            "start msg=%s", d->message_id);
+        ref_delivery_destroy(&d);
+        return;
+    }
+    /* urgency first, then arrival: a crisis is handed before routine work */
+    size_t at = c->n_ready;
+    while (at > 0 && c->ready[at - 1]->urgency < d->urgency)
+        at--;
+    memmove(c->ready + at + 1, c->ready + at, (c->n_ready - at) * sizeof c->ready[0]);
+    c->ready[at] = d;
+    c->n_ready++;
+}
+
+/* ---- one batch: everything a pump learned, committed once ---------------- */
+
+state_txn *batch_txn(ref_client *c, batch *b)
+{
+    if (b->txn == NULL && !b->is_failed && state_begin(c->st, &b->txn) != REF_OK) {
+        say(c, REF_LOG_ERROR, "cannot begin a write in the state directory");
+        b->is_failed = true;
+    }
+    return b->is_failed ? NULL : b->txn;
+}
+
+void batch_write(ref_client *c, batch *b, int rc, const char *what)
+{
+    if (rc != REF_OK && !b->is_failed) {
+        say(c, REF_LOG_ERROR, "state directory write failed what=%s", what);
+        b->is_failed = true;
+    }
+}
+
+static void batch_ack(batch *b, const uint8_t id[16])
+{
+    for (size_t i = 0; i < b->n_ack; i++)
+        if (memcmp(b->ack[i], id, 16) == 0)
+            return;
+    memcpy(b->ack[b->n_ack++], id, 16);
+}
+
+/* Commit the batch; then settle, submit receipts, and keep deliveries.
+ * A failed commit settles nothing: the broker delivers those again. */
+ref_err batch_finish(ref_client *c, batch *b)
+{
+    ref_err e = REF_OK;
+    if (b->txn != NULL && !b->is_failed && state_commit(&b->txn) != REF_OK) {
+        say(c, REF_LOG_ERROR, "state directory commit failed; deliveries of this batch are "
+            "not settled and come again");
+        b->is_failed = true;
+    }
+    if (b->is_failed) {
+        state_abort(&b->txn);
+        e = REF_E_STATE;
+        b->n_ack = 0;
+    }
+    for (size_t i = 0; i < b->n_arrived; i++) {
+        if (b->is_failed) {
+            ref_delivery_destroy(&b->arrived[i]);
+            continue;
+        }
+        say(c, REF_LOG_DEBUG, "delivery stored msg=%s", b->arrived[i]->message_id);
+        c->n_unconfirmed++;
+        keep_ready(c, b->arrived[i]);
+    }
+    for (size_t i = 0; i < b->n_ack; i++) {
+        char hex[REF_ID_HEX_LEN + 1];
+        send_settle(c, b->ack[i], REFERRAL__V1__SETTLE_VERB__SETTLE_VERB_ACK, NULL);
+        say(c, REF_LOG_DEBUG, "delivery settled msg=%s", ids_hex(b->ack[i], 16, hex));
+    }
+    for (size_t i = 0; i < b->n_receipt; i++) {
+        if (!b->is_failed) {
+            submit_bytes(c, b->receipt[i].env, b->receipt[i].len);
+            say(c, REF_LOG_DEBUG, "delivered receipt sent msg=%s", b->receipt[i].of);
+        }
+        free(b->receipt[i].env);
+    }
+    memset(b, 0, sizeof *b);
+    return e;
+}
+
+void on_notice(ref_client *c, batch *b, const Referral__V1__Delivery *dl)
+{
+    const uint8_t *mid = dl->message_id.data;
+    char why[256] = "";
+    state_seen seen;
+    int got = state_seen_get(c->st, batch_txn(c, b), mid, &seen);
+    if (got == REF_OK || got == REF_E_PROTOCOL) {
+        batch_ack(b, mid);   /* held already: settle again, hand nothing */
+        return;
+    }
+    ref_delivery *d = NULL;
+    if (delivery_from_notice(c, mid, dl->notice, &d, why, sizeof why) != REF_OK) {
+        say(c, REF_LOG_WARN, "notice refused detail=%s", why);
+        if (d == NULL)
+            send_settle(c, mid, REFERRAL__V1__SETTLE_VERB__SETTLE_VERB_REJECT, why);
+        return;
+    }
+    d->urgency = (ref_urgency)dl->urgency;
+    d->attempt = dl->attempt;
+    d->is_from_broker = true;
+    size_t len;
+    uint8_t *packed = wire_pack(dl->notice, &len);
+    state_inbox_entry entry = {STATE_INBOX_NOTICE, (uint8_t)dl->urgency, dl->attempt, packed, len};
+    memset(&seen, 0, sizeof seen);
+    seen.forget_at_ms = clock_now_ms() + SEEN_KEEP_MS;
+    state_txn *txn = batch_txn(c, b);
+    if (packed == NULL || txn == NULL) {
+        b->is_failed = true;
+    } else {
+        batch_write(c, b, state_inbox_put(txn, mid, &entry), "inbox");
+        batch_write(c, b, state_seen_put(txn, mid, &seen), "seen");
+    }
+    free(packed);
+    b->arrived[b->n_arrived++] = d;
+    batch_ack(b, mid);
+}
+
+void on_envelope(ref_client *c, batch *b, const Referral__V1__Delivery *dl)
+{
+    char why[300] = "";
+    const uint8_t *mid = dl->message_id.data;
+    char hex[REF_ID_HEX_LEN + 1];
+    ids_hex(mid, 16, hex);
+    say(c, REF_LOG_DEBUG, "delivery arrived msg=%s attempt=%u", hex, dl->attempt);
+    state_seen seen;
+    int got = state_seen_get(c->st, batch_txn(c, b), mid, &seen);
+    if (got == REF_OK || got == REF_E_PROTOCOL) {
+        say(c, REF_LOG_DEBUG, "duplicate delivery settled again msg=%s", hex);
+        batch_ack(b, mid);
+        return;
+    }
+    ref_delivery *d = NULL;
+    ref_err e = delivery_from_envelope(c, mid, dl->envelope, &d, &seen, why, sizeof why);
+    if (e == REF_E_NO_MEMORY)
+        return;   /* not settled: the broker delivers it again */
+    if (e != REF_OK) {
+        say(c, REF_LOG_WARN, "delivery failed verification, refused msg=%s detail=%s", hex, why);
+        send_settle(c, mid, REFERRAL__V1__SETTLE_VERB__SETTLE_VERB_REJECT, why);
+        return;
+    }
+    d->attempt = dl->attempt;
+    d->is_from_broker = true;
+    size_t len;
+    uint8_t *packed = wire_pack(dl->envelope, &len);
+    state_inbox_entry entry = {STATE_INBOX_ENVELOPE, (uint8_t)d->urgency, dl->attempt, packed,
+                               len};
+    state_txn *txn = batch_txn(c, b);
+    if (packed == NULL || txn == NULL) {
+        b->is_failed = true;
+    } else {
+        batch_write(c, b, state_inbox_put(txn, mid, &entry), "inbox");
+        batch_write(c, b, state_seen_put(txn, mid, &seen), "seen");
+    }
+    free(packed);
+    /* A referral (not a receipt) is answered DELIVERED: the receipt goes
+     * through the outbox in the same commit, so it is never lost either. */
+    if (d->kind == REF_DELIVERY_REFERRAL && !b->is_failed) {
+        uint8_t rmid[16];
+        uint8_t *renv = NULL;
+        size_t rlen = 0;
+        if (compose_receipt(c, mid, &seen, REF_LEVEL_DELIVERED, "", "", &renv, &rlen, rmid) ==
+            REF_OK) {
+            batch_write(c, b, state_outbox_put(txn, rmid, renv, rlen), "outbox");
+            b->receipt[b->n_receipt].env = renv;
+            b->receipt[b->n_receipt].len = rlen;
+            memcpy(b->receipt[b->n_receipt].of, hex, sizeof hex);
+            b->n_receipt++;
+        } else {
+            say(c, REF_LOG_WARN, "cannot compose the DELIVERED receipt msg=%s detail=%s", hex,
+                c->last_detail);
+        }
+    }
+    say(c, REF_LOG_DEBUG, "verified and opened msg=%s referral=%s from=%s", d->message_id,
+        d->referral_id, d->from);
+    b->arrived[b->n_arrived++] = d;
+    batch_ack(b, mid);
+}
+
+/* Hand again what the inbox holds: deliveries the application has not
+ * confirmed before the last process ended. Each is verified again. */
+void reload_one(const uint8_t id[16], const state_inbox_entry *e, void *ctx)
+{
+    ref_client *c = ctx;
+    char why[300] = "", hex[REF_ID_HEX_LEN + 1];
+    ids_hex(id, 16, hex);
+    ref_delivery *d = NULL;
+    ref_err r = REF_E_PROTOCOL;
+    if (e->kind == STATE_INBOX_LOCAL) {
+        char *text = strndup((const char *)e->payload, e->len);
+        d = text != NULL ? delivery_local(id, text) : NULL;
+        free(text);
+        r = d != NULL ? REF_OK : REF_E_NO_MEMORY;
+    } else if (e->kind == STATE_INBOX_NOTICE) {
+        Referral__V1__SignedNotice *sn =
+            referral__v1__signed_notice__unpack(NULL, e->len, e->payload);
+        if (sn != NULL)
+            r = delivery_from_notice(c, id, sn, &d, why, sizeof why);
+        wire_free(sn);
+    } else {
+        Referral__V1__Envelope *env = NULL;
+        state_seen seen;
+        if (wire_decode_envelope(e->payload, e->len, NULL, &env, why, sizeof why) == WIRE_OK)
+            r = delivery_from_envelope(c, id, env, &d, &seen, why, sizeof why);
+        wire_free(env);
+    }
+    if (r != REF_OK) {
+        /* It was verified when it arrived; say so rather than drop it. */
+        say(c, REF_LOG_ERROR, "a delivery held in the inbox no longer opens msg=%s detail=%s",
+            hex, why);
+        char text[600];
+        snprintf(text, sizeof text, "message %s was received but can no longer be opened or "
+                 "verified (%s); ask its sender", hex, why);
+        d = delivery_local(id, text);
+        if (d == NULL)
+            return;
+    }
+    d->attempt = e->attempt;
+    if (e->kind != STATE_INBOX_LOCAL && r == REF_OK)
+        d->urgency = d->urgency ? d->urgency : (ref_urgency)e->urgency;
+    keep_ready(c, d);
+}
+
+/* ---- receiving ------------------------------------------------------------ */
+
+static bool has_ready(const ref_client *c)
+{
+    return c->n_ready > 0;
+}
+
+/* One more delivery may come from the broker (credit given back), unless
+ * the application holds too many unconfirmed ones. */
+static void give_credit(ref_client *c)
+{
+    if (c->n_unconfirmed < MAX_UNCONFIRMED) {
+        send_credit(c, 1);
+        return;
+    }
+    if (c->owed_credit == 0)
+        say(c, REF_LOG_WARN, "the application holds %zu deliveries not confirmed with "
+            "ref_delivery_done(); no more are taken until it confirms some", c->n_unconfirmed);
+    c->owed_credit++;
+}
+
+ref_err ref_receive(ref_client *c, uint32_t timeout_ms, ref_delivery **out)
+{
+    if (c == NULL || out == NULL)
+        return REF_E_INVALID;
+    *out = NULL;
+    if (c->sock == NULL)
+        return REF_E_CLOSED;
+    ref_err e = wait_for(c, has_ready, timeout_ms);
+    if (e == REF_E_TIMEOUT || (e == REF_OK && c->n_ready == 0))
+        return REF_E_AGAIN;
+    if (e != REF_OK && c->n_ready == 0)
+        return e;
+    ref_delivery *d = c->ready[0];
+    memmove(c->ready, c->ready + 1, (c->n_ready - 1) * sizeof c->ready[0]);
+    c->n_ready--;
+    if (d->is_from_broker) {
+        d->is_from_broker = false;
+        give_credit(c);
+    }
+    say(c, REF_LOG_INFO, "handed msg=%s referral=%s from=%s attempt=%u", d->message_id,
+        d->referral_id, d->from, d->attempt);
+    *out = d;
+    return REF_OK;
+}
+
+ref_err ref_delivery_done(ref_client *c, const ref_delivery *d)
+{
+    if (c == NULL || d == NULL)
+        return REF_E_INVALID;
+    if (c->st == NULL)
+        return REF_E_CLOSED;
+    state_txn *txn;
+    if (state_begin(c->st, &txn) != REF_OK)
+        return REF_E_STATE;
+    if (state_inbox_del(txn, d->wire_id) != REF_OK) {
+        state_abort(&txn);
+        return REF_E_STATE;
+    }
+    if (state_commit(&txn) != REF_OK)
+        return REF_E_STATE;
+    if (c->n_unconfirmed > 0)
+        c->n_unconfirmed--;
+    if (c->owed_credit > 0 && c->n_unconfirmed < MAX_UNCONFIRMED) {
+        c->owed_credit--;
+        send_credit(c, 1);
+    }
+    say(c, REF_LOG_DEBUG, "confirmed msg=%s", d->message_id);
+    return REF_OK;
+}
+
+/* ---- accessors ------------------------------------------------------------ */
+
+ref_delivery_kind ref_delivery_kind_of(const ref_delivery *d) { return d->kind; }
+const char *ref_delivery_message_id(const ref_delivery *d) { return d->message_id; }
+const char *ref_delivery_referral_id(const ref_delivery *d) { return d->referral_id; }
+const char *ref_delivery_from(const ref_delivery *d) { return d->from; }
+ref_urgency ref_delivery_urgency(const ref_delivery *d) { return d->urgency; }
+const char *ref_delivery_narrative(const ref_delivery *d) { return d->narrative; }
+const char *ref_delivery_requested_action(const ref_delivery *d) { return d->requested_action; }
+const char *ref_delivery_subject_pseudonym(const ref_delivery *d) { return d->pseudonym; }
+uint32_t ref_delivery_subject_age(const ref_delivery *d) { return d->age; }
+int ref_delivery_level(const ref_delivery *d) { return d->level; }
+const char *ref_delivery_detail(const ref_delivery *d) { return d->detail; }
+uint32_t ref_delivery_attempt(const ref_delivery *d) { return d->attempt; }
+

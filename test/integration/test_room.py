@@ -1,0 +1,394 @@
+"""Fault suite: room on disk and failed commits (issue 8, items 5 and 6).
+
+Room: the store lives on a small tmpfs that the test mounts in a temporary
+directory and unmounts in cleanup (root only: without it the test exits
+77, which meson counts as skipped). The disk guard must count the free
+pages inside data.mdb as room (LMDB never shrinks the file), reserve room
+per submission within a turn, and keep taking receipts and settles while
+it refuses referrals.
+
+Failed commits: referrald runs with the failio shim (test/fault/failio.c)
+preloaded; while a trigger file exists every write and sync of data.mdb
+fails. A failed commit at start, in a turn or in a SIGHUP reload must end
+the process with exit status 3 and a log line of its own, answer nothing
+for the failed turn, and a restart on a healthy disk must still hold
+everything acknowledged before. Every process is started and stopped by
+PID; only what the test mounted is unmounted.
+"""
+
+import contextlib
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+import harness as h
+from harness import pb
+
+DESK = "sh.12355.desk"
+MIB = 1 << 20
+
+
+# ---- a small disk ----------------------------------------------------------
+
+@contextlib.contextmanager
+def small_disk(size_mib):
+    """A tmpfs of size_mib MiB mounted in a new temporary directory; yields
+    the mount point. Exits 77 (skipped) when it cannot be mounted."""
+    top = tempfile.mkdtemp(prefix="referral-room-")
+    mnt = os.path.join(top, "disk")
+    os.mkdir(mnt)
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_mib}m,mode=0700",
+                        "referral-room", mnt], capture_output=True, text=True, timeout=30)
+    if r.returncode != 0:
+        shutil.rmtree(top, ignore_errors=True)
+        print(f"skipped: cannot mount a {size_mib} MiB tmpfs (needs root): "
+              f"{r.stderr.strip()}", flush=True)
+        sys.exit(77)
+    try:
+        yield mnt
+    finally:
+        r = subprocess.run(["umount", mnt], capture_output=True, text=True, timeout=30)
+        if r.returncode != 0:             # still busy: detach it, never leave it mounted
+            subprocess.run(["umount", "-l", mnt], capture_output=True, timeout=30)
+        shutil.rmtree(top, ignore_errors=True)
+
+
+def disk_free(path):
+    st = os.statvfs(path)
+    return st.f_bavail * st.f_frsize
+
+
+def free_pages(store_dir):
+    """Pages on LMDB's free list, from mdb_stat (lmdb-utils), or None."""
+    if shutil.which("mdb_stat") is None:
+        return None
+    r = subprocess.run(["mdb_stat", "-f", store_dir], capture_output=True, text=True,
+                       timeout=30)
+    m = re.search(r"Free pages: (\d+)", r.stdout)
+    return int(m.group(1)) if m else None
+
+
+def submit_until_refused(desk, recipient, body_size, window=64, limit=20000):
+    """Submit referrals in pipelined windows until the broker answers
+    STORE_FULL; returns (accepted ids, the first refusal)."""
+    accepted = []
+    refusal = None
+    sent = 0
+    while refusal is None and sent < limit:
+        envs = [h.make_envelope(DESK, recipient, body_size=body_size) for _ in range(window)]
+        rids = [desk.submit(e, wait=False) for e in envs]
+        sent += window
+        for rid in rids:
+            r = desk.wait_reply(rid, timeout_s=30)
+            if r.code == pb.RESULT_OK:
+                accepted.append(r.message_id)
+            else:
+                assert r.code == pb.RESULT_STORE_FULL, r
+                assert "retry later" in r.detail, r
+                refusal = refusal or r
+    assert refusal is not None, f"never refused after {sent} referrals"
+    # Reservations count more than a referral takes: the next turn, measured
+    # again, may find room for a few more. Full is refused three times in a row.
+    in_a_row = 0
+    while in_a_row < 3 and sent < limit:
+        r = desk.submit(h.make_envelope(DESK, recipient, body_size=body_size))
+        sent += 1
+        if r.code == pb.RESULT_OK:
+            accepted.append(r.message_id)
+            in_a_row = 0
+        else:
+            assert r.code == pb.RESULT_STORE_FULL, r
+            in_a_row += 1
+    assert in_a_row == 3, f"never refused three times in a row after {sent} referrals"
+    return accepted, refusal
+
+
+def drain(client, expected, timeout_s=120):
+    """Receive and settle (ACK) until every expected id arrived; returns the
+    ids seen. Each settle is answered OK (checked by the harness)."""
+    seen = set()
+    deadline = time.monotonic() + timeout_s
+    client.credit(1000)
+    while not expected <= seen and time.monotonic() < deadline:
+        try:
+            f = client.recv_kind("delivery", timeout_s=2)
+        except TimeoutError:
+            continue
+        seen.add(f.delivery.message_id)
+        client.settle(f.delivery.message_id, wait=False)
+        client.credit(1)
+    return seen
+
+
+def room_broker(mnt, guard_bytes, **settings):
+    return h.Broker(broker__data_dir=os.path.join(mnt, "store"),
+                    store__min_free_disk_bytes=guard_bytes, **settings)
+
+
+def drained_store_accepts_again_and_receipts_flow_while_full():
+    """Fill a 24 MiB disk under a 12 MiB guard until referrals are refused;
+    receipts and settles are answered OK while full; drain everything; new
+    referrals are accepted again although data.mdb did not shrink."""
+    guard = 12 * MIB
+    with small_disk(24) as mnt, room_broker(mnt, guard) as b:
+        store_dir = os.path.join(mnt, "store")
+        data = os.path.join(store_dir, "data.mdb")
+        desk = h.Client(b, DESK)
+        accepted, refusal = submit_until_refused(desk, "qd.hospital", body_size=4000)
+        assert "disk low" in refusal.detail and "min_free_disk_bytes" in refusal.detail, refusal
+        size_full = os.path.getsize(data)
+        free_full = disk_free(mnt)
+        assert free_full >= guard // 2, f"the burst ate into the settle reserve: {free_full}"
+
+        # While referrals are refused: a receipt is accepted, a settle is OK.
+        hospital_desk = h.Client(b, "qd.hospital")
+        receipt = h.make_envelope("qd.hospital", DESK, kind=pb.MESSAGE_KIND_RECEIPT,
+                                  body_size=100)
+        r = hospital_desk.submit(receipt)
+        assert r.code == pb.RESULT_OK, f"receipt refused while referrals are: {r}"
+        r = desk.submit(h.make_envelope(DESK, "qd.hospital", body_size=4000))
+        assert r.code == pb.RESULT_STORE_FULL, f"a referral was taken while full: {r}"
+        hospital = h.Client(b, "qd.hospital")
+        hospital.credit(1)
+        first = hospital.recv_kind("delivery", timeout_s=10).delivery
+        s = hospital.settle(first.message_id)
+        assert s.code == pb.RESULT_OK, f"settle refused while referrals are: {s}"
+
+        # Drain: deliver and settle every referral and the receipt.
+        rest = set(accepted) - {first.message_id}
+        seen = drain(hospital, rest)
+        assert seen >= rest, f"{len(rest - seen)} accepted referrals lost in a full store"
+        desk.credit(10)
+        got = desk.recv_kind("delivery", timeout_s=10).delivery
+        assert got.message_id == h.header_of(receipt).message_id
+        assert desk.settle(got.message_id).code == pb.RESULT_OK
+        # The settle replies come back after the turn that committed them:
+        # once a status query is answered, every settle before it is in.
+        assert hospital.status(first.message_id).state == pb.MESSAGE_STATE_DELIVERED
+
+        # Accepted again, without the file shrinking.
+        again = 0
+        deadline = time.monotonic() + 10
+        while again < len(accepted) // 2 and time.monotonic() < deadline:
+            r = desk.submit(h.make_envelope(DESK, "qd.hospital", body_size=4000))
+            if r.code == pb.RESULT_OK:
+                again += 1
+            else:
+                assert r.code == pb.RESULT_STORE_FULL, r
+                time.sleep(0.2)
+        size_after = os.path.getsize(data)
+        assert size_after >= size_full, "data.mdb shrank (LMDB never shrinks its file)"
+        print(f"     refused after {len(accepted)} referrals of ~4.5 KB on a 24 MiB tmpfs "
+              f"(guard 12 MiB): data.mdb {size_full} bytes, {free_full} free on the disk; "
+              f"after draining {again} accepted again, data.mdb {size_after} bytes, "
+              f"{disk_free(mnt)} free on the disk, {free_pages(store_dir)} pages on the "
+              f"free list", flush=True)
+        assert again >= len(accepted) // 2, \
+            f"only {again} of {len(accepted) // 2} accepted after draining: {r}"
+        desk.close()
+        hospital.close()
+        hospital_desk.close()
+        assert b.stop() == 0
+
+
+def burst_cannot_overshoot_the_disk_guard():
+    """Pipelined bursts of 17 KB referrals, made beforehand and sent back to
+    back in windows of 400 (up to 256 in one turn), against a 16 MiB guard
+    on a 32 MiB disk: room is reserved per submission and measured each
+    turn, so the disk never falls far under the guard."""
+    guard = 16 * MIB
+    envs = [h.make_envelope(DESK, "qd.school", body_size=16000) for _ in range(1600)]
+    with small_disk(32) as mnt, room_broker(mnt, guard) as b:
+        desk = h.Client(b, DESK)
+        accepted, refused = [], 0
+        for at in range(0, len(envs), 400):
+            rids = [desk.submit(e, wait=False) for e in envs[at:at + 400]]
+            for rid in rids:
+                r = desk.wait_reply(rid, timeout_s=60)
+                if r.code == pb.RESULT_OK:
+                    accepted.append(r.message_id)
+                else:
+                    assert r.code == pb.RESULT_STORE_FULL, r
+                    refused += 1
+        free = disk_free(mnt)
+        print(f"     {len(accepted)} of {len(envs)} referrals of ~17 KB accepted in back-to-back "
+              f"windows of 400, {refused} refused: {free} bytes free on the disk under a "
+              f"guard of {guard}", flush=True)
+        assert refused > 0, "the disk guard never refused"
+        # The guard may be crossed by one turn's commit overhead (copied
+        # branch pages, the free list), never by the turn's referrals.
+        assert free >= guard - 2 * MIB, f"a burst overshot the guard: {free} bytes left"
+        assert b.proc.poll() is None
+        school = h.Client(b, "qd.school")
+        assert drain(school, set(accepted)) >= set(accepted)
+        assert b.stop() == 0
+
+
+# ---- failed commits ----------------------------------------------------------
+
+FAILIO = os.environ.get("REFERRAL_FAILIO", "")
+
+
+class FailingDisk:
+    """Preload failio into the brokers started inside `with`; fail() and
+    heal() create and remove the trigger."""
+
+    def __init__(self, broker, errno_name="EIO"):
+        if not FAILIO or not os.path.exists(FAILIO):
+            print(f"skipped: the failio shim is not built ({FAILIO!r})", flush=True)
+            sys.exit(77)
+        self.trigger = os.path.join(broker.dir, "fail-now")
+        self.env = {
+            "LD_PRELOAD": FAILIO,
+            "FAILIO_FILE": os.path.realpath(os.path.join(broker.dir, "store", "data.mdb")),
+            "FAILIO_TRIGGER": self.trigger,
+            "FAILIO_ERRNO": errno_name,
+            # The shim comes ahead of the ASan runtime in the preload order.
+            "ASAN_OPTIONS": ":".join(x for x in (os.environ.get("ASAN_OPTIONS", ""),
+                                                 "verify_asan_link_order=0") if x),
+        }
+        self.saved = {}
+
+    def __enter__(self):
+        for k, v in self.env.items():
+            self.saved[k] = os.environ.get(k)
+            os.environ[k] = v
+        return self
+
+    def __exit__(self, *exc):
+        for k, v in self.saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+    def fail(self):
+        open(self.trigger, "w").close()
+
+    def heal(self):
+        os.unlink(self.trigger)
+
+
+def accept(desk, recipient, n):
+    ids = set()
+    for _ in range(n):
+        r = desk.submit(h.make_envelope(DESK, recipient, trust=desk.trust))
+        assert r.code == pb.RESULT_OK, r
+        ids.add(r.message_id)
+    return ids
+
+
+def wait_exit(b, timeout_s=20):
+    rc = b.proc.wait(timeout=timeout_s)
+    log = b.read_log()
+    b.kill()                                # forget the PID, check sanitizer reports
+    return rc, log
+
+
+def restart_holds(b, recipient, acknowledged, may_have=frozenset()):
+    """Restart on a healthy disk: every acknowledged referral is delivered,
+    nothing that was never acknowledged (beyond may_have) appears."""
+    b.start()
+    agency = h.Client(b, recipient)
+    seen = drain(agency, acknowledged, timeout_s=60)
+    assert seen >= acknowledged, f"{len(acknowledged - seen)} acknowledged lost"
+    assert seen <= acknowledged | may_have, "a referral nobody acknowledged appeared"
+    agency.close()
+    assert b.stop() == 0
+
+
+@contextlib.contextmanager
+def unstarted_broker(**kw):
+    """A Broker not yet started (so the first start can be preloaded)."""
+    b = h.Broker(**kw)
+    try:
+        yield b
+    finally:
+        b.cleanup()
+
+
+def failed_commit_in_a_turn_exits_3_and_answers_nothing():
+    with unstarted_broker() as b:
+        disk = FailingDisk(b, "ENOSPC")
+        with disk:
+            b.start()
+        desk = h.Client(b, DESK)
+        acknowledged = accept(desk, "qd.police", 20)
+        disk.fail()
+        late = [h.make_envelope(DESK, "qd.police") for _ in range(5)]
+        for env in late:
+            desk.submit(env, wait=False)
+        rc, log = wait_exit(b)
+        assert rc == 3, f"exit {rc} after a failed commit:\n{log[-3000:]}"
+        assert "error store: commit failed during turn" in log, log[-3000:]
+        assert "disk full" in log, log[-3000:]
+        answered = []
+        while True:
+            try:
+                answered.append(desk.recv_kind("submit_reply", timeout_s=1).submit_reply)
+            except TimeoutError:
+                break
+        assert not [r for r in answered if r.code == pb.RESULT_OK], \
+            f"OK answered for a turn whose commit failed: {answered}"
+        desk.close()
+        disk.heal()
+        restart_holds(b, "qd.police", acknowledged,
+                      {h.header_of(e).message_id for e in late})
+
+
+def failed_commit_in_a_reload_exits_3():
+    trust = h.Trust()
+    try:
+        with unstarted_broker(trust=trust) as b:
+            disk = FailingDisk(b, "EIO")
+            with disk:
+                b.start()
+            desk = h.Client(b, DESK)
+            acknowledged = accept(desk, "qd.school", 10)
+            desk.close()
+            trust.sign_directory(2)
+            disk.fail()
+            b.proc.send_signal(signal.SIGHUP)
+            rc, log = wait_exit(b)
+            assert rc == 3, f"exit {rc} after a failed commit in a reload:\n{log[-3000:]}"
+            assert "error store: store failed during directory reload" in log, log[-3000:]
+            assert "I/O error" in log and "reload refused" not in log, log[-3000:]
+            disk.heal()
+            restart_holds(b, "qd.school", acknowledged)
+            assert "directory loaded version=2" in b.read_log()
+    finally:
+        trust.cleanup()
+
+
+def failed_commit_at_start_exits_3():
+    with unstarted_broker() as b:
+        disk = FailingDisk(b, "EIO")
+        with disk:
+            b.start()
+        desk = h.Client(b, DESK)
+        acknowledged = accept(desk, "qd.civil", 10)
+        desk.close()
+        assert b.stop() == 0
+        disk.fail()
+        with disk:
+            try:
+                b.start(timeout_s=20)
+                raise AssertionError("broker started on a disk that fails every commit")
+            except RuntimeError as e:
+                assert "exited with 3" in str(e), e
+                assert "error store: store failed at start" in str(e), e
+        b.kill()
+        disk.heal()
+        restart_holds(b, "qd.civil", acknowledged)
+
+
+if __name__ == "__main__":
+    h.run([drained_store_accepts_again_and_receipts_flow_while_full,
+           burst_cannot_overshoot_the_disk_guard,
+           failed_commit_in_a_turn_exits_3_and_answers_nothing,
+           failed_commit_in_a_reload_exits_3, failed_commit_at_start_exits_3])
