@@ -45,7 +45,9 @@ typedef struct {
     size_t budget_bytes;       /* heap the decoder may use for one frame */
 } wire_limits;
 
-/* Defaults: 1 MiB frames, 768 KiB bodies, 8 MiB decode budget. */
+/* Defaults: 1 MiB frames, 800 KiB bodies, 8 MiB decode budget. A body
+ * of the largest bucket sealed for 32 readers with 64-character ids is
+ * 792,386 bytes (docs/protocol.md, section 4), so every bucket fits. */
 extern const wire_limits wire_default_limits;
 
 #define WIRE_MAX_HEADER_BYTES 4096u

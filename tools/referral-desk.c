@@ -211,11 +211,14 @@ static int cmd_send(ref_client *c, int argc, char **argv)
     if (e != REF_OK) {
         rc = fail(c, "send", e);
     } else if (is_json) {
-        printf("{\"event\":\"accepted\",\"message_id\":\"%s\",\"referral_id\":\"%s\",\"to\":\"%s\"}\n",
-               mid, rid, r.to_agency);
+        /* --async only puts the referral in the outbox: say "queued", never
+         * "accepted" or "sent", until the broker has answered. */
+        printf("{\"event\":\"%s\",\"message_id\":\"%s\",\"referral_id\":\"%s\",\"to\":\"%s\"}\n",
+               is_async ? "queued" : "accepted", mid, rid, r.to_agency);
     } else {
-        printf("%s referral %s to %s: message %s\n", is_async ? "sent" : "ACCEPTED", rid,
-               r.to_agency, mid);
+        printf("%s referral %s to %s: message %s%s\n", is_async ? "QUEUED" : "ACCEPTED", rid,
+               r.to_agency, mid,
+               is_async ? " (in the outbox, not yet accepted by the broker)" : "");
     }
     json_object_put(file);
     return rc;

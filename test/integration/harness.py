@@ -410,16 +410,37 @@ class Client:
         return self.recv_kind("status").status
 
 
-def pad_plaintext(plain):
-    """Append BodyPlaintext.padding (field 15) to reach the next bucket."""
+# The largest plaintext that can be sealed (docs/protocol.md, section 4):
+# the largest bucket less 16388, so that every length up to it has a bucket.
+MAX_PLAINTEXT = BUCKETS[-1] - 16388
+
+
+def _padding_length(gap):
+    """n >= 1 with 1 + len(varint(n)) + n == gap, or None (gap 130, 16387)."""
+    for k in (1, 2, 3):
+        n = gap - 1 - k
+        if n >= 1 and len(_varint(n)) == k:
+            return n
+    return None
+
+
+def padded_size(length):
+    """The bucket a plaintext of length bytes pads to; None if too large."""
+    if length > MAX_PLAINTEXT:
+        return None
     for bucket in BUCKETS:
-        if bucket - len(plain) <= 3:
-            continue
-        for k in (1, 2, 3):
-            n = bucket - len(plain) - 1 - k
-            if n >= 1 and len(_varint(n)) == k:
-                return plain + b"\x7a" + _varint(n) + bytes(n)
-    raise ValueError("plaintext larger than the largest bucket")
+        if bucket - length >= 4 and _padding_length(bucket - length) is not None:
+            return bucket
+    raise AssertionError(f"no bucket for {length} bytes")   # the rule has no holes
+
+
+def pad_plaintext(plain):
+    """Append BodyPlaintext.padding (field 15) to reach the bucket."""
+    bucket = padded_size(len(plain))
+    if bucket is None:
+        raise ValueError(f"plaintext of {len(plain)} bytes is over {MAX_PLAINTEXT} bytes")
+    n = _padding_length(bucket - len(plain))
+    return plain + b"\x7a" + _varint(n) + bytes(n)
 
 
 def _varint(n):
@@ -460,23 +481,28 @@ def sealed_size(padded_len, recipients):
     return len(body.SerializeToString())
 
 
-def open_sealed(sealed, header_bytes, identity):
-    """Open a sealed body as identity; returns the BodyPlaintext."""
-    digest = sha256(header_bytes)
+def open_padded(sealed, digest, agency_id, seal_key, seal_public):
+    """The padded plaintext bytes of a sealed body, opened as agency_id
+    with its X25519 key pair; digest is SHA-256 of the header bytes."""
     body = pb.SealedBody()
     body.ParseFromString(sealed)
     for k in body.keys:
-        if k.agency_id == identity.id:
-            shared = identity.seal_key.exchange(X25519PublicKey.from_public_bytes(
-                k.ephemeral_public))
-            wrap_key = HKDF(hashes.SHA256(), 32, k.ephemeral_public + identity.seal_public,
+        if k.agency_id == agency_id:
+            shared = seal_key.exchange(X25519PublicKey.from_public_bytes(k.ephemeral_public))
+            wrap_key = HKDF(hashes.SHA256(), 32, k.ephemeral_public + seal_public,
                             b"referral.v1 wrap").derive(shared)
             content_key = AESGCM(wrap_key).decrypt(k.nonce, k.wrapped_key, digest)
-            plain = AESGCM(content_key).decrypt(body.nonce, body.ciphertext, digest)
-            p = pb.BodyPlaintext()
-            p.ParseFromString(plain)
-            return p
-    raise KeyError(f"no wrapped key for {identity.id}")
+            return AESGCM(content_key).decrypt(body.nonce, body.ciphertext, digest)
+    raise KeyError(f"no wrapped key for {agency_id}")
+
+
+def open_sealed(sealed, header_bytes, identity):
+    """Open a sealed body as identity; returns the BodyPlaintext."""
+    plain = open_padded(sealed, sha256(header_bytes), identity.id, identity.seal_key,
+                        identity.seal_public)
+    p = pb.BodyPlaintext()
+    p.ParseFromString(plain)
+    return p
 
 
 def sign_envelope(identity, header, sealed):

@@ -342,6 +342,8 @@ static uint8_t *pack_broker_welcome(size_t *len)
     welcome.ack_timeout_ms = 30000;
     welcome.clock_skew_ms = 300000;
     welcome.now_ms = NOW_MS;
+    welcome.max_body_bytes = 800u << 10;
+    welcome.max_ttl_ms = 30ull * 24 * 3600 * 1000;
     Referral__V1__BrokerFrame f;
     init_broker(&f, REFERRAL__V1__BROKER_FRAME__BODY_WELCOME);
     f.welcome = &welcome;
