@@ -33,6 +33,8 @@ typedef struct {
     size_t len;
     bool is_delivery;             /* a failed send returns message_id to its queue */
     uint8_t message_id[IDS_BYTES];
+    uint32_t attempt;             /* a delivery's attempt number, counted once sent */
+    uint64_t session_serial;      /* a delivery goes only to the session it was taken for */
     uint64_t held_since_ms;       /* 0, or when the peer's pipe was first full */
 } outgoing;
 
@@ -53,6 +55,12 @@ typedef struct {
     size_t n_out, cap_out;
     uint8_t (*lost)[IDS_BYTES];   /* deliveries whose send failed: return next turn */
     size_t n_lost, cap_lost;
+    struct sent_delivery {        /* deliveries that left: count their attempt next turn */
+        uint8_t id[IDS_BYTES];
+        uint32_t attempt;
+    } *sent;
+    size_t n_sent, cap_sent;
+    void *monitor;                /* the ROUTER's socket monitor: disconnects end sessions */
 
     uint64_t next_due_ms;         /* earliest deadline, UINT64_MAX if none */
     bool is_busy;                 /* more work waits: poll without sleeping */

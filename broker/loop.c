@@ -1,8 +1,10 @@
 /*
  * loop: referrald's event loop. One turn:
  *
- *   wait for frames or the next deadline
+ *   wait for frames, disconnects or the next deadline
+ *   end the sessions of closed connections          (read_disconnects)
  *   begin one write transaction
+ *     count the attempts of last turn's sent deliveries (count_sent)
  *     read a batch of frames and handle each      (handle_frame)
  *     fire due deadlines                           (fire_deadlines)
  *     return deliveries whose send failed          (return_lost)
@@ -10,12 +12,17 @@
  *   commit once, with fsync (group commit)
  *   send every reply and delivery of the turn      (flush)
  *
- * Nothing is sent before the commit that makes it true. A failed commit
+ * Nothing is sent before the commit that makes it true, and an attempt is
+ * counted only once its delivery has left (delivery.h, delivery_take). A
+ * session belongs to one connection and one key (session.h): a frame from
+ * another socket or key on its routing id ends it, and so does the
+ * ROUTER's monitor reporting its connection closed. A failed commit
  * ends the process (BROKER_EXIT_STORE): LMDB keeps the last good state and
  * the restart recovers; retrying in place could acknowledge lost writes.
  */
 #include "broker.h"
 
+#include <assert.h>
 #include <errno.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -49,6 +56,8 @@ bool loop_queue_frame(broker *b, const uint8_t *rid, size_t rid_len, uint8_t *da
     o->data = data;
     o->len = len;
     o->is_delivery = false;
+    o->attempt = 0;
+    o->session_serial = 0;
     o->held_since_ms = 0;
     return true;
 }
@@ -75,7 +84,36 @@ static void queue_error(broker *b, const uint8_t *rid, size_t rid_len,
     queue_reply(b, rid, rid_len, &f);
 }
 
-static void handle_hello(broker *b, const uint8_t *rid, size_t rid_len,
+/* End session s: drop its deliveries waiting to be sent (session_close
+ * hands what it holds to the orphans, returned next turn) and, when its
+ * connection is gone, every frame for its routing id, which another
+ * connection may hold by the time they would be sent. */
+static void end_session(broker *b, session *s, const char *why, bool is_connection_gone)
+{
+    if (s == NULL)
+        return;
+    char hex[33];
+    log_info("session", "session ended agency=%s key=%s serial=%llu why=%s in_flight=%zu",
+             s->agency, ids_hex(s->key_id, 8, hex), (unsigned long long)s->serial, why,
+             s->n_flights);
+    for (size_t i = 0; i < b->n_out; i++) {
+        outgoing *o = &b->out[i];
+        if (o->data == NULL || o->rid_len != s->rid_len || memcmp(o->rid, s->rid, s->rid_len) != 0)
+            continue;
+        if (o->is_delivery ? o->session_serial == s->serial : is_connection_gone) {
+            free(o->data);
+            o->data = NULL;
+        }
+    }
+    session_close(&b->sessions, s);
+    b->is_busy = true;   /* return its deliveries now */
+}
+
+/* A Hello: open a session for this connection (or restart its own), bound
+ * to its socket fd and key; beyond the agency's cap its oldest session
+ * ends. s is this routing id's session, already checked to be this
+ * connection's. */
+static void handle_hello(broker *b, session *s, const uint8_t *rid, size_t rid_len, int fd,
                          const Referral__V1__Hello *hello, const char *agency,
                          const uint8_t key_id[16])
 {
@@ -87,14 +125,49 @@ static void handle_hello(broker *b, const uint8_t *rid, size_t rid_len,
                     "hello names an agency other than the one this connection's key belongs to");
         return;
     }
-    session *s = session_open(&b->sessions, rid, rid_len, agency, clock_mono_ms());
-    if (s == NULL) {
-        log_warn("session", "refused hello: session table full agency=%s max=%u",
-                 hello->agency_id, b->cfg.max_sessions);
-        queue_error(b, rid, rid_len, R(BUSY), "broker has no room for another session; retry later");
+    if (!session_is_broker_rid(rid, rid_len)) {
+        log_warn("session", "refused hello: client chose its routing id agency=%s rid_bytes=%zu",
+                 agency, rid_len);
+        queue_error(b, rid, rid_len, R(INVALID_FIELD),
+                    "this connection set its own ZeroMQ routing id (ZMQ_ROUTING_ID); do not set "
+                    "one: the broker gives each connection its own, and a chosen one can be "
+                    "taken by another connection after this one closes");
         return;
     }
-    memcpy(s->key_id, key_id, sizeof s->key_id);
+    if (s != NULL) {
+        s->credit = 0;   /* Hello again on the same connection: a fresh start */
+        s->last_seen_ms = clock_mono_ms();
+    } else {
+        session *victim;
+        if (!session_room(&b->sessions, agency, &victim)) {
+            log_warn("session", "refused hello: session table full, one session per agency "
+                     "agency=%s max_sessions=%u", agency, b->cfg.max_sessions);
+            queue_error(b, rid, rid_len, R(BUSY), "broker has no room for another session; "
+                        "retry later (operators: raise [limits] max_sessions)");
+            return;
+        }
+        if (victim != NULL) {
+            char detail[256];
+            bool is_own = strcmp(victim->agency, agency) == 0;
+            snprintf(detail, sizeof detail, "session closed: %s; send Hello again only if "
+                     "this connection is still needed",
+                     is_own ? "this agency opened a newer one beyond max_sessions_per_agency"
+                            : "the broker's session table is full and this agency holds the "
+                              "most sessions");
+            log_warn("session", "evicting oldest session agency=%s for=%s max_sessions_per_agency=%u",
+                     victim->agency, agency, b->cfg.max_sessions_per_agency);
+            uint8_t vrid[SESSION_RID_MAX];
+            size_t vlen = victim->rid_len;
+            memcpy(vrid, victim->rid, vlen);
+            end_session(b, victim, "evicted", false);
+            queue_error(b, vrid, vlen, R(NOT_IDENTIFIED), detail);
+        }
+        s = session_open(&b->sessions, rid, rid_len, agency, key_id, fd, clock_mono_ms());
+        assert(s != NULL && "session_room promised a slot");
+        if (fd < 0)
+            log_warn("session", "connection socket unknown (ZMQ_SRCFD): this session ends only "
+                     "by idle timeout, a failed send or another key agency=%s", agency);
+    }
     char name[80];
     log_info("session", "opened agency=%s client=%s", s->agency,
              log_quote(hello->client_name, name, sizeof name));
@@ -113,7 +186,7 @@ static void handle_hello(broker *b, const uint8_t *rid, size_t rid_len,
     queue_reply(b, rid, rid_len, &f);
 }
 
-static store_err handle_settle(broker *b, MDB_txn *txn, const session *s,
+static store_err handle_settle(broker *b, MDB_txn *txn, session *s,
                                const Referral__V1__Settle *settle, uint64_t now_ms)
 {
     Referral__V1__ResultCode code;
@@ -121,6 +194,15 @@ static store_err handle_settle(broker *b, MDB_txn *txn, const session *s,
     store_err e = delivery_settle(&b->dc, txn, s->agency, settle, now_ms, &code, &detail);
     if (e != STORE_OK)
         return e;
+    if (settle->verb != REFERRAL__V1__SETTLE_VERB__SETTLE_VERB_IN_PROGRESS) {
+        session_untrack(&b->sessions, s, settle->message_id.data);
+    } else if (code == R(OK)) {
+        store_msg m;   /* the flight goes on with a new return deadline */
+        e = store_msg_get(b->st, txn, settle->message_id.data, &m);
+        if (e != STORE_OK)
+            return e;
+        session_retrack(&b->sessions, s, settle->message_id.data, m.due_at_ms);
+    }
     Referral__V1__SettleReply r = REFERRAL__V1__SETTLE_REPLY__INIT;
     r.message_id = settle->message_id;
     r.verb = settle->verb;
@@ -212,11 +294,15 @@ static store_err handle_trace(broker *b, MDB_txn *txn, const session *s,
     return e;
 }
 
-/* Is this frame's connection still admitted, and is it the session's? The
- * identity comes from the ZAP User-Id of the message, never from the
- * routing id (which a peer can claim). */
-static bool is_admitted(broker *b, const char *user_id, session **s, char agency[IDS_NAME_MAX + 1],
-                        uint8_t key_id[16], const uint8_t *rid, size_t rid_len)
+/* Is this frame's connection still admitted, and which session is its?
+ * The identity comes from the ZAP User-Id of the message, never from the
+ * routing id (which a peer can claim). A session whose routing id now
+ * carries frames from another socket or key has lost its connection
+ * (libzmq gives a routing id to one connection at a time): it ends, and
+ * the frame is this new connection's, without a session until Hello. */
+static bool is_admitted(broker *b, const char *user_id, int fd, session **s,
+                        char agency[IDS_NAME_MAX + 1], uint8_t key_id[16], const uint8_t *rid,
+                        size_t rid_len)
 {
     if (!zap_parse_user_id(user_id, agency, key_id)) {
         log_error("loop", "frame without a valid User-Id: is ZAP bound? user_id=%s",
@@ -224,19 +310,18 @@ static bool is_admitted(broker *b, const char *user_id, session **s, char agency
         queue_error(b, rid, rid_len, R(NOT_AUTHORIZED), "connection is not authenticated");
         return false;
     }
+    if (*s != NULL && !session_is_connection(*s, fd, agency, key_id)) {
+        log_warn("session", "routing id taken by another connection session_agency=%s "
+                 "frame_agency=%s", (*s)->agency, agency);
+        end_session(b, *s, "routing id reused by another connection", true);
+        *s = NULL;
+    }
     if (!zap_is_still_valid(b->dir, agency, key_id)) {
         log_warn("loop", "refused frame: key revoked or replaced agency=%s", agency);
-        session_close(&b->sessions, *s);
+        end_session(b, *s, "key revoked", false);
         *s = NULL;
         queue_error(b, rid, rid_len, R(REVOKED_KEY), "this connection's key was revoked or "
                     "replaced in the directory; reconnect with the current key");
-        return false;
-    }
-    if (*s != NULL && (strcmp((*s)->agency, agency) != 0 ||
-                       memcmp((*s)->key_id, key_id, 16) != 0)) {
-        log_warn("loop", "refused frame: routing id claimed by another key session_agency=%s "
-                 "key_agency=%s", (*s)->agency, agency);
-        queue_error(b, rid, rid_len, R(NOT_AUTHORIZED), "routing id belongs to another session");
         return false;
     }
     return true;
@@ -244,14 +329,14 @@ static bool is_admitted(broker *b, const char *user_id, session **s, char agency
 
 /* Handle one received frame; store faults are returned, all else answered. */
 static store_err handle_frame(broker *b, MDB_txn *txn, const uint8_t *rid, size_t rid_len,
-                              const uint8_t *data, size_t len, const char *user_id,
+                              int fd, const uint8_t *data, size_t len, const char *user_id,
                               uint64_t now_ms)
 {
     char why[256];
     char agency[IDS_NAME_MAX + 1];
     uint8_t key_id[16];
     session *s = session_find(&b->sessions, rid, rid_len);
-    if (!is_admitted(b, user_id, &s, agency, key_id, rid, rid_len))
+    if (!is_admitted(b, user_id, fd, &s, agency, key_id, rid, rid_len))
         return STORE_OK;
     Referral__V1__ClientFrame *f = NULL;
     wire_err we = wire_decode_client_frame(data, len, &b->limits, &f, why, sizeof why);
@@ -265,7 +350,7 @@ static store_err handle_frame(broker *b, MDB_txn *txn, const uint8_t *rid, size_
     if (s != NULL)
         s->last_seen_ms = clock_mono_ms();
     if (f->body_case == REFERRAL__V1__CLIENT_FRAME__BODY_HELLO) {
-        handle_hello(b, rid, rid_len, f->hello, agency, key_id);
+        handle_hello(b, s, rid, rid_len, fd, f->hello, agency, key_id);
     } else if (s == NULL) {
         queue_error(b, rid, rid_len, R(NOT_IDENTIFIED), "send Hello first");
     } else {
@@ -332,7 +417,10 @@ static size_t read_batch(broker *b, MDB_txn *txn, uint64_t now_ms, store_err *fa
         }
         size_t kept = count < 3 ? count : 3;
         if (!is_dropped && count == 2) {
-            *fault = handle_frame(b, txn, zmq_msg_data(&parts[0]), zmq_msg_size(&parts[0]),
+            /* The connection's socket, which binds a session to it (session.h);
+             * libzmq marks ZMQ_SRCFD deprecated but keeps it, -1 if unknown. */
+            int fd = zmq_msg_get(&parts[1], ZMQ_SRCFD);
+            *fault = handle_frame(b, txn, zmq_msg_data(&parts[0]), zmq_msg_size(&parts[0]), fd,
                                   zmq_msg_data(&parts[1]), zmq_msg_size(&parts[1]),
                                   zmq_msg_gets(&parts[1], "User-Id"), now_ms);
         } else if (!is_dropped && count > 0) {
@@ -365,6 +453,8 @@ static store_err fire_deadlines(broker *b, MDB_txn *txn, uint64_t now_ms)
     return STORE_OK;
 }
 
+/* Return deliveries whose send failed, and those that sessions held when
+ * they ended (if still in the same flight); neither counts an attempt. */
 static store_err return_lost(broker *b, MDB_txn *txn, uint64_t now_ms)
 {
     for (size_t i = 0; i < b->n_lost; i++) {
@@ -373,7 +463,46 @@ static store_err return_lost(broker *b, MDB_txn *txn, uint64_t now_ms)
             return e;
     }
     b->n_lost = 0;
+    session_table *t = &b->sessions;
+    for (size_t i = 0; i < t->n_orphans; i++) {
+        store_err e = delivery_return_flight(&b->dc, txn, t->orphans[i].id,
+                                             t->orphans[i].due_at_ms, now_ms);
+        if (e != STORE_OK)
+            return e;
+    }
+    t->n_orphans = 0;
     return STORE_OK;
+}
+
+/* Count the attempts of the deliveries the last flush sent (delivery_sent);
+ * they ride in this turn's commit, never one of their own. */
+static store_err count_sent(broker *b, MDB_txn *txn, uint64_t now_ms)
+{
+    for (size_t i = 0; i < b->n_sent; i++) {
+        store_err e = delivery_sent(&b->dc, txn, b->sent[i].id, b->sent[i].attempt, now_ms);
+        if (e != STORE_OK)
+            return e;
+    }
+    b->n_sent = 0;
+    return STORE_OK;
+}
+
+static void remember_sent(broker *b, const outgoing *o)
+{
+    if (b->n_sent == b->cap_sent) {
+        size_t cap = b->cap_sent == 0 ? 64 : b->cap_sent * 2;
+        struct sent_delivery *p = realloc(b->sent, cap * sizeof *p);
+        if (p == NULL) {
+            char hex[IDS_HEX_LEN + 1];
+            log_warn("delivery", "out of memory: attempt not counted msg=%s attempt=%u",
+                     ids_hex(o->message_id, IDS_BYTES, hex), o->attempt);
+            return;
+        }
+        b->sent = p;
+        b->cap_sent = cap;
+    }
+    memcpy(b->sent[b->n_sent].id, o->message_id, IDS_BYTES);
+    b->sent[b->n_sent++].attempt = o->attempt;
 }
 
 /* Hand queued messages to sessions with credit, one per session per round
@@ -398,7 +527,8 @@ static store_err deliver(broker *b, MDB_txn *txn, uint64_t now_ms)
             if (e != STORE_OK)
                 return e;
             size_t flen;
-            uint8_t *frame = wire_pack_delivery(m.id, m.attempts, m.urgency,
+            uint32_t attempt = m.attempts + 1;   /* counted once it has left */
+            uint8_t *frame = wire_pack_delivery(m.id, attempt, m.urgency,
                                                 m.payload_kind == STORE_PAYLOAD_NOTICE, payload,
                                                 len, &flen);
             if (frame == NULL || !loop_queue_frame(b, s->rid, s->rid_len, frame, flen))
@@ -406,6 +536,9 @@ static store_err deliver(broker *b, MDB_txn *txn, uint64_t now_ms)
             outgoing *o = &b->out[b->n_out - 1];
             o->is_delivery = true;
             memcpy(o->message_id, m.id, IDS_BYTES);
+            o->attempt = attempt;
+            o->session_serial = s->serial;
+            session_track(&b->sessions, s, m.id, m.due_at_ms);
             s->credit--;
             budget--;
             is_progress = true;
@@ -445,7 +578,9 @@ static size_t drop_peer(broker *b, size_t from, const uint8_t *rid, size_t rid_l
                         const char *why)
 {
     session *s = session_find(&b->sessions, rid, rid_len);
-    log_info("loop", "session closed agency=%s why=%s", s != NULL ? s->agency : "-", why);
+    log_info("session", "session ended agency=%s serial=%llu why=%s in_flight=%zu",
+             s != NULL ? s->agency : "-", s != NULL ? (unsigned long long)s->serial : 0ull, why,
+             s != NULL ? s->n_flights : 0);
     session_close(&b->sessions, s);
     size_t dropped = 0;
     for (size_t j = from; j < b->n_out; j++) {
@@ -462,6 +597,13 @@ static size_t drop_peer(broker *b, size_t from, const uint8_t *rid, size_t rid_l
     return dropped;
 }
 
+/* Is o's session (the one its delivery was taken for) still open? */
+static bool is_for_open_session(broker *b, const outgoing *o)
+{
+    const session *s = session_find(&b->sessions, o->rid, o->rid_len);
+    return s != NULL && s->serial == o->session_serial;
+}
+
 /* Send the turn's frames, in order. A peer that is gone (EHOSTUNREACH:
  * ROUTER_MANDATORY makes that visible) loses its session and its
  * deliveries go back to their queues. A peer whose pipe is full (EAGAIN)
@@ -476,6 +618,11 @@ static void flush(broker *b)
         outgoing *o = &b->out[i];
         if (o->data == NULL)
             continue;   /* dropped with its peer */
+        if (o->is_delivery && !is_for_open_session(b, o)) {
+            free(o->data);   /* its session ended: session_close handed it back */
+            o->data = NULL;
+            continue;
+        }
         bool is_behind_held = false;
         for (size_t k = 0; k < kept && !is_behind_held; k++)
             is_behind_held = same_rid(&b->out[k], o->rid, o->rid_len);
@@ -486,6 +633,8 @@ static void flush(broker *b)
                 rc = zmq_send(b->router, o->data, o->len, ZMQ_DONTWAIT);
         }
         if (rc >= 0) {
+            if (o->is_delivery)
+                remember_sent(b, o);
             free(o->data);
             continue;
         }
@@ -527,9 +676,64 @@ static void flush(broker *b)
     b->is_holding = n > 0;
 }
 
+#define MONITOR_ENDPOINT "inproc://referrald.router-monitor"
+
+/* Watch the ROUTER for closed connections. libzmq reports each with its
+ * socket fd (ZMQ_EVENT_DISCONNECTED) before it closes the fd, so a new
+ * connection cannot get that fd before the event is queued; and it frees
+ * the routing id only after that, so the event precedes any reuse of it. */
+static bool watch_connections(broker *b)
+{
+    if (zmq_socket_monitor(b->router, MONITOR_ENDPOINT, ZMQ_EVENT_DISCONNECTED) != 0)
+        return false;
+    b->monitor = zmq_socket(b->zctx, ZMQ_PAIR);
+    int linger = 0, hwm = (int)(2 * b->cfg.max_sessions + 1000);
+    return b->monitor != NULL &&
+           zmq_setsockopt(b->monitor, ZMQ_LINGER, &linger, sizeof linger) == 0 &&
+           zmq_setsockopt(b->monitor, ZMQ_RCVHWM, &hwm, sizeof hwm) == 0 &&
+           zmq_connect(b->monitor, MONITOR_ENDPOINT) == 0;
+}
+
+static void unwatch_connections(broker *b)
+{
+    zmq_socket_monitor(b->router, NULL, 0);
+    if (b->monitor != NULL)
+        zmq_close(b->monitor);
+    b->monitor = NULL;
+}
+
+/* End the sessions of the connections the monitor reports closed. */
+static void read_disconnects(broker *b)
+{
+    for (;;) {
+        zmq_msg_t part;
+        zmq_msg_init(&part);
+        if (zmq_msg_recv(&part, b->monitor, ZMQ_DONTWAIT) < 0) {
+            zmq_msg_close(&part);
+            return;
+        }
+        uint16_t event = 0;
+        uint32_t fd = 0;
+        bool is_event = zmq_msg_size(&part) == 6;   /* event number, value (the fd) */
+        if (is_event) {
+            memcpy(&event, zmq_msg_data(&part), sizeof event);
+            memcpy(&fd, (const uint8_t *)zmq_msg_data(&part) + 2, sizeof fd);
+        }
+        while (zmq_msg_more(&part)) {   /* the endpoint address: not needed */
+            zmq_msg_close(&part);
+            zmq_msg_init(&part);
+            if (zmq_msg_recv(&part, b->monitor, 0) < 0)
+                break;
+        }
+        zmq_msg_close(&part);
+        if (is_event && event == ZMQ_EVENT_DISCONNECTED)
+            end_session(b, session_find_fd(&b->sessions, (int)fd), "disconnected", true);
+    }
+}
+
 static int wait_ms(const broker *b)
 {
-    if (b->is_busy || b->n_lost > 0)
+    if (b->is_busy || b->n_lost > 0 || b->sessions.n_orphans > 0)
         return 0;
     if (b->is_holding)
         return 10;   /* a full peer pipe drains on the peer's schedule */
@@ -542,14 +746,16 @@ static int wait_ms(const broker *b)
 
 static int turn(broker *b)
 {
-    zmq_pollitem_t items[2] = {{.socket = b->router, .events = ZMQ_POLLIN},
-                               {.socket = b->zap, .events = ZMQ_POLLIN}};
-    int rc = zmq_poll(items, 2, wait_ms(b));
+    zmq_pollitem_t items[3] = {{.socket = b->router, .events = ZMQ_POLLIN},
+                               {.socket = b->zap, .events = ZMQ_POLLIN},
+                               {.socket = b->monitor, .events = ZMQ_POLLIN}};
+    int rc = zmq_poll(items, 3, wait_ms(b));
     if (rc < 0 && errno != EINTR) {
         log_error("loop", "poll failed err=%s", zmq_strerror(errno));
         return BROKER_EXIT_TRANSPORT;
     }
     b->is_busy = false;
+    read_disconnects(b);
     if (*b->reload) {
         *b->reload = 0;
         char why[700];
@@ -571,7 +777,8 @@ static int turn(broker *b)
         log_error("store", "cannot begin transaction err=%s", store_strerror(e));
         return BROKER_EXIT_STORE;
     }
-    if (items[0].revents & ZMQ_POLLIN)
+    e = count_sent(b, txn, now);
+    if (e == STORE_OK && (items[0].revents & ZMQ_POLLIN))
         read_batch(b, txn, now, &e);
     if (e == STORE_OK)
         e = fire_deadlines(b, txn, now);
@@ -605,11 +812,25 @@ static int turn(broker *b)
 int loop_run(broker *b)
 {
     b->next_due_ms = 0;
-    while (!*b->stop) {
-        int rc = turn(b);
-        if (rc >= 0)
-            return rc;
+    session_table_limits(&b->sessions, b->cfg.max_sessions_per_agency, b->cfg.max_credit);
+    int rc = BROKER_EXIT_OK;
+    if (!watch_connections(b)) {
+        log_error("loop", "cannot monitor the client socket's connections err=%s; sessions "
+                  "could outlive them, refusing to run (a libzmq with zmq_socket_monitor is "
+                  "needed)", zmq_strerror(errno));
+        rc = BROKER_EXIT_TRANSPORT;
     }
-    log_info("loop", "stopping: last turn committed");
-    return BROKER_EXIT_OK;
+    bool is_done = rc != BROKER_EXIT_OK;
+    while (!is_done && !*b->stop) {
+        int t = turn(b);
+        is_done = t >= 0;
+        rc = is_done ? t : rc;
+    }
+    unwatch_connections(b);
+    free(b->sent);
+    b->sent = NULL;
+    b->n_sent = b->cap_sent = 0;
+    if (rc == BROKER_EXIT_OK)
+        log_info("loop", "stopping: last turn committed");
+    return rc;
 }
