@@ -18,7 +18,7 @@ void config_defaults(config *cfg)
     memset(cfg, 0, sizeof *cfg);
     cfg->log_level = LOGL_INFO;
     cfg->max_frame_bytes = 1u << 20;
-    cfg->max_body_bytes = 768u << 10;
+    cfg->max_body_bytes = 800u << 10;   /* the largest sealed body (792,386 bytes) fits */
     cfg->max_batch = 256;
     cfg->max_sessions = 1024;
     cfg->max_sessions_per_agency = 16;

@@ -17,6 +17,7 @@
 #include "log.h"
 #include "queue.h"
 #include "sign.h"
+#include "utf8.h"
 #include "wire.h"
 
 #define S_QUEUED REFERRAL__V1__MESSAGE_STATE__MESSAGE_STATE_QUEUED
@@ -111,7 +112,10 @@ static store_err notify_sender(const delivery_ctx *dc, MDB_txn *txn, const store
     notice.at_ms = now_ms;
     notice.level = level;
     notice.code = code;
-    notice.detail = (char *)(uintptr_t)(detail != NULL ? detail : "");
+    char cut[WIRE_MAX_TEXT + 4];   /* cut below to what wire_decode_notice accepts */
+    snprintf(cut, sizeof cut, "%s", detail != NULL ? detail : "");
+    utf8_cut(cut, WIRE_MAX_TEXT);
+    notice.detail = cut;
     size_t nlen;
     uint8_t *nbuf = wire_pack(&notice, &nlen);
     if (nbuf == NULL)
@@ -324,6 +328,7 @@ store_err delivery_settle(const delivery_ctx *dc, MDB_txn *txn, const char *agen
         TRY(finish(dc, txn, &m, S_REJECTED, now_ms));
         char why[WIRE_MAX_TEXT + 64];
         snprintf(why, sizeof why, "refused by the recipient's client: %s", settle->reason);
+        utf8_cut(why, WIRE_MAX_TEXT);   /* the decoders' limit for every detail */
         TRY(delivery_trace(dc, txn, &m, REFERRAL__V1__TRACE_EVENT_KIND__TRACE_EVENT_KIND_REJECTED,
                            REFERRAL__V1__RESULT_CODE__RESULT_OK, why, now_ms));
         TRY(notify_sender(dc, txn, &m, REFERRAL__V1__NOTICE_KIND__NOTICE_KIND_ACK_LEVEL,

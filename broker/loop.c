@@ -175,6 +175,8 @@ static void handle_hello(broker *b, session *s, const uint8_t *rid, size_t rid_l
     w.broker_id = b->cfg.id;
     w.agency_id = s->agency;
     w.max_frame_bytes = b->cfg.max_frame_bytes;
+    w.max_body_bytes = b->cfg.max_body_bytes;
+    w.max_ttl_ms = b->cfg.max_ttl_ms;
     w.max_credit = b->cfg.max_credit;
     w.ack_timeout_ms = (uint32_t)b->cfg.ack_timeout_ms;
     w.clock_skew_ms = b->cfg.clock_skew_ms;

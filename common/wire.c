@@ -13,6 +13,7 @@
 #include <string.h>
 
 #include "ids.h"
+#include "utf8.h"
 
 const wire_limits wire_default_limits = {
     .max_frame_bytes = 1u << 20,
@@ -93,6 +94,58 @@ static void budget_free(void *data, void *p)
     free(p);   /* the budget only limits the decode itself */
 }
 
+/* ---- every string is UTF-8 ------------------------------------------------ */
+
+/* Messages nest at most this deep (the schema has no recursive types; a
+ * bound keeps the walk safe whatever a future schema does). */
+#define MAX_NESTING 16
+
+static wire_err check_utf8_field(const char *s, const ProtobufCMessageDescriptor *desc,
+                                 const ProtobufCFieldDescriptor *f, char *why, size_t why_len)
+{
+    if (s == NULL || utf8_is_valid(s, strlen(s)))
+        return WIRE_OK;
+    return fail(why, why_len, WIRE_INVALID, "%s.%s is not valid UTF-8", desc->short_name,
+                f->name);
+}
+
+/* Walk every string field of m, and of every message inside it, through
+ * the protobuf-c descriptors: one rule for every message the schema has
+ * or will have. */
+static wire_err check_strings(const ProtobufCMessage *m, unsigned depth, char *why,
+                              size_t why_len)
+{
+    const ProtobufCMessageDescriptor *desc = m->descriptor;
+    if (depth > MAX_NESTING)
+        return fail(why, why_len, WIRE_INVALID, "%s is nested more than %u deep",
+                    desc->short_name, MAX_NESTING);
+    const char *base = (const char *)m;
+    for (unsigned i = 0; i < desc->n_fields; i++) {
+        const ProtobufCFieldDescriptor *f = &desc->fields[i];
+        if (f->type != PROTOBUF_C_TYPE_STRING && f->type != PROTOBUF_C_TYPE_MESSAGE)
+            continue;
+        if ((f->flags & PROTOBUF_C_FIELD_FLAG_ONEOF) != 0 &&
+            *(const uint32_t *)(const void *)(base + f->quantifier_offset) != f->id)
+            continue;   /* another member of the oneof is set */
+        size_t n = 1;
+        const void *const *items = (const void *const *)(const void *)(base + f->offset);
+        if (f->label == PROTOBUF_C_LABEL_REPEATED) {
+            n = *(const size_t *)(const void *)(base + f->quantifier_offset);
+            items = *(const void *const *const *)(const void *)(base + f->offset);
+        }
+        for (size_t k = 0; k < n && items != NULL; k++) {
+            if (items[k] == NULL)
+                continue;
+            wire_err e = f->type == PROTOBUF_C_TYPE_STRING
+                             ? check_utf8_field(items[k], desc, f, why, why_len)
+                             : check_strings(items[k], depth + 1, why, why_len);
+            if (e != WIRE_OK)
+                return e;
+        }
+    }
+    return WIRE_OK;
+}
+
 static wire_err unpack(const ProtobufCMessageDescriptor *desc, const uint8_t *buf, size_t len,
                        size_t cap, size_t budget_bytes, ProtobufCMessage **out, char *why,
                        size_t why_len)
@@ -138,6 +191,11 @@ static wire_err unpack(const ProtobufCMessageDescriptor *desc, const uint8_t *bu
         return fail(why, why_len, WIRE_NONCANONICAL,
                     "%s does not re-encode to the %zu bytes received: a string with an "
                     "embedded NUL or a non-canonical encoding", desc->short_name, len);
+    }
+    wire_err e = check_strings(m, 0, why, why_len);
+    if (e != WIRE_OK) {
+        protobuf_c_message_free_unpacked(m, NULL);
+        return e;
     }
     *out = m;
     return WIRE_OK;
@@ -321,6 +379,15 @@ static wire_err check_header(const Referral__V1__RoutingHeader *h,
         return fail(why, why_len, WIRE_INVALID,
                     "header padded_size %u differs from the sealed body's %zu bytes",
                     h->padded_size, env->sealed_body.len);
+    bool is_receipt = h->kind == REFERRAL__V1__MESSAGE_KIND__MESSAGE_KIND_RECEIPT;
+    if (is_receipt && (h->receipt_level < REFERRAL__V1__ACK_LEVEL__ACK_LEVEL_DELIVERED ||
+                       h->receipt_level > REFERRAL__V1__ACK_LEVEL__ACK_LEVEL_CLOSED))
+        return fail(why, why_len, WIRE_INVALID, "a receipt's header must carry receipt_level "
+                    "DELIVERED (3) to CLOSED (8), not %d", (int)h->receipt_level);
+    if (is_receipt && h->in_reply_to.len == 0)
+        return fail(why, why_len, WIRE_INVALID, "a receipt's header must name in_reply_to");
+    if (!is_receipt && h->receipt_level != 0)
+        return fail(why, why_len, WIRE_INVALID, "receipt_level is only for receipts");
     return WIRE_OK;
 }
 

@@ -7,7 +7,9 @@
  *   2. protobuf-c unpack with an allocator that has a byte budget, so a
  *      small frame cannot make the decoder allocate without bound;
  *   3. re-measuring the decoded message (a string cut at an embedded NUL,
- *      or a non-canonical encoding, no longer has the size received) and
+ *      or a non-canonical encoding, no longer has the size received),
+ *      checking that every string field, at any depth, is valid UTF-8
+ *      (WIRE_INVALID otherwise: RESULT_INVALID_FIELD), and
  *      explicit validation of every field the code relies on: versions,
  *      required fields, id lengths and grammar, enum ranges, counts.
  * Only a message that passed all three is handed out. What fails gets a

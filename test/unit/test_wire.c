@@ -22,6 +22,7 @@
 
 #include <cmocka.h>
 
+#include "utf8.h"
 #include "wire.h"
 #include "wire_samples.h"
 
@@ -752,6 +753,154 @@ static void agency_id_with_embedded_nul_is_noncanonical(void **state)
                     "hello \"qd.police\\0x\"");
 }
 
+/* ---- UTF-8 ------------------------------------------------------------------ */
+
+static void utf8_validity_follows_rfc_3629(void **state)
+{
+    (void)state;
+    static const char *const valid[] = {
+        "", "qd.police", "\xc2\xa9", "\xe5\xad\xa9\xe5\xad\x90", "\xf0\x9f\x98\x80",
+        "\xef\xbf\xbf", "\xf4\x8f\xbf\xbf", "\xed\x9f\xbf", "\xee\x80\x80",
+    };
+    static const char *const invalid[] = {
+        "\x80", "\xbf", "a\xff", "\xc0\x80", "\xc1\xbf",         /* stray, overlong */
+        "\xe0\x80\x80", "\xe0\x9f\xbf", "\xf0\x8f\xbf\xbf",        /* overlong */
+        "\xed\xa0\x80", "\xed\xbf\xbf",                         /* surrogates */
+        "\xf4\x90\x80\x80", "\xf5\x80\x80\x80",                   /* above U+10FFFF */
+        "\xe5\xad", "\xc2", "\xf0\x9f\x98", "\xe5\x41\xa9",          /* cut, bad tail */
+    };
+    for (size_t i = 0; i < sizeof valid / sizeof valid[0]; i++)
+        if (!utf8_is_valid(valid[i], strlen(valid[i])))
+            fail_msg("valid UTF-8 %zu refused", i);
+    for (size_t i = 0; i < sizeof invalid / sizeof invalid[0]; i++)
+        if (utf8_is_valid(invalid[i], strlen(invalid[i])))
+            fail_msg("invalid UTF-8 %zu accepted", i);
+    assert_true(utf8_is_valid(NULL, 0));
+}
+
+static void utf8_cut_keeps_whole_characters(void **state)
+{
+    (void)state;
+    /* Every limit, over text of 1-, 2-, 3- and 4-byte characters. */
+    static const char text[] = "a\xc2\xa9\xe5\xad\xa9\xf0\x9f\x98\x80" "b\xe5\xad\x90";
+    for (size_t max = 0; max <= sizeof text; max++) {
+        char buf[sizeof text];
+        memcpy(buf, text, sizeof text);
+        size_t n = utf8_cut(buf, max);
+        assert_int_equal(n, strlen(buf));
+        assert_true(n <= max);
+        assert_true(n + 3 >= (max < sizeof text - 1 ? max : sizeof text - 1));
+        assert_true(utf8_is_valid(buf, n));
+        assert_memory_equal(buf, text, n);
+    }
+}
+
+/* Pack a ClientFrame{settle{reason}} and decode it. */
+static wire_err decode_settle_reason(const char *reason, char *why, size_t why_len)
+{
+    static uint8_t mid[16] = {1};
+    Referral__V1__Settle s = REFERRAL__V1__SETTLE__INIT;
+    s.message_id = (ProtobufCBinaryData){16, mid};
+    s.verb = REFERRAL__V1__SETTLE_VERB__SETTLE_VERB_REJECT;
+    s.reason = (char *)(uintptr_t)reason;
+    s.attempt = 1;
+    Referral__V1__ClientFrame f = REFERRAL__V1__CLIENT_FRAME__INIT;
+    f.version = REFERRAL__V1__PROTOCOL_VERSION__PROTOCOL_VERSION_1;
+    f.body_case = REFERRAL__V1__CLIENT_FRAME__BODY_SETTLE;
+    f.settle = &s;
+    size_t len;
+    uint8_t *buf = wire_pack(&f, &len);
+    assert_non_null(buf);
+    Referral__V1__ClientFrame *out = NULL;
+    wire_err e = wire_decode_client_frame(buf, len, NULL, &out, why, why_len);
+    check_contract("settle", e, out, why);
+    wire_free(out);
+    free(buf);
+    return e;
+}
+
+static void invalid_utf8_anywhere_is_an_invalid_field(void **state)
+{
+    (void)state;
+    char why[WHY_BYTES];
+    assert_wire_err(decode_settle_reason("\xe4\xb8\x8d\xe5\xb1\x9e\xe6\x88\x91\xe4\xbb\xac "
+                                         "jurisdiction", why, sizeof why),
+                    WIRE_OK, "a Chinese reason");
+    assert_wire_err(decode_settle_reason("not ours \xff", why, sizeof why), WIRE_INVALID,
+                    "a reason with 0xff");
+    assert_non_null(strstr(why, "Settle.reason"));
+    assert_non_null(strstr(why, "UTF-8"));
+    assert_int_equal(wire_result_code(WIRE_INVALID),
+                     REFERRAL__V1__RESULT_CODE__RESULT_INVALID_FIELD);
+    assert_wire_err(decode_settle_reason("\xed\xa0\x80", why, sizeof why), WIRE_INVALID,
+                    "a surrogate");
+
+    /* Deeper: a narrative inside a case file inside a BodyPlaintext. */
+    Referral__V1__CaseFile cf = REFERRAL__V1__CASE_FILE__INIT;
+    cf.category = REFERRAL__V1__CASE_CATEGORY__CASE_CATEGORY_PSYCHOLOGICAL_SUPPORT;
+    cf.narrative = (char *)"caller, 17, \xc0\xae";
+    Referral__V1__BodyPlaintext p = REFERRAL__V1__BODY_PLAINTEXT__INIT;
+    p.body_case = REFERRAL__V1__BODY_PLAINTEXT__BODY_CASE_FILE;
+    p.case_file = &cf;
+    size_t len;
+    uint8_t *buf = wire_pack(&p, &len);
+    assert_non_null(buf);
+    assert_wire_err(decode_with(SAMPLE_PLAINTEXT, buf, len, NULL, why, sizeof why),
+                    WIRE_INVALID, "an overlong narrative");
+    assert_non_null(strstr(why, "CaseFile.narrative"));
+    free(buf);
+    cf.narrative = (char *)"caller, 17, \xe5\xad\xa9\xe5\xad\x90";
+    buf = wire_pack(&p, &len);
+    assert_non_null(buf);
+    assert_wire_err(decode_with(SAMPLE_PLAINTEXT, buf, len, NULL, why, sizeof why), WIRE_OK,
+                    "a valid narrative");
+    free(buf);
+}
+
+/* The broker builds a REJECT notice's detail from the reason (delivery.c):
+ * with a reason of the documented maximum, in any characters, the detail
+ * is cut on a character boundary to what wire_decode_notice accepts. */
+static void notice_for_a_512_byte_reject_reason_decodes(void **state)
+{
+    (void)state;
+    static const char *const fills[] = {"x", "\xc2\xa9", "\xe5\xad\xa9", "\xf0\x9f\x98\x80"};
+    for (size_t k = 0; k < 4; k++) {
+        for (size_t shift = 0; shift < 4; shift++) {
+            char reason[WIRE_MAX_TEXT + 1];
+            size_t at = 0, step = strlen(fills[k]);
+            for (; at < shift; at++)
+                reason[at] = 'r';
+            for (; at + step <= WIRE_MAX_TEXT; at += step)
+                memcpy(reason + at, fills[k], step);
+            reason[at] = '\0';
+            char why[WHY_BYTES];
+            assert_wire_err(decode_settle_reason(reason, why, sizeof why), WIRE_OK,
+                            "a reason of the maximum length");
+            /* As delivery_settle and notify_sender build it. */
+            char detail[WIRE_MAX_TEXT + 64];
+            snprintf(detail, sizeof detail, "refused by the recipient's client: %s", reason);
+            utf8_cut(detail, WIRE_MAX_TEXT);
+            assert_true(strlen(detail) <= WIRE_MAX_TEXT);
+            static uint8_t id[16] = {0x01, 0x8c};
+            Referral__V1__Notice n = REFERRAL__V1__NOTICE__INIT;
+            n.notice_id = (ProtobufCBinaryData){16, id};
+            n.kind = REFERRAL__V1__NOTICE_KIND__NOTICE_KIND_ACK_LEVEL;
+            n.referral_id = (ProtobufCBinaryData){16, id};
+            n.message_id = (ProtobufCBinaryData){16, id};
+            n.broker_id = (char *)"broker.qingdao";
+            n.about_agency = (char *)"qd.youth-league";
+            n.level = REFERRAL__V1__ACK_LEVEL__ACK_LEVEL_REJECTED;
+            n.detail = detail;
+            size_t len;
+            uint8_t *buf = wire_pack(&n, &len);
+            assert_non_null(buf);
+            assert_wire_err(decode_with(SAMPLE_NOTICE, buf, len, NULL, why, sizeof why), WIRE_OK,
+                            "the notice for a 512-byte reason");
+            free(buf);
+        }
+    }
+}
+
 /* The first occurrence of text in buf, or NULL. */
 static uint8_t *find_bytes(uint8_t *buf, size_t len, const char *text)
 {
@@ -1153,6 +1302,10 @@ int main(int argc, char **argv)
         cmocka_unit_test(header_suite_must_match_the_envelope),
         cmocka_unit_test(header_kind_urgency_and_agencies_are_required),
         cmocka_unit_test(decoders_clear_out_on_error),
+        cmocka_unit_test(utf8_validity_follows_rfc_3629),
+        cmocka_unit_test(utf8_cut_keeps_whole_characters),
+        cmocka_unit_test(invalid_utf8_anywhere_is_an_invalid_field),
+        cmocka_unit_test(notice_for_a_512_byte_reject_reason_decodes),
         cmocka_unit_test(decoders_accept_no_why_buffer),
         cmocka_unit_test(pack_delivery_matches_protobuf_c),
     };
