@@ -7,6 +7,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -43,17 +44,17 @@ void keys_wipe(keys_identity *id)
     OPENSSL_cleanse(id, sizeof *id);
 }
 
-static bool write_secret_file(const char *path, const char *text, bool force, char *why,
-                              size_t why_len)
+/* Create path (which must not exist) with mode, write text, fsync. */
+static bool write_new_file(const char *path, const char *text, mode_t mode, char *why,
+                           size_t why_len)
 {
-    int fd = open(path, O_WRONLY | O_CREAT | (force ? O_TRUNC : O_EXCL), 0600);
+    int fd = open(path, O_WRONLY | O_CREAT | O_EXCL, mode);
     if (fd < 0) {
-        snprintf(why, why_len, "cannot create %s: %s%s", path, strerror(errno),
-                 errno == EEXIST ? " (use --force to replace it)" : "");
+        snprintf(why, why_len, "cannot create %s: %s", path, strerror(errno));
         return false;
     }
     size_t len = strlen(text);
-    bool ok = fchmod(fd, 0600) == 0 && write(fd, text, len) == (ssize_t)len && fsync(fd) == 0;
+    bool ok = fchmod(fd, mode) == 0 && write(fd, text, len) == (ssize_t)len && fsync(fd) == 0;
     ok = close(fd) == 0 && ok;
     if (!ok)
         snprintf(why, why_len, "cannot write %s: %s", path, strerror(errno));
@@ -85,6 +86,62 @@ static bool read_small_file(const char *path, bool is_secret, char *buf, size_t 
     return true;
 }
 
+/* The four files of an identity, in the order they are published: the
+ * secrets first, the public summary (which names them) last. */
+static const char *const key_exts[] = {"sign.pem", "seal.pem", "curve", "pub.json"};
+#define KEY_FILES 4
+
+static void remove_files(char (*paths)[600], size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if (paths[i][0] != '\0')
+            unlink(paths[i]);
+}
+
+/* Write the four files as temporary files in dir (same file system, so
+ * the rename is atomic), each fsynced. */
+static bool write_temporaries(const char *dir, const keys_identity *k, const char *z85_pub,
+                              const char *z85_sec, char (*tmp)[600], char *why, size_t why_len)
+{
+    for (size_t i = 0; i < KEY_FILES; i++)
+        snprintf(tmp[i], 600, "%s/.%s.%s.tmp-%ld", dir, k->id, key_exts[i], (long)getpid());
+    remove_files(tmp, KEY_FILES);   /* left by an earlier run that died */
+    if (!sign_secret_save_pem(tmp[0], k->sign_secret, why, why_len) ||
+        !seal_secret_save_pem(tmp[1], k->seal_secret, why, why_len))
+        return false;
+    char text[512];
+    snprintf(text, sizeof text, "public %s\nsecret %s\n", z85_pub, z85_sec);
+    bool ok = write_new_file(tmp[2], text, 0600, why, why_len);
+    OPENSSL_cleanse(text, sizeof text);
+    if (!ok)
+        return false;
+    uint8_t key_id[SIGN_KEY_ID_BYTES];
+    char hex_sign[65], hex_seal[65], hex_id[33];
+    sign_key_id(k->sign_public, key_id);
+    json_object *j = json_object_new_object();
+    json_object_object_add(j, "id", json_object_new_string(k->id));
+    json_object_object_add(j, "sign_public",
+                           json_object_new_string(ids_hex(k->sign_public, 32, hex_sign)));
+    json_object_object_add(j, "seal_public",
+                           json_object_new_string(ids_hex(k->seal_public, 32, hex_seal)));
+    json_object_object_add(j, "curve_public", json_object_new_string(z85_pub));
+    json_object_object_add(j, "sign_key_id", json_object_new_string(ids_hex(key_id, 16, hex_id)));
+    const char *js =
+        json_object_to_json_string_ext(j, JSON_C_TO_STRING_PRETTY | JSON_C_TO_STRING_NOSLASHESCAPE);
+    size_t n = js != NULL ? strlen(js) + 2 : 0;
+    char *pub = n > 0 ? malloc(n) : NULL;
+    if (pub != NULL)
+        snprintf(pub, n, "%s\n", js);
+    json_object_put(j);
+    if (pub == NULL) {
+        snprintf(why, why_len, "no memory for %s", tmp[3]);
+        return false;
+    }
+    ok = write_new_file(tmp[3], pub, 0644, why, why_len);
+    free(pub);
+    return ok;
+}
+
 bool keys_generate(const char *dir, const char *id, bool force, keys_identity *out, char *why,
                    size_t why_len)
 {
@@ -94,6 +151,23 @@ bool keys_generate(const char *dir, const char *id, bool force, keys_identity *o
         return false;
     }
     snprintf(out->id, sizeof out->id, "%s", id);
+    /* Every path is checked before anything is written: without force, one
+     * existing file means nothing changes at all. */
+    char path[KEY_FILES][600], tmp[KEY_FILES][600];
+    for (size_t i = 0; i < KEY_FILES; i++) {
+        path_of(path[i], sizeof path[i], dir, id, key_exts[i]);
+        struct stat st;
+        if (!force && lstat(path[i], &st) == 0) {
+            snprintf(why, why_len, "%s exists; nothing was written (use --force to replace "
+                     "all four key files of %s, which makes bodies sealed for the old key "
+                     "unreadable)", path[i], id);
+            return false;
+        }
+        if (!force && errno != ENOENT) {
+            snprintf(why, why_len, "cannot check %s: %s", path[i], strerror(errno));
+            return false;
+        }
+    }
     char z85_pub[41], z85_sec[41];
     if (!sign_keypair(out->sign_public, out->sign_secret) ||
         !seal_keypair(out->seal_public, out->seal_secret) ||
@@ -102,41 +176,34 @@ bool keys_generate(const char *dir, const char *id, bool force, keys_identity *o
         snprintf(why, why_len, "key generation failed (OpenSSL or libzmq without CURVE)");
         return false;
     }
-    char path[600], text[512];
-    path_of(path, sizeof path, dir, id, "sign.pem");
-    if (!sign_secret_save_pem(path, out->sign_secret, why, why_len))
-        return false;
-    path_of(path, sizeof path, dir, id, "seal.pem");
-    if (!seal_secret_save_pem(path, out->seal_secret, why, why_len))
-        return false;
-    path_of(path, sizeof path, dir, id, "curve");
-    snprintf(text, sizeof text, "public %s\nsecret %s\n", z85_pub, z85_sec);
-    bool ok = write_secret_file(path, text, force, why, why_len);
-    OPENSSL_cleanse(text, sizeof text);
+    memset(tmp, 0, sizeof tmp);
+    bool ok = write_temporaries(dir, out, z85_pub, z85_sec, tmp, why, why_len);
     OPENSSL_cleanse(z85_sec, sizeof z85_sec);
-    if (!ok)
-        return false;
-
-    uint8_t key_id[SIGN_KEY_ID_BYTES];
-    char hex_sign[65], hex_seal[65], hex_id[33];
-    sign_key_id(out->sign_public, key_id);
-    ids_hex(out->sign_public, 32, hex_sign);
-    ids_hex(out->seal_public, 32, hex_seal);
-    ids_hex(key_id, 16, hex_id);
-    json_object *j = json_object_new_object();
-    json_object_object_add(j, "id", json_object_new_string(id));
-    json_object_object_add(j, "sign_public", json_object_new_string(hex_sign));
-    json_object_object_add(j, "seal_public", json_object_new_string(hex_seal));
-    json_object_object_add(j, "curve_public", json_object_new_string(z85_pub));
-    json_object_object_add(j, "sign_key_id", json_object_new_string(hex_id));
-    path_of(path, sizeof path, dir, id, "pub.json");
-    FILE *f = fopen(path, "w");
-    ok = f != NULL && fprintf(f, "%s\n", json_object_to_json_string_ext(
-                                  j, JSON_C_TO_STRING_PRETTY | JSON_C_TO_STRING_NOSLASHESCAPE)) > 0;
-    ok = (f != NULL && fclose(f) == 0) && ok;
-    json_object_put(j);
-    if (!ok)
-        snprintf(why, why_len, "cannot write %s: %s", path, strerror(errno));
+    /* Publish: rename over the old files with force; otherwise link, which
+     * fails if a file appeared since the check (and what was linked is
+     * taken back, so nothing changes). */
+    size_t done = 0;
+    for (; ok && done < KEY_FILES; done++) {
+        int rc = force ? rename(tmp[done], path[done]) : link(tmp[done], path[done]);
+        if (rc != 0) {
+            snprintf(why, why_len, "cannot create %s: %s%s", path[done], strerror(errno),
+                     errno == EEXIST ? "; nothing was written (use --force to replace it)" : "");
+            ok = false;
+            break;
+        }
+        if (force)
+            tmp[done][0] = '\0';   /* renamed: nothing left to remove */
+    }
+    if (!ok && !force)
+        remove_files(path, done);
+    remove_files(tmp, KEY_FILES);
+    int dfd = open(dir, O_RDONLY | O_DIRECTORY);
+    if (ok && (dfd < 0 || fsync(dfd) != 0)) {
+        snprintf(why, why_len, "cannot sync directory %s: %s", dir, strerror(errno));
+        ok = false;
+    }
+    if (dfd >= 0)
+        close(dfd);
     return ok;
 }
 

@@ -34,8 +34,13 @@ typedef struct {
 } keys_public;
 
 /* Generate all three key pairs for id and write the four files into dir
- * (which must exist). Refuses to overwrite existing files unless force.
- * *out gets the identity (wipe it with keys_wipe). */
+ * (which must exist): ID.sign.pem, ID.seal.pem, ID.curve (0600) and
+ * ID.pub.json. Without force, if any of the four exists nothing is
+ * written at all. The files are written as fsynced temporary files in dir
+ * and then renamed (with force) or linked (without) into place, and dir
+ * is fsynced: a crash leaves the old files or the new ones, never a
+ * .pub.json naming keys that are not on disk. *out gets the identity
+ * (wipe it with keys_wipe). */
 bool keys_generate(const char *dir, const char *id, bool force, keys_identity *out, char *why,
                    size_t why_len);
 
