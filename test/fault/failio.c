@@ -8,7 +8,9 @@
  * ("EIO", the default, or "ENOSPC") and writes nothing. Intercepted: write,
  * pwrite, pwrite64, writev, pwritev, pwritev64, fsync, fdatasync: what LMDB
  * (without MDB_WRITEMAP, so without msync) uses to write and sync its pages
- * and its meta page. Every other call and every other file passes through.
+ * and its meta page. FAILIO_CALLS, when set, names the calls that fail
+ * (e.g. "fsync,fdatasync": the pages are written, the sync fails). Every
+ * other call and every other file passes through.
  *
  * It must never fail a call while the trigger is absent, and never touch a
  * file other than FAILIO_FILE. Under AddressSanitizer the process needs
@@ -51,13 +53,30 @@ typedef int (*sync_fn)(int);
         memcpy(&var, &p_, sizeof var);                          \
     }
 
+/* Is name one of the comma-separated names in list? */
+static bool is_listed(const char *list, const char *name)
+{
+    size_t n = strlen(name);
+    for (const char *p = list; *p != '\0';) {
+        const char *end = strchr(p, ',');
+        size_t len = end != NULL ? (size_t)(end - p) : strlen(p);
+        if (len == n && strncmp(p, name, n) == 0)
+            return true;
+        p += len + (end != NULL);
+    }
+    return false;
+}
+
 /* Should this call on fd fail? Then errno is set and the call's name is
  * reported once per call on stderr. */
 static bool should_fail(int fd, const char *call)
 {
     const char *trigger = getenv("FAILIO_TRIGGER");
     const char *file = getenv("FAILIO_FILE");
+    const char *calls = getenv("FAILIO_CALLS");
     if (trigger == NULL || file == NULL || fd < 0 || access(trigger, F_OK) != 0)
+        return false;
+    if (calls != NULL && calls[0] != '\0' && !is_listed(calls, call))
         return false;
     char link[64], target[PATH_MAX];
     snprintf(link, sizeof link, "/proc/self/fd/%d", fd);

@@ -125,6 +125,21 @@ def drain(client, expected, timeout_s=120):
     return seen
 
 
+def delivered_receipt(referral):
+    """A DELIVERED receipt for referral, from its recipient to its sender,
+    bound to it (in_reply_to, referral id, and the signed receipt level
+    where the schema has one)."""
+    ref = h.header_of(referral)
+
+    def bind(hd):
+        hd.in_reply_to = ref.message_id
+        hd.referral_id = ref.referral_id
+        if "receipt_level" in hd.DESCRIPTOR.fields_by_name:
+            hd.receipt_level = pb.ACK_LEVEL_DELIVERED
+    return h.make_envelope(ref.to_agency, ref.from_agency, kind=pb.MESSAGE_KIND_RECEIPT,
+                           body_size=100, header_edit=bind)
+
+
 def room_broker(mnt, guard_bytes, **settings):
     return h.Broker(broker__data_dir=os.path.join(mnt, "store"),
                     store__min_free_disk_bytes=guard_bytes, **settings)
@@ -139,7 +154,10 @@ def drained_store_accepts_again_and_receipts_flow_while_full():
         store_dir = os.path.join(mnt, "store")
         data = os.path.join(store_dir, "data.mdb")
         desk = h.Client(b, DESK)
+        answered = h.make_envelope(DESK, "qd.hospital", body_size=4000)
+        assert desk.submit(answered).code == pb.RESULT_OK
         accepted, refusal = submit_until_refused(desk, "qd.hospital", body_size=4000)
+        accepted.append(h.header_of(answered).message_id)
         assert "disk low" in refusal.detail and "min_free_disk_bytes" in refusal.detail, refusal
         size_full = os.path.getsize(data)
         free_full = disk_free(mnt)
@@ -147,8 +165,7 @@ def drained_store_accepts_again_and_receipts_flow_while_full():
 
         # While referrals are refused: a receipt is accepted, a settle is OK.
         hospital_desk = h.Client(b, "qd.hospital")
-        receipt = h.make_envelope("qd.hospital", DESK, kind=pb.MESSAGE_KIND_RECEIPT,
-                                  body_size=100)
+        receipt = delivered_receipt(answered)
         r = hospital_desk.submit(receipt)
         assert r.code == pb.RESULT_OK, f"receipt refused while referrals are: {r}"
         r = desk.submit(h.make_envelope(DESK, "qd.hospital", body_size=4000))
@@ -202,31 +219,32 @@ def burst_cannot_overshoot_the_disk_guard():
     on a 32 MiB disk: room is reserved per submission and measured each
     turn, so the disk never falls far under the guard."""
     guard = 16 * MIB
-    envs = [h.make_envelope(DESK, "qd.school", body_size=16000) for _ in range(1600)]
-    with small_disk(32) as mnt, room_broker(mnt, guard) as b:
-        desk = h.Client(b, DESK)
-        accepted, refused = [], 0
-        for at in range(0, len(envs), 400):
-            rids = [desk.submit(e, wait=False) for e in envs[at:at + 400]]
-            for rid in rids:
-                r = desk.wait_reply(rid, timeout_s=60)
-                if r.code == pb.RESULT_OK:
-                    accepted.append(r.message_id)
-                else:
-                    assert r.code == pb.RESULT_STORE_FULL, r
-                    refused += 1
-        free = disk_free(mnt)
-        print(f"     {len(accepted)} of {len(envs)} referrals of ~17 KB accepted in back-to-back "
-              f"windows of 400, {refused} refused: {free} bytes free on the disk under a "
-              f"guard of {guard}", flush=True)
-        assert refused > 0, "the disk guard never refused"
-        # The guard may be crossed by one turn's commit overhead (copied
-        # branch pages, the free list), never by the turn's referrals.
-        assert free >= guard - 2 * MIB, f"a burst overshot the guard: {free} bytes left"
-        assert b.proc.poll() is None
-        school = h.Client(b, "qd.school")
-        assert drain(school, set(accepted)) >= set(accepted)
-        assert b.stop() == 0
+    with small_disk(32) as mnt:
+        envs = [h.make_envelope(DESK, "qd.school", body_size=16000) for _ in range(1600)]
+        with room_broker(mnt, guard) as b:
+            desk = h.Client(b, DESK)
+            accepted, refused = [], 0
+            for at in range(0, len(envs), 400):
+                rids = [desk.submit(e, wait=False) for e in envs[at:at + 400]]
+                for rid in rids:
+                    r = desk.wait_reply(rid, timeout_s=60)
+                    if r.code == pb.RESULT_OK:
+                        accepted.append(r.message_id)
+                    else:
+                        assert r.code == pb.RESULT_STORE_FULL, r
+                        refused += 1
+            free = disk_free(mnt)
+            print(f"     {len(accepted)} of {len(envs)} referrals of ~17 KB accepted in back-to-back "
+                  f"windows of 400, {refused} refused: {free} bytes free on the disk under a "
+                  f"guard of {guard}", flush=True)
+            assert refused > 0, "the disk guard never refused"
+            # The guard may be crossed by one turn's commit overhead (copied
+            # branch pages, the free list), never by the turn's referrals.
+            assert free >= guard - 2 * MIB, f"a burst overshot the guard: {free} bytes left"
+            assert b.proc.poll() is None
+            school = h.Client(b, "qd.school")
+            assert drain(school, set(accepted)) >= set(accepted)
+            assert b.stop() == 0
 
 
 # ---- failed commits ----------------------------------------------------------
@@ -238,7 +256,7 @@ class FailingDisk:
     """Preload failio into the brokers started inside `with`; fail() and
     heal() create and remove the trigger."""
 
-    def __init__(self, broker, errno_name="EIO"):
+    def __init__(self, broker, errno_name="EIO", calls=None):
         if not FAILIO or not os.path.exists(FAILIO):
             print(f"skipped: the failio shim is not built ({FAILIO!r})", flush=True)
             sys.exit(77)
@@ -248,6 +266,7 @@ class FailingDisk:
             "FAILIO_FILE": os.path.realpath(os.path.join(broker.dir, "store", "data.mdb")),
             "FAILIO_TRIGGER": self.trigger,
             "FAILIO_ERRNO": errno_name,
+            "FAILIO_CALLS": calls or "",
             # The shim comes ahead of the ASan runtime in the preload order.
             "ASAN_OPTIONS": ":".join(x for x in (os.environ.get("ASAN_OPTIONS", ""),
                                                  "verify_asan_link_order=0") if x),
@@ -366,8 +385,9 @@ def failed_commit_in_a_reload_exits_3():
 
 
 def failed_commit_at_start_exits_3():
+    """Here the pages are written and only the sync fails."""
     with unstarted_broker() as b:
-        disk = FailingDisk(b, "EIO")
+        disk = FailingDisk(b, "EIO", calls="fsync,fdatasync")
         with disk:
             b.start()
         desk = h.Client(b, DESK)
