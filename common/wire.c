@@ -227,14 +227,19 @@ static wire_err decode_checked(const ProtobufCMessageDescriptor *desc, const uin
                                size_t len, size_t cap, size_t budget_bytes, check_fn check,
                                const wire_limits *limits, void **out, char *why, size_t why_len)
 {
-    ProtobufCMessage *m;
+    ProtobufCMessage *m = NULL;
     *out = NULL;
     wire_err e = unpack(desc, buf, len, cap, budget_bytes, &m, why, why_len);
-    if (e == WIRE_OK && check != NULL && (e = check(m, limits, why, why_len)) != WIRE_OK)
+    if (e != WIRE_OK)
+        return e;
+    if (m == NULL)   /* never: unpack sets m on WIRE_OK (said for the optimiser) */
+        return fail(why, why_len, WIRE_MALFORMED, "%s could not be decoded", desc->short_name);
+    if (check != NULL && (e = check(m, limits, why, why_len)) != WIRE_OK) {
         wire_free(m);
-    if (e == WIRE_OK)
-        *out = m;
-    return e;
+        return e;
+    }
+    *out = m;
+    return WIRE_OK;
 }
 
 /* ---- field rules ---------------------------------------------------------- */
@@ -399,9 +404,11 @@ wire_err wire_decode_header(const Referral__V1__Envelope *env, const wire_limits
     *out = NULL;
     if (env == NULL)
         return fail(why, why_len, WIRE_INVALID, "envelope is missing");
-    ProtobufCMessage *m;
+    ProtobufCMessage *m = NULL;
     TRY(unpack(&referral__v1__routing_header__descriptor, env->header.data, env->header.len,
                WIRE_MAX_HEADER_BYTES, limits->budget_bytes, &m, why, why_len));
+    if (m == NULL)   /* never: unpack sets m on WIRE_OK (said for the optimiser) */
+        return fail(why, why_len, WIRE_MALFORMED, "the routing header could not be decoded");
     wire_err e = check_header((Referral__V1__RoutingHeader *)m, env, why, why_len);
     if (e != WIRE_OK) {
         wire_free(m);

@@ -81,23 +81,25 @@ static void set_bytes(ProtobufCBinaryData *field, size_t len, uint8_t fill)
 /* The envelope a decoded message of decoder d carries, or NULL. */
 static const Referral__V1__Envelope *envelope_in(sample_decoder d, const void *msg)
 {
+    if (msg == NULL)
+        return NULL;
     switch (d) {
     case SAMPLE_CLIENT_FRAME: {
         const Referral__V1__ClientFrame *f = msg;
-        if (f->body_case == REFERRAL__V1__CLIENT_FRAME__BODY_SUBMIT)
+        if (f->body_case == REFERRAL__V1__CLIENT_FRAME__BODY_SUBMIT && f->submit != NULL)
             return f->submit->envelope;
         return NULL;
     }
     case SAMPLE_BROKER_FRAME: {
         const Referral__V1__BrokerFrame *f = msg;
-        if (f->body_case == REFERRAL__V1__BROKER_FRAME__BODY_DELIVERY &&
+        if (f->body_case == REFERRAL__V1__BROKER_FRAME__BODY_DELIVERY && f->delivery != NULL &&
             f->delivery->payload_case == REFERRAL__V1__DELIVERY__PAYLOAD_ENVELOPE)
             return f->delivery->envelope;
         return NULL;
     }
     case SAMPLE_PEER_FRAME: {
         const Referral__V1__PeerFrame *f = msg;
-        if (f->body_case == REFERRAL__V1__PEER_FRAME__BODY_FORWARD)
+        if (f->body_case == REFERRAL__V1__PEER_FRAME__BODY_FORWARD && f->forward != NULL)
             return f->forward->envelope;
         return NULL;
     }
