@@ -2,8 +2,17 @@
  * ingress: the checks a submission passes before the broker answers
  * ACCEPTED, in order:
  *
- *   decode header -> sender is the session's agency -> verify (seam) ->
- *   freshness and expiry -> loop and hop limit -> dedup -> room -> store
+ *   decode header -> sender is the session's agency -> no hops -> verify
+ *   (seam) -> dedup -> freshness and expiry -> hop limit -> binding ->
+ *   room -> store
+ *
+ * Binding: a message is checked against what this broker recorded about
+ * its referral, never against what the message says about itself. The
+ * first message of a referral records its sender and the agencies it
+ * addresses; a later message of that referral id from anyone else is
+ * refused, and a receipt counts only when it answers a message stored
+ * here, comes from an agency the referral addressed, goes back to that
+ * message's sender, and raises the level that agency asserted.
  *
  * The verify stage checks the signature against the signed directory
  * (docs/security.md). Routing is local: a recipient served by another
@@ -129,6 +138,87 @@ static uint8_t *pack_with_hop(const broker *b, const Referral__V1__Envelope *env
     return wire_pack(&copy, len);
 }
 
+/* The binding rules (top of this file) for h, against the store. */
+static Referral__V1__ResultCode check_binding(broker *b, MDB_txn *txn,
+                                              const Referral__V1__RoutingHeader *h,
+                                              char *detail, size_t dlen, store_err *fault)
+{
+    store_referral r;
+    store_err e = store_referral_get(b->st, txn, h->referral_id.data, &r);
+    if (e != STORE_OK && e != STORE_NOT_FOUND) {
+        *fault = e == STORE_CORRUPT ? STORE_OK : e;
+        snprintf(detail, dlen, "the record of this referral is unreadable here");
+        return e == STORE_CORRUPT ? R(CORRUPT) : R(INTERNAL);
+    }
+    bool is_known = e == STORE_OK;
+    if (h->kind != REFERRAL__V1__MESSAGE_KIND__MESSAGE_KIND_RECEIPT) {
+        if (is_known && strcmp(r.sender, h->from_agency) != 0) {
+            snprintf(detail, dlen, "referral id belongs to a referral sent by another agency; "
+                     "a new referral needs a new referral id");
+            return R(NOT_AUTHORIZED);
+        }
+        return R(OK);
+    }
+    store_msg m;
+    e = store_msg_get(b->st, txn, h->in_reply_to.data, &m);
+    if (e == STORE_NOT_FOUND || (e == STORE_OK && m.payload_kind != STORE_PAYLOAD_ENVELOPE)) {
+        snprintf(detail, dlen, "receipt answers a message this broker does not know");
+        return R(RECEIPT_REFUSED);
+    }
+    if (e != STORE_OK) {
+        *fault = e;
+        snprintf(detail, dlen, "store failed");
+        return R(INTERNAL);
+    }
+    if (!is_known || memcmp(m.referral_id, h->referral_id.data, IDS_BYTES) != 0) {
+        snprintf(detail, dlen, "receipt names another referral than the message it answers");
+        return R(RECEIPT_REFUSED);
+    }
+    if (!store_referral_names(&r, h->from_agency, false)) {
+        snprintf(detail, dlen, "%s may not acknowledge this referral: it was not addressed to "
+                 "it", h->from_agency);
+        return R(RECEIPT_REFUSED);
+    }
+    if (strcmp(h->to_agency, m.sender) != 0) {
+        snprintf(detail, dlen, "a receipt goes back to the message's sender %s, not to %s",
+                 m.sender, h->to_agency);
+        return R(RECEIPT_REFUSED);
+    }
+    uint32_t level = 0;
+    e = store_level_get(b->st, txn, h->in_reply_to.data, h->from_agency, &level);
+    if (e != STORE_OK && e != STORE_CORRUPT) {
+        *fault = e;
+        snprintf(detail, dlen, "store failed");
+        return R(INTERNAL);
+    }
+    if ((uint32_t)h->receipt_level <= level) {
+        snprintf(detail, dlen, "%s already asserted level %u for this message; levels only "
+                 "move forward", h->from_agency, level);
+        return R(RECEIPT_REFUSED);
+    }
+    return R(OK);
+}
+
+/* Record what binding needs (in the submission's child transaction): the
+ * referral at its first message, a receipt's level. */
+static store_err record_binding(broker *b, MDB_txn *txn, const Referral__V1__RoutingHeader *h)
+{
+    if (h->kind == REFERRAL__V1__MESSAGE_KIND__MESSAGE_KIND_RECEIPT)
+        return store_level_put(b->st, txn, h->in_reply_to.data, h->from_agency,
+                               (uint32_t)h->receipt_level);
+    store_referral r;
+    store_err e = store_referral_get(b->st, txn, h->referral_id.data, &r);
+    if (e != STORE_NOT_FOUND)
+        return e == STORE_CORRUPT ? STORE_OK : e;
+    memset(&r, 0, sizeof r);
+    snprintf(r.sender, sizeof r.sender, "%s", h->from_agency);
+    snprintf(r.addressed[r.n_addressed++], sizeof r.addressed[0], "%s", h->to_agency);
+    for (size_t i = 0; i < h->n_backup_recipients && r.n_addressed < STORE_REFERRAL_MAX; i++)
+        snprintf(r.addressed[r.n_addressed++], sizeof r.addressed[0], "%s",
+                 h->backup_recipients[i]);
+    return store_referral_put(b->st, txn, h->referral_id.data, &r);
+}
+
 static Referral__V1__ResultCode check(broker *b, MDB_txn *txn, const session *sess,
                                       const Referral__V1__Envelope *env,
                                       const Referral__V1__RoutingHeader *h,
@@ -140,6 +230,16 @@ static Referral__V1__ResultCode check(broker *b, MDB_txn *txn, const session *se
         snprintf(detail, dlen, "from_agency %s is not this session's agency %s",
                  h->from_agency, sess->agency);
         return R(SENDER_MISMATCH);
+    }
+    if (env->n_hops > 0) {
+        snprintf(detail, dlen, "hops are appended by brokers only; submit with an empty hops "
+                 "list");
+        return R(INVALID_FIELD);
+    }
+    if (h->kind == REFERRAL__V1__MESSAGE_KIND__MESSAGE_KIND_ALERT) {
+        snprintf(detail, dlen, "alerts are made and signed by brokers, not submitted by "
+                 "agencies");
+        return R(NOT_AUTHORIZED);
     }
     Referral__V1__ResultCode code = verify_envelope(b, env, h, detail, dlen);
     if (code != R(OK))
@@ -164,7 +264,7 @@ static Referral__V1__ResultCode check(broker *b, MDB_txn *txn, const session *se
         return R(INTERNAL);
     }
     uint64_t skew = b->cfg.clock_skew_ms;
-    if (env->n_hops == 0 && (h->created_at_ms + skew < now_ms || h->created_at_ms > now_ms + skew)) {
+    if (h->created_at_ms + skew < now_ms || h->created_at_ms > now_ms + skew) {
         snprintf(detail, dlen, "created_at_ms is more than %" PRIu64 " ms from the broker's "
                  "clock (%" PRIu64 "); check the desk's clock", skew, now_ms);
         return R(REPLAY);
@@ -188,6 +288,9 @@ static Referral__V1__ResultCode check(broker *b, MDB_txn *txn, const session *se
         snprintf(detail, dlen, "hop limit %u reached", h->hop_limit);
         return R(HOP_LIMIT);
     }
+    code = check_binding(b, txn, h, detail, dlen, fault);
+    if (code != R(OK))
+        return code;
     char room_why[200];
     size_t size = env->header.len + env->sealed_body.len + 256;
     bool is_receipt = h->kind == REFERRAL__V1__MESSAGE_KIND__MESSAGE_KIND_RECEIPT;
@@ -245,6 +348,8 @@ store_err ingress_submit(broker *b, MDB_txn *txn, const session *sess,
             snprintf(m.recipient, sizeof m.recipient, "%s", h->to_agency);
             snprintf(m.sender, sizeof m.sender, "%s", h->from_agency);
             e = delivery_enqueue(&b->dc, child, &m, payload, len, now_ms);
+            if (e == STORE_OK)
+                e = record_binding(b, child, h);
             if (e == STORE_OK)
                 e = store_err_from_mdb(mdb_txn_commit(child));
             else

@@ -249,8 +249,6 @@ static store_err handle_status(broker *b, MDB_txn *txn, const session *s,
 typedef struct {
     Referral__V1__TraceEvent *events[256];
     size_t n;
-    const char *agency;
-    bool may_see;
 } trace_collect;
 
 static void collect_event(const uint8_t *bytes, size_t len, void *ctx)
@@ -261,24 +259,30 @@ static void collect_event(const uint8_t *bytes, size_t len, void *ctx)
         wire_free(ev);
         return;
     }
-    if (strcmp(ev->agency_id, tc->agency) == 0 || strcmp(ev->from_agency, tc->agency) == 0)
-        tc->may_see = true;
     tc->events[tc->n++] = ev;
 }
 
-/* A trace query: the referral's events at this broker, for an agency that
- * sent or received one of its messages. Every query is logged. */
+/* A trace query: the referral's events at this broker, answered only to
+ * its original sender and the agencies it was addressed to, as recorded
+ * when the referral was first stored here (store_referral), never to
+ * whoever appears in its events. Every query is logged. */
 static store_err handle_trace(broker *b, MDB_txn *txn, const session *s,
                               const Referral__V1__TraceQuery *q)
 {
-    trace_collect tc = {.n = 0, .agency = s->agency, .may_see = false};
+    trace_collect tc = {.n = 0};
     bool is_truncated = false;
-    store_err e = store_trace_each(b->st, txn, q->referral_id.data, 256, collect_event, &tc,
-                                   &is_truncated);
+    store_referral ref;
+    store_err e = store_referral_get(b->st, txn, q->referral_id.data, &ref);
+    bool may_see = e == STORE_OK && store_referral_names(&ref, s->agency, true);
+    if (e == STORE_NOT_FOUND || e == STORE_CORRUPT)
+        e = STORE_OK;
+    if (may_see)
+        e = store_trace_each(b->st, txn, q->referral_id.data, 256, collect_event, &tc,
+                             &is_truncated);
     Referral__V1__TraceReply tr = REFERRAL__V1__TRACE_REPLY__INIT;
     tr.request_id = q->request_id;
-    tr.code = tc.may_see ? R(OK) : R(NOT_AUTHORIZED);
-    if (tc.may_see) {
+    tr.code = may_see ? R(OK) : R(NOT_AUTHORIZED);
+    if (may_see) {
         tr.events = tc.events;
         tr.n_events = tc.n;
         tr.is_truncated = is_truncated;
@@ -286,7 +290,7 @@ static store_err handle_trace(broker *b, MDB_txn *txn, const session *s,
     char hex[IDS_HEX_LEN + 1];
     log_info("trace", "trace query referral=%s agency=%s events=%zu answered=%s",
              ids_hex(q->referral_id.data, IDS_BYTES, hex), s->agency, tc.n,
-             tc.may_see ? "yes" : "refused");
+             may_see ? "yes" : "refused");
     Referral__V1__BrokerFrame rf = REFERRAL__V1__BROKER_FRAME__INIT;
     rf.body_case = REFERRAL__V1__BROKER_FRAME__BODY_TRACE;
     rf.trace = &tr;

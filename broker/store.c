@@ -6,6 +6,7 @@
  */
 #include "store.h"
 
+#include <assert.h>
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -23,6 +24,7 @@
 
 static const char *const db_names[STORE_DB_COUNT] = {
     "meta", "msgs", "bodies", "queue", "inflight", "dedup", "deadlines", "quarantine", "trace",
+    "referrals", "levels",
 };
 
 struct store {
@@ -110,6 +112,146 @@ static store_err meta_put(store *s, MDB_txn *txn, const char *key, const void *d
     return store_err_from_mdb(mdb_put(txn, s->dbi[STORE_DB_META], &k, &v, 0));
 }
 
+/* ---- referrals and levels ------------------------------------------------
+ * referral record, version 1: [0] 1 | [1] n addressed (1..33) | sender as
+ * [len][bytes] | n times [len][bytes]. level record: [0] 1 | [1] level.
+ * The level key is the message id then the agency id. */
+
+#define REFERRAL_V1 1
+#define LEVEL_V1 1
+
+static size_t referral_encode(const store_referral *r, uint8_t *out)
+{
+    size_t at = 0;
+    out[at++] = REFERRAL_V1;
+    out[at++] = (uint8_t)r->n_addressed;
+    for (size_t i = 0; i <= r->n_addressed; i++) {
+        const char *name = i == 0 ? r->sender : r->addressed[i - 1];
+        size_t len = strnlen(name, IDS_NAME_MAX);
+        out[at++] = (uint8_t)len;
+        memcpy(out + at, name, len);
+        at += len;
+    }
+    return at;
+}
+
+static bool referral_decode(const uint8_t *p, size_t len, store_referral *r)
+{
+    memset(r, 0, sizeof *r);
+    if (len < 2 || p[0] != REFERRAL_V1 || p[1] < 1 || p[1] > STORE_REFERRAL_MAX)
+        return false;
+    r->n_addressed = p[1];
+    size_t at = 2;
+    for (size_t i = 0; i <= r->n_addressed; i++) {
+        if (at >= len || p[at] > IDS_NAME_MAX || at + 1 + p[at] > len)
+            return false;
+        char *name = i == 0 ? r->sender : r->addressed[i - 1];
+        memcpy(name, p + at + 1, p[at]);
+        name[p[at]] = '\0';
+        at += 1 + (size_t)p[at];
+    }
+    return at == len;
+}
+
+store_err store_referral_get(store *s, MDB_txn *txn, const uint8_t referral_id[IDS_BYTES],
+                             store_referral *r)
+{
+    MDB_val k = {.mv_size = IDS_BYTES, .mv_data = (void *)(uintptr_t)referral_id}, v;
+    int rc = mdb_get(txn, s->dbi[STORE_DB_REFERRALS], &k, &v);
+    if (rc != 0)
+        return store_err_from_mdb(rc);
+    return referral_decode(v.mv_data, v.mv_size, r) ? STORE_OK : STORE_CORRUPT;
+}
+
+store_err store_referral_put(store *s, MDB_txn *txn, const uint8_t referral_id[IDS_BYTES],
+                             const store_referral *r)
+{
+    uint8_t buf[2 + (STORE_REFERRAL_MAX + 1) * (IDS_NAME_MAX + 1)];
+    assert(r->n_addressed >= 1 && r->n_addressed <= STORE_REFERRAL_MAX);
+    MDB_val k = {.mv_size = IDS_BYTES, .mv_data = (void *)(uintptr_t)referral_id};
+    MDB_val v = {.mv_size = referral_encode(r, buf), .mv_data = buf};
+    return store_err_from_mdb(mdb_put(txn, s->dbi[STORE_DB_REFERRALS], &k, &v, 0));
+}
+
+bool store_referral_names(const store_referral *r, const char *agency, bool with_sender)
+{
+    if (with_sender && strcmp(r->sender, agency) == 0)
+        return true;
+    for (size_t i = 0; i < r->n_addressed; i++)
+        if (strcmp(r->addressed[i], agency) == 0)
+            return true;
+    return false;
+}
+
+static size_t level_key(const uint8_t message_id[IDS_BYTES], const char *agency,
+                        uint8_t key[IDS_BYTES + IDS_NAME_MAX])
+{
+    size_t len = strnlen(agency, IDS_NAME_MAX);
+    memcpy(key, message_id, IDS_BYTES);
+    memcpy(key + IDS_BYTES, agency, len);
+    return IDS_BYTES + len;
+}
+
+store_err store_level_get(store *s, MDB_txn *txn, const uint8_t message_id[IDS_BYTES],
+                          const char *agency, uint32_t *level)
+{
+    uint8_t key[IDS_BYTES + IDS_NAME_MAX];
+    MDB_val k = {.mv_size = level_key(message_id, agency, key), .mv_data = key}, v;
+    *level = 0;
+    int rc = mdb_get(txn, s->dbi[STORE_DB_LEVELS], &k, &v);
+    if (rc == MDB_NOTFOUND)
+        return STORE_OK;
+    if (rc != 0)
+        return store_err_from_mdb(rc);
+    const uint8_t *p = v.mv_data;
+    if (v.mv_size != 2 || p[0] != LEVEL_V1)
+        return STORE_CORRUPT;
+    *level = p[1];
+    return STORE_OK;
+}
+
+store_err store_level_put(store *s, MDB_txn *txn, const uint8_t message_id[IDS_BYTES],
+                          const char *agency, uint32_t level)
+{
+    uint8_t key[IDS_BYTES + IDS_NAME_MAX], rec[2] = {LEVEL_V1, (uint8_t)level};
+    MDB_val k = {.mv_size = level_key(message_id, agency, key), .mv_data = key};
+    MDB_val v = {.mv_size = sizeof rec, .mv_data = rec};
+    return store_err_from_mdb(mdb_put(txn, s->dbi[STORE_DB_LEVELS], &k, &v, 0));
+}
+
+/* A store made before the referrals database: record each referral from
+ * the earliest message stored for it (ids are time ordered): its sender,
+ * and its recipient as the one agency addressed. */
+static store_err build_referrals(store *s, MDB_txn *txn)
+{
+    MDB_cursor *c;
+    int rc = mdb_cursor_open(txn, s->dbi[STORE_DB_MSGS], &c);
+    if (rc != 0)
+        return store_err_from_mdb(rc);
+    MDB_val k, v;
+    store_err e = STORE_OK;
+    size_t n = 0;
+    while (e == STORE_OK && mdb_cursor_get(c, &k, &v, MDB_NEXT) == 0) {
+        store_msg m;
+        store_referral r;
+        if (k.mv_size != IDS_BYTES || store_msg_get(s, txn, k.mv_data, &m) != STORE_OK ||
+            m.payload_kind != STORE_PAYLOAD_ENVELOPE)
+            continue;
+        if (store_referral_get(s, txn, m.referral_id, &r) != STORE_NOT_FOUND)
+            continue;
+        memset(&r, 0, sizeof r);
+        snprintf(r.sender, sizeof r.sender, "%s", m.sender);
+        snprintf(r.addressed[0], sizeof r.addressed[0], "%s", m.recipient);
+        r.n_addressed = 1;
+        e = store_referral_put(s, txn, m.referral_id, &r);
+        n++;
+    }
+    mdb_cursor_close(c);
+    if (e == STORE_OK && n > 0)
+        log_info("store", "recorded referrals of an older store count=%zu", n);
+    return e;
+}
+
 /* Open the named databases; create them and the meta keys for a new store,
  * or check format and owner of an existing one. */
 static store_err open_dbs(store *s, bool is_new, const char *broker_id, char *why,
@@ -122,7 +264,8 @@ static store_err open_dbs(store *s, bool is_new, const char *broker_id, char *wh
         return STORE_FAILED;
     }
     for (int i = 0; i < STORE_DB_COUNT; i++) {
-        rc = mdb_dbi_open(txn, db_names[i], is_new ? MDB_CREATE : 0, &s->dbi[i]);
+        bool is_added = i >= STORE_DB_REFERRALS;   /* created in stores made before them */
+        rc = mdb_dbi_open(txn, db_names[i], is_new || is_added ? MDB_CREATE : 0, &s->dbi[i]);
         if (rc != 0) {
             snprintf(why, why_len, "store %s has no database \"%s\" (%s): it is not a referral "
                      "store of this format or it is damaged; restore it from a backup",
@@ -155,6 +298,25 @@ static store_err open_dbs(store *s, bool is_new, const char *broker_id, char *wh
                      "data_dir at this broker's own store", s->dir, broker_id);
             mdb_txn_abort(txn);
             return STORE_CORRUPT;
+        }
+        if (meta_get(s, txn, "referrals_built", &v) == STORE_NOT_FOUND) {
+            store_err e = build_referrals(s, txn);
+            if (e == STORE_OK)
+                e = meta_put(s, txn, "referrals_built", "1", 1);
+            if (e != STORE_OK) {
+                snprintf(why, why_len, "cannot record the referrals of store %s: %s", s->dir,
+                         store_strerror(e));
+                mdb_txn_abort(txn);
+                return e;
+            }
+        }
+    }
+    if (is_new) {
+        store_err e = meta_put(s, txn, "referrals_built", "1", 1);
+        if (e != STORE_OK) {
+            snprintf(why, why_len, "cannot initialise store %s: %s", s->dir, store_strerror(e));
+            mdb_txn_abort(txn);
+            return e;
         }
     }
     rc = mdb_txn_commit(txn);

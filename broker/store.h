@@ -12,6 +12,11 @@
  *   deadlines   due_ms kind id -> ()                     (deadline.c)
  *   quarantine  message id -> record that failed its digest check
  *   trace       referral id, seq -> TraceEvent bytes
+ *   referrals   referral id -> who sent it first and whom it addressed
+ *               (store_referral), written when its first message is stored:
+ *               receipts and trace queries are checked against it
+ *   levels      message id, agency -> the highest receipt level that agency
+ *               asserted for that message (levels only move forward)
  *
  * Rules this module keeps (docs/operations.md explains them):
  *   - LMDB's default full sync; never NOSYNC, NOMETASYNC, MAPASYNC or
@@ -56,6 +61,8 @@ typedef enum {
     STORE_DB_DEADLINES,
     STORE_DB_QUARANTINE,
     STORE_DB_TRACE,
+    STORE_DB_REFERRALS,     /* added after format 1's first release: created at open */
+    STORE_DB_LEVELS,        /* likewise */
     STORE_DB_COUNT
 } store_db;
 
@@ -84,6 +91,16 @@ typedef struct {
     char recipient[IDS_NAME_MAX + 1];      /* whose queue */
     char sender[IDS_NAME_MAX + 1];         /* who is told about final states */
 } store_msg;
+
+/* A referral as first recorded here: its original sender and the agencies
+ * it was addressed to (recipient first, then backups; escalation adds the
+ * agencies it copies or re-routes to). */
+#define STORE_REFERRAL_MAX 33
+typedef struct {
+    char sender[IDS_NAME_MAX + 1];
+    size_t n_addressed;
+    char addressed[STORE_REFERRAL_MAX][IDS_NAME_MAX + 1];
+} store_referral;
 
 typedef struct {
     const char *dir;              /* borrowed; must exist or be creatable */
@@ -172,6 +189,22 @@ store_err store_dedup_put(store *s, MDB_txn *txn, const uint8_t id[IDS_BYTES],
 store_err store_dedup_get(store *s, MDB_txn *txn, const uint8_t id[IDS_BYTES],
                           uint8_t digest[DIGEST_BYTES]);
 store_err store_dedup_del(store *s, MDB_txn *txn, const uint8_t id[IDS_BYTES]);
+
+/* The record of referral_id (STORE_NOT_FOUND if none; STORE_CORRUPT if it
+ * cannot be decoded), and its writing (insert or replace). */
+store_err store_referral_get(store *s, MDB_txn *txn, const uint8_t referral_id[IDS_BYTES],
+                             store_referral *r);
+store_err store_referral_put(store *s, MDB_txn *txn, const uint8_t referral_id[IDS_BYTES],
+                             const store_referral *r);
+/* Is agency the referral's sender or one it addressed? */
+bool store_referral_names(const store_referral *r, const char *agency, bool with_sender);
+
+/* The highest receipt level agency asserted for message_id (0 if none),
+ * and its update. */
+store_err store_level_get(store *s, MDB_txn *txn, const uint8_t message_id[IDS_BYTES],
+                          const char *agency, uint32_t *level);
+store_err store_level_put(store *s, MDB_txn *txn, const uint8_t message_id[IDS_BYTES],
+                          const char *agency, uint32_t level);
 
 /* Append a packed TraceEvent under referral_id. */
 store_err store_trace_put(store *s, MDB_txn *txn, const uint8_t referral_id[IDS_BYTES],

@@ -536,7 +536,7 @@ ref_err ref_client_new(const ref_config *cfg, ref_client **out, char *detail, si
         if (unreadable > 0)
             say(c, REF_LOG_ERROR, "inbox entries of an unknown format were set aside count=%zu",
                 unreadable);
-        state_seen_prune(c->st, clock_now_ms());
+        state_prune(c->st, clock_now_ms());
     }
     if (e == REF_OK)
         e = connect_socket(c, b, cfg->endpoint != NULL ? cfg->endpoint : b->endpoint, why,

@@ -41,6 +41,7 @@ struct ref_delivery {
     ref_delivery_kind kind;
     char message_id[REF_ID_HEX_LEN + 1];
     char referral_id[REF_ID_HEX_LEN + 1];
+    char in_reply_to[REF_ID_HEX_LEN + 1];   /* a receipt: the message it answers */
     char from[IDS_NAME_MAX + 1];
     ref_urgency urgency;
     uint32_t attempt;

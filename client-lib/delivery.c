@@ -107,6 +107,7 @@ static ref_err delivery_from_notice(ref_client *c, const uint8_t wire_id[16],
     ref_delivery *d = delivery_new(REF_DELIVERY_NOTICE, wire_id, "", text);
     if (d != NULL) {
         ids_hex(n->message_id.data, 16, d->message_id);
+        ids_hex(n->message_id.data, 16, d->in_reply_to);
         if (n->referral_id.len == 16)
             ids_hex(n->referral_id.data, 16, d->referral_id);
         snprintf(d->from, sizeof d->from, "%s", n->broker_id);
@@ -134,8 +135,6 @@ static bool fill_from_body(ref_delivery *d, const Referral__V1__BodyPlaintext *p
         const Referral__V1__Receipt *r = p->receipt;
         d->kind = REF_DELIVERY_RECEIPT;
         d->level = (int)r->level;
-        if (r->message_id.len == 16)
-            ids_hex(r->message_id.data, 16, d->referral_id);   /* the referral message acked */
         snprintf(text, sizeof text, "%s by %s%s%s",
                  enum_name(&referral__v1__ack_level__descriptor, (int)r->level), r->agency_id,
                  r->person[0] ? ", " : "", r->person);
@@ -159,6 +158,41 @@ static bool fill_from_body(ref_delivery *d, const Referral__V1__BodyPlaintext *p
            d->detail != NULL;
 }
 
+/* A receipt counts only when it is bound to what this agency recorded when
+ * it sent the referral: it answers a message sent from here, its signer
+ * was addressed by it (recipient or backup), the body's agency is the
+ * signer, and body and header agree on message, referral and level. */
+static bool is_receipt_bound(ref_client *c, const Referral__V1__RoutingHeader *h,
+                             const Referral__V1__Receipt *r, char *why, size_t why_len)
+{
+    state_sent sent;
+    if (h->kind != REFERRAL__V1__MESSAGE_KIND__MESSAGE_KIND_RECEIPT || h->in_reply_to.len != 16) {
+        snprintf(why, why_len, "a receipt body in an envelope that is not a receipt");
+        return false;
+    }
+    if (state_sent_get(c->st, h->in_reply_to.data, &sent) != REF_OK) {
+        snprintf(why, why_len, "receipt for a message this agency did not send (or forgot)");
+        return false;
+    }
+    bool is_addressed = false;
+    for (size_t i = 0; i < sent.n && !is_addressed; i++)
+        is_addressed = strcmp(sent.agencies[i], h->from_agency) == 0;
+    if (!is_addressed) {
+        snprintf(why, why_len, "receipt signed by %s, which the referral was not addressed to",
+                 h->from_agency);
+        return false;
+    }
+    if (strcmp(r->agency_id, h->from_agency) != 0 || r->message_id.len != 16 ||
+        memcmp(r->message_id.data, h->in_reply_to.data, 16) != 0 ||
+        r->referral_id.len != 16 || memcmp(r->referral_id.data, h->referral_id.data, 16) != 0 ||
+        (int)r->level != (int)h->receipt_level) {
+        snprintf(why, why_len, "receipt body does not match its signed header (agency, "
+                 "message, referral or level)");
+        return false;
+    }
+    return true;
+}
+
 /* Verify and open an envelope addressed to this agency and make its
  * delivery; seen gets what a receipt to its sender needs. */
 static ref_err delivery_from_envelope(ref_client *c, const uint8_t wire_id[16],
@@ -171,11 +205,21 @@ static ref_err delivery_from_envelope(ref_client *c, const uint8_t wire_id[16],
     ref_err e = (ref_err)envelope_open(&c->keys, c->dir, env, &h, &p, why, why_len);
     if (e != REF_OK)
         return e;
+    bool is_receipt = p->body_case == REFERRAL__V1__BODY_PLAINTEXT__BODY_RECEIPT;
+    if (is_receipt ? !is_receipt_bound(c, h, p->receipt, why, why_len)
+                   : h->kind == REFERRAL__V1__MESSAGE_KIND__MESSAGE_KIND_RECEIPT) {
+        if (!is_receipt)
+            snprintf(why, why_len, "a receipt envelope without a receipt body");
+        wire_free(h);
+        wire_free(p);
+        return REF_E_PROTOCOL;
+    }
     ref_delivery *d = delivery_new(REF_DELIVERY_REFERRAL, wire_id, "", "");
     if (d != NULL && fill_from_body(d, p)) {
         ids_hex(h->message_id.data, 16, d->message_id);
-        if (d->kind != REF_DELIVERY_RECEIPT)
-            ids_hex(h->referral_id.data, 16, d->referral_id);
+        ids_hex(h->referral_id.data, 16, d->referral_id);
+        if (h->in_reply_to.len == 16)
+            ids_hex(h->in_reply_to.data, 16, d->in_reply_to);
         snprintf(d->from, sizeof d->from, "%s", h->from_agency);
         d->urgency = (ref_urgency)h->urgency;
         memset(seen, 0, sizeof *seen);
@@ -526,4 +570,5 @@ uint32_t ref_delivery_subject_age(const ref_delivery *d) { return d->age; }
 int ref_delivery_level(const ref_delivery *d) { return d->level; }
 const char *ref_delivery_detail(const ref_delivery *d) { return d->detail; }
 uint32_t ref_delivery_attempt(const ref_delivery *d) { return d->attempt; }
+const char *ref_delivery_in_reply_to(const ref_delivery *d) { return d->in_reply_to; }
 

@@ -78,6 +78,7 @@ int envelope_compose(const keys_identity *me, const directory *dir, const envelo
     h.expires_at_ms = now + spec->ttl_ms;
     h.hop_limit = 8;
     h.suite = REFERRAL__V1__CIPHER_SUITE__CIPHER_SUITE_ED25519_X25519_AES256GCM;
+    h.receipt_level = spec->receipt_level;
     h.padded_size = (uint32_t)sealed_len;
     size_t hlen;
     uint8_t *header = wire_pack(&h, &hlen);

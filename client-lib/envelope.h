@@ -22,6 +22,7 @@ typedef struct {
     uint64_t ttl_ms;
     const uint8_t *referral_id;     /* NULL: a new referral */
     const uint8_t *in_reply_to;     /* NULL or 16 bytes */
+    Referral__V1__AckLevel receipt_level;   /* for kind RECEIPT: the level asserted */
     const uint8_t *plaintext;
     size_t plaintext_len;
 } envelope_spec;

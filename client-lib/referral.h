@@ -287,6 +287,11 @@ REF_API int ref_delivery_level(const ref_delivery *d);
 /* The broker's attempt number of this delivery (1 for the first; 0 for a
  * notice made by the library). */
 REF_API uint32_t ref_delivery_attempt(const ref_delivery *d);
+/* For a receipt: the message id of the referral it acknowledges ("" for
+ * others). A receipt is only returned when its signer is an agency that
+ * referral was addressed to (recipient or backup) and its body agrees with
+ * its signed header; any other is refused at the broker and never shown. */
+REF_API const char *ref_delivery_in_reply_to(const ref_delivery *d);
 REF_API const char *ref_delivery_detail(const ref_delivery *d);
 
 /*

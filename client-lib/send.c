@@ -126,11 +126,20 @@ static ref_err map_refusal(Referral__V1__ResultCode code)
     return REF_E_REFUSED;
 }
 
-/* Store in the outbox, submit, and (if wait) wait for the broker's answer. */
+/* Store in the outbox (with sent, for a referral, in the same commit),
+ * submit, and (if wait) wait for the broker's answer. */
 static ref_err hand_over(ref_client *c, const uint8_t *env, size_t len, const uint8_t id[16],
-                         bool wait)
+                         const state_sent *sent, bool wait)
 {
-    if (state_outbox_put1(c->st, id, env, len) != REF_OK)
+    state_txn *txn;
+    if (state_begin(c->st, &txn) != REF_OK)
+        return REF_E_STATE;
+    if (state_outbox_put(txn, id, env, len) != REF_OK ||
+        (sent != NULL && state_sent_put(txn, id, sent) != REF_OK)) {
+        state_abort(&txn);
+        return REF_E_STATE;
+    }
+    if (state_commit(&txn) != REF_OK)
         return REF_E_STATE;
     ref_err e = submit_bytes(c, env, len);
     if (e != REF_OK || !wait)
@@ -169,15 +178,21 @@ static ref_err seal_and_sign(ref_client *c, const Referral__V1__BodyPlaintext *p
     return e;
 }
 
-/* Seal, sign and hand over (waiting for the answer if wait). */
+/* Seal, sign and hand over a referral (waiting for the answer if wait),
+ * remembering whom it was addressed to: only their receipts are shown. */
 static ref_err send_body(ref_client *c, const Referral__V1__BodyPlaintext *p,
                          envelope_spec *spec, bool wait, uint8_t mid[16], uint8_t rid[16])
 {
     uint8_t *env = NULL;
     size_t len = 0;
+    state_sent sent = {.forget_at_ms = clock_now_ms() + spec->ttl_ms + SEEN_KEEP_MS, .n = 0};
+    snprintf(sent.agencies[sent.n++], sizeof sent.agencies[0], "%s", spec->to_agency);
+    for (size_t i = 0; i < spec->n_backups && sent.n < STATE_SENT_MAX; i++)
+        snprintf(sent.agencies[sent.n++], sizeof sent.agencies[0], "%s",
+                 spec->backups[i] != NULL ? spec->backups[i] : "");
     ref_err e = seal_and_sign(c, p, spec, &env, &len, mid, rid);
     if (e == REF_OK)
-        e = hand_over(c, env, len, mid, wait);
+        e = hand_over(c, env, len, mid, &sent, wait);
     free(env);
     return e;
 }
@@ -281,6 +296,7 @@ ref_err compose_receipt(ref_client *c, const uint8_t mid[16], const state_seen *
         .ttl_ms = (uint64_t)DEFAULT_TTL_S * 1000u,
         .referral_id = seen->referral_id,
         .in_reply_to = mid,
+        .receipt_level = (Referral__V1__AckLevel)level,
     };
     uint8_t rid[16];
     return seal_and_sign(c, &p, &spec, env, len, rmid, rid);
@@ -307,7 +323,7 @@ ref_err ref_acknowledge(ref_client *c, const char *mid_hex, ref_level level, con
     size_t len = 0;
     ref_err e = compose_receipt(c, mid, &seen, level, person, reason, &env, &len, rmid);
     if (e == REF_OK)
-        e = hand_over(c, env, len, rmid, true);
+        e = hand_over(c, env, len, rmid, NULL, true);
     free(env);
     return e;
 }

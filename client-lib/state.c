@@ -9,6 +9,8 @@
  *          [25] urgency | [26] n = length of from (<= 64) | [27..] from
  *   inbox  [0] version 1 | [1] kind | [2] urgency | [3..6] attempt |
  *          [7..] payload
+ *   sent   [0] version 1 | [1..8] forget_at_ms | [9] n (1..17) | n times:
+ *          [0] length (<= 64) | the agency id
  *   outbox a packed Envelope (protobuf: versioned by its schema)
  * Format 1 (libreferral 0.1.0, no "format" key) stored seen as the raw
  * C struct of x86-64 (96 bytes: u64, 16 bytes, char[65], u8, padding); it
@@ -26,6 +28,7 @@
 
 #include "referral.h"
 
+#define SENT_V1 1
 #define SEEN_V1 1
 #define INBOX_V1 1
 #define SEEN_HEAD 27
@@ -35,7 +38,7 @@
 
 struct state {
     MDB_env *env;
-    MDB_dbi outbox, inbox, seen, meta;
+    MDB_dbi outbox, inbox, seen, sent, meta;
 };
 
 struct state_txn {
@@ -96,6 +99,39 @@ static bool seen_decode_legacy(const uint8_t *p, size_t len, state_seen *s)
     memcpy(s->from, p + 24, 65);
     s->urgency = p[89];
     return true;
+}
+
+static size_t sent_encode(const state_sent *s, uint8_t out[10 + STATE_SENT_MAX * (1 + MAX_FROM)])
+{
+    size_t at = 10;
+    out[0] = SENT_V1;
+    put_le(out + 1, s->forget_at_ms, 8);
+    out[9] = (uint8_t)s->n;
+    for (size_t i = 0; i < s->n; i++) {
+        size_t len = strnlen(s->agencies[i], MAX_FROM);
+        out[at++] = (uint8_t)len;
+        memcpy(out + at, s->agencies[i], len);
+        at += len;
+    }
+    return at;
+}
+
+static bool sent_decode(const uint8_t *p, size_t len, state_sent *s)
+{
+    memset(s, 0, sizeof *s);
+    if (len < 10 || p[0] != SENT_V1 || p[9] < 1 || p[9] > STATE_SENT_MAX)
+        return false;
+    s->forget_at_ms = get_le(p + 1, 8);
+    s->n = p[9];
+    size_t at = 10;
+    for (size_t i = 0; i < s->n; i++) {
+        if (at >= len || p[at] > MAX_FROM || at + 1 + p[at] > len)
+            return false;
+        memcpy(s->agencies[i], p + at + 1, p[at]);
+        s->agencies[i][p[at]] = '\0';
+        at += 1 + (size_t)p[at];
+    }
+    return at == len;
 }
 
 static bool inbox_decode(const uint8_t *p, size_t len, state_inbox_entry *e)
@@ -235,6 +271,8 @@ int state_open(const char *dir, state **out, char *why, size_t why_len)
     if (rc == 0)
         rc = mdb_dbi_open(txn, "seen", MDB_CREATE, &s->seen);
     if (rc == 0)
+        rc = mdb_dbi_open(txn, "sent", MDB_CREATE, &s->sent);
+    if (rc == 0)
         rc = mdb_dbi_open(txn, "meta", MDB_CREATE, &s->meta);
     int e = REF_OK;
     if (rc != 0) {
@@ -346,6 +384,14 @@ int state_seen_put(state_txn *t, const uint8_t id[16], const state_seen *seen)
 {
     uint8_t buf[SEEN_HEAD + MAX_FROM];
     return put(t, t->s->seen, id, buf, seen_encode(seen, buf));
+}
+
+int state_sent_put(state_txn *t, const uint8_t id[16], const state_sent *sent)
+{
+    uint8_t buf[10 + STATE_SENT_MAX * (1 + MAX_FROM)];
+    if (sent->n < 1 || sent->n > STATE_SENT_MAX)
+        return REF_E_INVALID;
+    return put(t, t->s->sent, id, buf, sent_encode(sent, buf));
 }
 
 int state_outbox_put1(state *s, const uint8_t id[16], const uint8_t *env, size_t len)
@@ -486,24 +532,46 @@ int state_seen_get(state *s, state_txn *t, const uint8_t id[16], state_seen *see
     return e;
 }
 
-size_t state_seen_prune(state *s, uint64_t now_ms)
+int state_sent_get(state *s, const uint8_t id[16], state_sent *sent)
 {
     MDB_txn *txn;
+    MDB_val k = {16, (void *)(uintptr_t)id}, v;
+    if (mdb_txn_begin(s->env, NULL, MDB_RDONLY, &txn) != 0)
+        return REF_E_STATE;
+    int rc = mdb_get(txn, s->sent, &k, &v);
+    int e = rc == MDB_NOTFOUND ? REF_E_AGAIN
+          : rc != 0 ? REF_E_STATE
+          : sent_decode(v.mv_data, v.mv_size, sent) ? REF_OK : REF_E_PROTOCOL;
+    mdb_txn_abort(txn);
+    return e;
+}
+
+/* Delete the entries of dbi whose forget_at_ms (bytes 1..8 of a version 1
+ * record) is before now_ms; records of another version are kept. */
+static size_t prune_db(MDB_txn *txn, MDB_dbi dbi, uint64_t now_ms)
+{
     MDB_cursor *c;
     size_t n = 0;
+    if (mdb_cursor_open(txn, dbi, &c) != 0)
+        return 0;
+    MDB_val k, v;
+    while (mdb_cursor_get(c, &k, &v, MDB_NEXT) == 0) {
+        const uint8_t *p = v.mv_data;
+        if (v.mv_size < 9 || p[0] != 1)
+            continue;   /* kept: it still says "received" or "sent" */
+        if (get_le(p + 1, 8) < now_ms && mdb_cursor_del(c, 0) == 0)
+            n++;
+    }
+    mdb_cursor_close(c);
+    return n;
+}
+
+size_t state_prune(state *s, uint64_t now_ms)
+{
+    MDB_txn *txn;
     if (mdb_txn_begin(s->env, NULL, 0, &txn) != 0)
         return 0;
-    if (mdb_cursor_open(txn, s->seen, &c) == 0) {
-        MDB_val k, v;
-        while (mdb_cursor_get(c, &k, &v, MDB_NEXT) == 0) {
-            state_seen e;
-            if (!seen_decode(v.mv_data, v.mv_size, &e))
-                continue;   /* kept: it still says "received" */
-            if (e.forget_at_ms < now_ms && mdb_cursor_del(c, 0) == 0)
-                n++;
-        }
-        mdb_cursor_close(c);
-    }
+    size_t n = prune_db(txn, s->seen, now_ms) + prune_db(txn, s->sent, now_ms);
     if (mdb_txn_commit(txn) != 0)
         return 0;
     return n;

@@ -11,6 +11,10 @@
  *   seen    message id -> what was received (referral id, sender, urgency,
  *           forget_at_ms), so a copy delivered again is not handed twice
  *           and a receipt can be addressed; pruned after forget_at_ms
+ *   sent    message id -> the agencies a referral sent from here was
+ *           addressed to (recipient and backups), so that a receipt is
+ *           shown only when its signer was one of them; pruned after
+ *           forget_at_ms
  *   meta    "format" -> the record format of this directory (u32, LE)
  *
  * Every record is explicitly encoded with a version byte first (never a raw
@@ -40,6 +44,14 @@ typedef struct {
     char from[65];
     uint8_t urgency;
 } state_seen;
+
+#define STATE_SENT_MAX 17      /* a recipient and at most 16 backups */
+
+typedef struct {
+    uint64_t forget_at_ms;
+    size_t n;
+    char agencies[STATE_SENT_MAX][65];
+} state_sent;
 
 typedef enum {
     STATE_INBOX_ENVELOPE = 1,   /* payload: a packed Envelope */
@@ -73,6 +85,7 @@ int state_outbox_del(state_txn *txn, const uint8_t id[16]);
 int state_inbox_put(state_txn *txn, const uint8_t id[16], const state_inbox_entry *e);
 int state_inbox_del(state_txn *txn, const uint8_t id[16]);
 int state_seen_put(state_txn *txn, const uint8_t id[16], const state_seen *seen);
+int state_sent_put(state_txn *txn, const uint8_t id[16], const state_sent *sent);
 
 /* Each of these commits one write on its own (for the rare single write). */
 int state_outbox_put1(state *s, const uint8_t id[16], const uint8_t *env, size_t len);
@@ -98,7 +111,11 @@ size_t state_inbox_count(state *s);
  * transaction (which sees its own writes). */
 int state_seen_get(state *s, state_txn *txn, const uint8_t id[16], state_seen *seen);
 
-/* Forget entries past their time; returns how many. */
-size_t state_seen_prune(state *s, uint64_t now_ms);
+/* REF_OK and *sent filled if id was sent from here (a referral); REF_E_AGAIN
+ * if not (or forgotten); REF_E_PROTOCOL if the record cannot be decoded. */
+int state_sent_get(state *s, const uint8_t id[16], state_sent *sent);
+
+/* Forget seen and sent entries past their time; returns how many. */
+size_t state_prune(state *s, uint64_t now_ms);
 
 #endif

@@ -234,6 +234,7 @@ static void print_delivery(const ref_delivery *d, bool is_json)
         json_object_object_add(o, "event", json_object_new_string(kinds[k]));
         json_object_object_add(o, "message_id", json_object_new_string(ref_delivery_message_id(d)));
         json_object_object_add(o, "referral_id", json_object_new_string(ref_delivery_referral_id(d)));
+        json_object_object_add(o, "in_reply_to", json_object_new_string(ref_delivery_in_reply_to(d)));
         json_object_object_add(o, "from", json_object_new_string(ref_delivery_from(d)));
         json_object_object_add(o, "urgency",
                                json_object_new_string(urgencies[ref_delivery_urgency(d) & 7 ? ref_delivery_urgency(d) % 5 : 0]));
@@ -254,7 +255,7 @@ static void print_delivery(const ref_delivery *d, bool is_json)
                ref_delivery_narrative(d), ref_delivery_requested_action(d));
     } else {
         printf("%s for message %s from %s: %s %s\n", k == REF_DELIVERY_RECEIPT ? "RECEIPT" : "NOTICE",
-               ref_delivery_referral_id(d), ref_delivery_from(d),
+               ref_delivery_in_reply_to(d), ref_delivery_from(d),
                level >= 3 && level <= 8 ? levels[level] : "", ref_delivery_detail(d));
     }
     fflush(stdout);

@@ -524,19 +524,22 @@ def case_file(narrative="A 17-year-old caller in Qingdao at risk; school counsel
 
 def make_envelope(sender, recipient, urgency=pb.URGENCY_ROUTINE, body_size=256, ttl_ms=3600_000,
                   created_at_ms=None, message_id=None, hops=(), kind=pb.MESSAGE_KIND_REFERRAL,
-                  case=None, trust=None, signer=None, backups=(), header_edit=None):
+                  case=None, trust=None, signer=None, backups=(), header_edit=None, body=None,
+                  referral_id=None, in_reply_to=b"", receipt_level=0):
     """A signed, sealed envelope from sender to recipient (and backups),
     with a case file of about body_size bytes. signer: sign with another
     identity's key (attacks); header_edit(h): change the header before it is
     sealed and signed."""
     trust = trust or default_trust()
     created = now_ms() if created_at_ms is None else created_at_ms
-    plain = pb.BodyPlaintext(case_file=case or case_file(size=body_size)).SerializeToString()
+    plain = (body or pb.BodyPlaintext(case_file=case or case_file(size=body_size))) \
+        .SerializeToString()
     padded = pad_plaintext(plain)
     recipients = [(a, trust.identity(a).seal_public) for a in [recipient, *backups]]
     h = pb.RoutingHeader(
-        header_version=1, message_id=message_id or new_id(), referral_id=new_id(),
-        attempt_id=new_id(), kind=kind, from_agency=sender, to_agency=recipient,
+        header_version=1, message_id=message_id or new_id(), referral_id=referral_id or new_id(),
+        attempt_id=new_id(), kind=kind, in_reply_to=in_reply_to, receipt_level=receipt_level,
+        from_agency=sender, to_agency=recipient,
         backup_recipients=list(backups), urgency=urgency, created_at_ms=created,
         expires_at_ms=created + ttl_ms, hop_limit=4,
         suite=pb.CIPHER_SUITE_ED25519_X25519_AES256GCM,
@@ -581,6 +584,27 @@ class Desk:
 
     def cleanup(self):
         shutil.rmtree(self.state, ignore_errors=True)
+
+
+def make_receipt(signer, to, in_reply_to, referral_id, level, agency_id=None, body_level=None,
+                 trust=None):
+    """A receipt signed by signer, addressed to `to`, answering message
+    in_reply_to of referral referral_id (bytes), asserting level in its
+    header and body_level (default: level) in its body; agency_id: the
+    agency the body claims (default: the signer)."""
+    r = pb.Receipt(referral_id=referral_id, message_id=in_reply_to,
+                   level=body_level or level, at_ms=now_ms(), agency_id=agency_id or signer,
+                   person="Wang Li")
+    return make_envelope(signer, to, kind=pb.MESSAGE_KIND_RECEIPT,
+                         body=pb.BodyPlaintext(receipt=r), referral_id=referral_id,
+                         in_reply_to=in_reply_to, receipt_level=level, trust=trust)
+
+
+def receipt_for(signer, referral, level, **kw):
+    """make_receipt for the referral envelope `referral`, back to its sender."""
+    rh = header_of(referral)
+    return make_receipt(signer, kw.pop("to", rh.from_agency), rh.message_id, rh.referral_id,
+                        level, **kw)
 
 
 def header_of(envelope):

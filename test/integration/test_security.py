@@ -133,8 +133,17 @@ def replay_is_refused():
         refused(b, old, pb.RESULT_REPLAY)
         expired = h.make_envelope(DESK, POLICE, created_at_ms=h.now_ms() - 5000, ttl_ms=1000)
         refused(b, expired, pb.RESULT_EXPIRED)
-        refused(b, h.make_envelope(DESK, POLICE, hops=[b.id]), pb.RESULT_LOOP)
-        refused(b, h.make_envelope(DESK, POLICE, hops=["a", "b", "c", "d"]), pb.RESULT_HOP_LIMIT)
+        # Hops are appended by brokers only: a client's submission with hops
+        # is refused, whatever they say, and cannot buy a way round freshness.
+        refused(b, h.make_envelope(DESK, POLICE, hops=[b.id]), pb.RESULT_INVALID_FIELD)
+        refused(b, h.make_envelope(DESK, POLICE, hops=["a", "b", "c", "d"]),
+                pb.RESULT_INVALID_FIELD)
+        day = 24 * 3600_000
+        for created in (h.now_ms() - 20 * day, h.now_ms() + 20 * day):
+            refused(b, h.make_envelope(DESK, POLICE, hops=["broker.beijing"], created_at_ms=created,
+                                       ttl_ms=25 * day), pb.RESULT_INVALID_FIELD)
+            refused(b, h.make_envelope(DESK, POLICE, created_at_ms=created, ttl_ms=25 * day),
+                    pb.RESULT_REPLAY)
         refused(b, h.make_envelope(DESK, "qd.outsider"), pb.RESULT_UNKNOWN_RECIPIENT)
         g.check()
 
