@@ -481,6 +481,26 @@ store_err store_meta_get_u64(store *s, MDB_txn *txn, const char *key, uint64_t *
     return STORE_OK;
 }
 
+store_err store_meta_get_bytes(store *s, MDB_txn *txn, const char *key, uint8_t *value,
+                               size_t *len)
+{
+    MDB_val v;
+    store_err e = meta_get(s, txn, key, &v);
+    if (e != STORE_OK)
+        return e;
+    if (v.mv_size > *len)
+        return STORE_CORRUPT;
+    memcpy(value, v.mv_data, v.mv_size);
+    *len = v.mv_size;
+    return STORE_OK;
+}
+
+store_err store_meta_put_bytes(store *s, MDB_txn *txn, const char *key, const uint8_t *value,
+                               size_t len)
+{
+    return meta_put(s, txn, key, value, len);
+}
+
 store_err store_meta_put_u64(store *s, MDB_txn *txn, const char *key, uint64_t value)
 {
     return meta_put(s, txn, key, &value, sizeof value);

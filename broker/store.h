@@ -156,6 +156,13 @@ const char *store_strerror(store_err e);
 store_err store_meta_get_u64(store *s, MDB_txn *txn, const char *key, uint64_t *value);
 store_err store_meta_put_u64(store *s, MDB_txn *txn, const char *key, uint64_t value);
 
+/* Bytes kept in meta under key: *len in, the room in value; out, the
+ * length (STORE_NOT_FOUND if never set, STORE_CORRUPT if larger). */
+store_err store_meta_get_bytes(store *s, MDB_txn *txn, const char *key, uint8_t *value,
+                               size_t *len);
+store_err store_meta_put_bytes(store *s, MDB_txn *txn, const char *key, const uint8_t *value,
+                               size_t len);
+
 /* Next arrival sequence number (persisted in meta within txn). */
 store_err store_next_seq(store *s, MDB_txn *txn, uint64_t *seq);
 

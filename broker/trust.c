@@ -2,8 +2,10 @@
  * trust: the broker's directory, loaded at start and on SIGHUP.
  *
  * The highest directory version a store has used is kept in its meta
- * database, so neither a reload nor a restart can go back to an older
- * directory (which might list a key that was revoked since). After a
+ * database with the digest of that directory's content, so neither a
+ * reload nor a restart can go back to an older directory (which might list
+ * a key that was revoked since), nor load another directory under the same
+ * version (one without the revocation, say). After a
  * reload, sessions whose CURVE key is no longer admitted are closed at
  * once; their next frames are refused by the per-message check in loop.c.
  */
@@ -53,7 +55,32 @@ bool broker_load_directory(broker *b, store_err *fault, char *why, size_t why_le
         return false;
     }
     uint64_t version = directory_get(d)->version;
-    e = store_meta_put_u64(b->st, txn, "directory_version", version);
+    uint8_t digest[32], known[32];
+    size_t known_len = sizeof known;
+    directory_digest(d, digest);
+    e = store_meta_get_bytes(b->st, txn, "directory_digest", known, &known_len);
+    if (e != STORE_OK && e != STORE_NOT_FOUND && e != STORE_CORRUPT) {
+        mdb_txn_abort(txn);
+        *fault = e;
+        directory_destroy(&d);
+        snprintf(why, why_len, "cannot read the directory digest from the store: %s",
+                 store_strerror(e));
+        return false;
+    }
+    if (e == STORE_OK && version == min_version &&
+        (known_len != sizeof known || memcmp(known, digest, sizeof digest) != 0)) {
+        char hex[65];
+        snprintf(why, why_len, "directory %s has version %" PRIu64 ", which this broker already "
+                 "used for a directory with other content (digest %s...); a changed directory "
+                 "needs a higher version: sign it again with a version above %" PRIu64,
+                 b->cfg.directory, version, ids_hex(digest, 8, hex), version);
+        directory_destroy(&d);
+        mdb_txn_abort(txn);
+        return false;
+    }
+    e = store_meta_put_bytes(b->st, txn, "directory_digest", digest, sizeof digest);
+    if (e == STORE_OK)
+        e = store_meta_put_u64(b->st, txn, "directory_version", version);
     if (e != STORE_OK) {
         mdb_txn_abort(txn);
         snprintf(why, why_len, "cannot record the directory version in the store: %s",

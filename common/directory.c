@@ -11,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "digest.h"
 #include "ids.h"
 #include "sign.h"
 #include "wire.h"
@@ -253,4 +254,9 @@ bool directory_is_revoked(const directory *d, const uint8_t key_id[16])
 {
     ProtobufCBinaryData key = {.len = 16, .data = (uint8_t *)(uintptr_t)key_id};
     return bsearch(&key, d->revoked, d->dir->n_revoked_key_ids, sizeof key, cmp_key_id) != NULL;
+}
+
+void directory_digest(const directory *d, uint8_t out[32])
+{
+    digest_sha256(d->signed_dir->directory.data, d->signed_dir->directory.len, out);
 }

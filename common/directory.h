@@ -58,6 +58,10 @@ const Referral__V1__DirectoryAgency *directory_agency_by_curve(const directory *
 const Referral__V1__DirectoryBroker *directory_broker_by_curve(const directory *d,
                                                                const uint8_t curve_public[32]);
 
+/* SHA-256 of the signed Directory bytes: what identifies this directory's
+ * content (two files of one version must have the same digest). */
+void directory_digest(const directory *d, uint8_t out[32]);
+
 /* True if key_id (16 bytes) is on the revoked list. */
 bool directory_is_revoked(const directory *d, const uint8_t key_id[16]);
 

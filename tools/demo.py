@@ -41,7 +41,7 @@ def show(prefix, desk, *args):
             say(f"{prefix} acknowledged {e['message_id'][-10:]} as {e['level'].upper()}")
         elif e["event"] == "receipt":
             say(f"{prefix} receipt from {e['from']}: {e['level'].upper()} "
-                f"(for message {e['referral_id'][-10:]}; signed by the agency)")
+                f"(for message {e['in_reply_to'][-10:]}; signed by the agency)")
         elif e["event"] == "notice":
             say(f"{prefix} notice from broker {e['from']}: {e['detail']}")
     return events

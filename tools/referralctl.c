@@ -37,6 +37,7 @@ static void usage(FILE *f)
         "Usage:\n"
         "  referralctl keygen --id ID [--dir DIR] [--force]\n"
         "  referralctl directory sign --in SOURCE.json --root-key ROOT.sign.pem --out FILE\n"
+        "                            [--force]\n"
         "  referralctl directory verify --file FILE --root ROOT [--min-version N]\n"
         "  referralctl directory show --file FILE --root ROOT [--json]\n"
         "  referralctl --help | --version\n"
@@ -46,7 +47,9 @@ static void usage(FILE *f)
         "            parts) into DIR (default .), then prints the public parts.\n"
         "            Existing files are kept unless --force.\n"
         "directory sign    reads the JSON source, checks every entry, signs it with the\n"
-        "            trust-root key and writes the signed directory.\n"
+        "            trust-root key and writes the signed directory. Refuses a version\n"
+        "            not above the one already in FILE (brokers refuse a second\n"
+        "            directory under a version they used) unless --force.\n"
         "directory verify  checks a signed directory against the pinned root: ROOT is\n"
         "            64 hex digits or a .pub.json file. Refuses unsigned, wrongly\n"
         "            signed, older (--min-version) or expired directories.\n"
@@ -326,7 +329,34 @@ static Referral__V1__Directory *build_directory(json_object *root, const char *b
     return d;
 }
 
-static int cmd_directory_sign(const char *in, const char *root_key, const char *out)
+/* The version of the directory already in path, or 0 when there is none
+ * (or it cannot be read as one). The signature is not checked here. */
+static uint64_t version_in_file(const char *path)
+{
+    FILE *f = fopen(path, "rb");
+    if (f == NULL)
+        return 0;
+    size_t cap = 16u << 20, n = 0;
+    uint8_t *buf = malloc(cap);
+    if (buf != NULL)
+        n = fread(buf, 1, cap, f);
+    fclose(f);
+    Referral__V1__SignedDirectory *sd = NULL;
+    Referral__V1__Directory *d = NULL;
+    uint64_t version = 0;
+    if (buf != NULL && n < cap &&
+        wire_decode_signed_directory(buf, n, NULL, &sd, NULL, 0) == WIRE_OK &&
+        wire_decode_directory(sd->directory.data, sd->directory.len, NULL, &d, NULL, 0) ==
+            WIRE_OK)
+        version = d->version;
+    wire_free(d);
+    wire_free(sd);
+    free(buf);
+    return version;
+}
+
+static int cmd_directory_sign(const char *in, const char *root_key, const char *out,
+                              bool is_forced)
 {
     char why[600];
     json_object *root = json_object_from_file(in);
@@ -357,6 +387,15 @@ static int cmd_directory_sign(const char *in, const char *root_key, const char *
     uint64_t version = check->version;
     size_t na = check->n_agencies, nb = check->n_brokers;
     wire_free(check);
+    uint64_t existing = version_in_file(out);
+    if (existing >= version && !is_forced) {
+        fprintf(stderr, "referralctl directory sign: %s already holds version %" PRIu64 "; a "
+                "changed directory needs a higher version (set \"version\" above %" PRIu64
+                " in %s). Brokers that loaded version %" PRIu64 " refuse another directory "
+                "under it; --force writes it anyway\n", out, existing, existing, in, existing);
+        free(dbytes);
+        return EXIT_FAIL;
+    }
     uint8_t sec[32], pub[32], sig[64], kid[16];
     if (!sign_secret_load_pem(root_key, sec, pub, why, sizeof why)) {
         fprintf(stderr, "referralctl directory sign: %s\n", why);
@@ -496,10 +535,11 @@ static int cmd_directory(int argc, char **argv)
         {"in", required_argument, NULL, 'i'}, {"out", required_argument, NULL, 'o'},
         {"root-key", required_argument, NULL, 'k'}, {"file", required_argument, NULL, 'f'},
         {"root", required_argument, NULL, 'r'}, {"min-version", required_argument, NULL, 'm'},
-        {"json", no_argument, NULL, 'j'}, {"help", no_argument, NULL, 'h'}, {NULL, 0, NULL, 0}};
+        {"json", no_argument, NULL, 'j'}, {"help", no_argument, NULL, 'h'},
+        {"force", no_argument, NULL, 'F'}, {NULL, 0, NULL, 0}};
     const char *in = NULL, *out = NULL, *root_key = NULL, *file = NULL, *root = NULL;
     uint64_t min_version = 0;
-    bool is_json = false;
+    bool is_json = false, is_forced = false;
     int c;
     optind = 2;
     while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
@@ -511,6 +551,7 @@ static int cmd_directory(int argc, char **argv)
         case 'r': root = optarg; break;
         case 'm': min_version = strtoull(optarg, NULL, 10); break;
         case 'j': is_json = true; break;
+        case 'F': is_forced = true; break;
         case 'h': usage(stdout); return EXIT_OK;
         default: return EXIT_USAGE;
         }
@@ -520,7 +561,7 @@ static int cmd_directory(int argc, char **argv)
             fprintf(stderr, "referralctl directory sign: --in, --root-key and --out are required\n");
             return EXIT_USAGE;
         }
-        return cmd_directory_sign(in, root_key, out);
+        return cmd_directory_sign(in, root_key, out, is_forced);
     }
     if (strcmp(verb, "verify") == 0 || strcmp(verb, "show") == 0) {
         if (file == NULL || root == NULL) {

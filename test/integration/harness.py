@@ -149,14 +149,18 @@ class Trust:
                 "brokers": brokers, "revoked_key_ids": [k.hex() for k in revoked]}
 
     def sign_directory(self, version, valid_days=30, revoked=(), extra_agencies=(), out=None,
-                       root_key=None):
+                       root_key=None, force=False, check=True):
+        """Sign a directory source of version into out (default: the
+        directory file). force: write even if out holds that version or a
+        later one (referralctl refuses otherwise). Returns the result of
+        referralctl when check is False."""
         src = os.path.join(self.dir, "directory.json")
         with open(src, "w") as f:
             json.dump(self.source(version, valid_days, revoked, extra_agencies), f)
-        ctl("directory", "sign", "--in", src,
-            "--root-key", root_key or os.path.join(self.keydir, "root.sign.pem"),
-            "--out", out or self.directory)
-        return out or self.directory
+        r = ctl("directory", "sign", "--in", src,
+                "--root-key", root_key or os.path.join(self.keydir, "root.sign.pem"),
+                "--out", out or self.directory, *(["--force"] if force else []), check=check)
+        return (out or self.directory) if check else r
 
     def root_pub(self):
         return os.path.join(self.keydir, "root.pub.json")

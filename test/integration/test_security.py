@@ -309,11 +309,40 @@ def revocation_closes_sessions_and_refuses_old_keys():
             raise AssertionError("a revoked CURVE key connected")
         except TimeoutError:
             pass
-        # Rolling back to version 1 is refused; version 2 stays in force.
-        t.sign_directory(1)
+        with open(t.directory, "rb") as f:
+            version_2 = f.read()
+        # referralctl will not write a version at or below the one in the file.
+        r = t.sign_directory(1, check=False)
+        assert r.returncode != 0 and "already holds version 2" in r.stderr, r
+        # Version 2 again, without the revocation: refused by the broker,
+        # which remembers the digest of the version 2 it loaded.
+        t.sign_directory(2, force=True)
         b.proc.send_signal(signal.SIGHUP)
         deadline = time.monotonic() + 5
-        while "directory reload refused" not in b.read_log():
+        while "already used for a directory with other content" not in b.read_log():
+            assert time.monotonic() < deadline, b.read_log()[-2000:]
+            time.sleep(0.05)
+        again = h.Client(b, key_of="qd.school")              # still revoked
+        again.send(hello=pb.Hello(agency_id="qd.school"))
+        try:
+            again.recv(timeout_s=1.0)
+            raise AssertionError("a revoked CURVE key came back with a reused version")
+        except TimeoutError:
+            pass
+        b.stop()
+        try:
+            b.start(timeout_s=5)
+            raise AssertionError("broker started with another directory under version 2")
+        except RuntimeError as e:
+            assert "already used for a directory with other content" in str(e), e
+        with open(t.directory, "wb") as f:                     # the same file again
+            f.write(version_2)
+        b.start()
+        # Rolling back to version 1 is refused; version 2 stays in force.
+        t.sign_directory(1, force=True)
+        b.proc.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 5
+        while "older than version 2" not in b.read_log():
             assert time.monotonic() < deadline, b.read_log()[-2000:]
             time.sleep(0.05)
         assert "older than version 2" in b.read_log()
