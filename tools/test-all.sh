@@ -36,29 +36,37 @@ if [ ! -f "$fuzzdir/build.ninja" ]; then
   CC=clang meson setup "$fuzzdir" -Dfuzz_engine=libfuzzer -Db_lundef=false \
     -Dbuildtype=debug >/dev/null
 fi
-ninja -C "$fuzzdir"
-meson test -C "$fuzzdir" --no-rebuild --print-errorlogs --num-processes 2 --suite fuzz \
-  || status=$?
+# A build that fails counts as one failed check (its tests cannot run) and
+# the script goes on, so the closing line is always printed.
+builds_passed=0
+builds_failed=0
+logs=("$builddir/meson-logs/testlog.json")
+if ninja -C "$fuzzdir"; then
+  meson test -C "$fuzzdir" --no-rebuild --print-errorlogs --num-processes 2 --suite fuzz \
+    || status=$?
+  logs+=("$fuzzdir/meson-logs/testlog.json")
+else
+  echo "libFuzzer build FAILED" >&2
+  builds_failed=$((builds_failed + 1))
+  status=1
+fi
 
 # Release builds: -O3 brings warnings (e.g. -Wnull-dereference) that debug
 # builds do not; compile only, each counted as one passed or failed check.
-release_passed=0
-release_failed=0
 for cc in gcc clang; do
   reldir="build-release-$cc"
   if { [ -f "$reldir/build.ninja" ] ||
        CC="$cc" meson setup "$reldir" -Dbuildtype=release >/dev/null; } &&
      ninja -C "$reldir"; then
-    release_passed=$((release_passed + 1))
+    builds_passed=$((builds_passed + 1))
   else
     echo "release build with $cc FAILED" >&2
-    release_failed=$((release_failed + 1))
+    builds_failed=$((builds_failed + 1))
     status=1
   fi
 done
 
-python3 - "$release_passed" "$release_failed" "$builddir/meson-logs/testlog.json" \
-  "$fuzzdir/meson-logs/testlog.json" <<'PY'
+python3 - "$builds_passed" "$builds_failed" "${logs[@]}" <<'PY'
 import json, sys
 passed, failed, skipped = int(sys.argv[1]), int(sys.argv[2]), 0
 for path in sys.argv[3:]:
