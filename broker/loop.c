@@ -72,16 +72,24 @@ static void queue_reply(broker *b, const uint8_t *rid, size_t rid_len,
         loop_queue_frame(b, rid, rid_len, buf, len);
 }
 
-static void queue_error(broker *b, const uint8_t *rid, size_t rid_len,
-                        Referral__V1__ResultCode code, const char *detail)
+/* An ErrorReply naming request_id (0: none could be read). */
+static void queue_error_for(broker *b, const uint8_t *rid, size_t rid_len, uint64_t request_id,
+                            Referral__V1__ResultCode code, const char *detail)
 {
     Referral__V1__ErrorReply er = REFERRAL__V1__ERROR_REPLY__INIT;
     er.code = code;
     er.detail = (char *)(uintptr_t)detail;
+    er.request_id = request_id;
     Referral__V1__BrokerFrame f = REFERRAL__V1__BROKER_FRAME__INIT;
     f.body_case = REFERRAL__V1__BROKER_FRAME__BODY_ERROR;
     f.error = &er;
     queue_reply(b, rid, rid_len, &f);
+}
+
+static void queue_error(broker *b, const uint8_t *rid, size_t rid_len,
+                        Referral__V1__ResultCode code, const char *detail)
+{
+    queue_error_for(b, rid, rid_len, 0, code, detail);
 }
 
 /* End session s: drop its deliveries waiting to be sent (session_close
@@ -349,7 +357,8 @@ static store_err handle_frame(broker *b, MDB_txn *txn, const uint8_t *rid, size_
     if (we != WIRE_OK) {
         log_warn("ingress", "refused frame bytes=%zu agency=%s code=%s detail=%s", len, agency,
                  wire_strerror(we), why);
-        queue_error(b, rid, rid_len, wire_result_code(we), why);
+        queue_error_for(b, rid, rid_len, wire_peek_request_id(data, len, &b->limits),
+                        wire_result_code(we), why);
         return STORE_OK;
     }
     store_err e = STORE_OK;
@@ -358,7 +367,8 @@ static store_err handle_frame(broker *b, MDB_txn *txn, const uint8_t *rid, size_
     if (f->body_case == REFERRAL__V1__CLIENT_FRAME__BODY_HELLO) {
         handle_hello(b, s, rid, rid_len, fd, f->hello, agency, key_id);
     } else if (s == NULL) {
-        queue_error(b, rid, rid_len, R(NOT_IDENTIFIED), "send Hello first");
+        queue_error_for(b, rid, rid_len, wire_client_frame_request_id(f), R(NOT_IDENTIFIED),
+                        "send Hello first");
     } else {
         switch (f->body_case) {
         case REFERRAL__V1__CLIENT_FRAME__BODY_SUBMIT:

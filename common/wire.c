@@ -472,6 +472,31 @@ wire_err wire_decode_client_frame(const uint8_t *buf, size_t len, const wire_lim
                           (void **)out, why, why_len);
 }
 
+uint64_t wire_client_frame_request_id(const Referral__V1__ClientFrame *f)
+{
+    if (f == NULL)
+        return 0;
+    switch (f->body_case) {
+    case REFERRAL__V1__CLIENT_FRAME__BODY_SUBMIT: return f->submit->request_id;
+    case REFERRAL__V1__CLIENT_FRAME__BODY_STATUS: return f->status->request_id;
+    case REFERRAL__V1__CLIENT_FRAME__BODY_TRACE: return f->trace->request_id;
+    default: return 0;
+    }
+}
+
+uint64_t wire_peek_request_id(const uint8_t *buf, size_t len, const wire_limits *limits)
+{
+    if (limits == NULL)
+        limits = &wire_default_limits;
+    ProtobufCMessage *m = NULL;
+    if (unpack(&referral__v1__client_frame__descriptor, buf, len, limits->max_frame_bytes,
+               limits->budget_bytes, &m, NULL, 0) != WIRE_OK)
+        return 0;
+    uint64_t id = wire_client_frame_request_id((const Referral__V1__ClientFrame *)m);
+    wire_free(m);
+    return id;
+}
+
 /* ---- broker frames (what a client receives) ------------------------------- */
 
 static wire_err check_code(Referral__V1__ResultCode c, char *why, size_t why_len)

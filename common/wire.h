@@ -79,6 +79,18 @@ Referral__V1__ResultCode wire_result_code(wire_err e);
  */
 wire_err wire_decode_client_frame(const uint8_t *buf, size_t len, const wire_limits *limits,
                                   Referral__V1__ClientFrame **out, char *why, size_t why_len);
+
+/* The request_id of a Submit, StatusQuery or TraceQuery frame f (borrowed;
+ * may be NULL), 0 for other frames. */
+uint64_t wire_client_frame_request_id(const Referral__V1__ClientFrame *f);
+
+/* The request_id of the client frame in buf (len bytes, borrowed, untrusted)
+ * when it decodes through the same door as wire_decode_client_frame() but
+ * failed its field rules (another version, a bad id): so that the
+ * ErrorReply refusing it can name the request. 0 when it does not decode
+ * or carries none. */
+uint64_t wire_peek_request_id(const uint8_t *buf, size_t len, const wire_limits *limits);
+
 wire_err wire_decode_broker_frame(const uint8_t *buf, size_t len, const wire_limits *limits,
                                   Referral__V1__BrokerFrame **out, char *why, size_t why_len);
 wire_err wire_decode_peer_frame(const uint8_t *buf, size_t len, const wire_limits *limits,
