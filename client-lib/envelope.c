@@ -5,6 +5,7 @@
  */
 #include "envelope.h"
 
+#include <assert.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -17,7 +18,91 @@
 #include "sign.h"
 #include "wire.h"
 
-#define MAX_READERS (1 + 16)
+/* Who can open a body: the recipient, the backups the caller named, and,
+ * for case content (a referral or an update), the recipient's escalation
+ * chain from the directory (backup_agencies in order, supervisor_desk,
+ * regional_centre), so that a broker that copies or re-routes it on
+ * escalation never needs to read it (docs/security.md, "Sealing"). Each
+ * agency once; at most SEAL_MAX_RECIPIENTS. */
+typedef struct {
+    seal_recipient r[SEAL_MAX_RECIPIENTS];
+    size_t n;
+} reader_set;
+
+static bool readers_has(const reader_set *rs, const char *id)
+{
+    for (size_t i = 0; i < rs->n; i++)
+        if (strcmp(rs->r[i].agency_id, id) == 0)
+            return true;
+    return false;
+}
+
+/* Add a reader named by the caller: it must be a valid id in the directory. */
+static int readers_add_named(reader_set *rs, const directory *dir, const char *id, char *why,
+                             size_t why_len)
+{
+    if (!ids_is_valid_name(id)) {
+        snprintf(why, why_len, "\"%.64s\" is not a valid agency id", id ? id : "");
+        return REF_E_INVALID;
+    }
+    const Referral__V1__DirectoryAgency *a = directory_agency(dir, id);
+    if (a == NULL) {
+        snprintf(why, why_len, "agency %s is not in the directory", id);
+        return REF_E_UNKNOWN_AGENCY;
+    }
+    if (!readers_has(rs, a->id)) {
+        assert(rs->n < SEAL_MAX_RECIPIENTS && "1 + 16 named readers always fit");
+        rs->r[rs->n].agency_id = a->id;
+        rs->r[rs->n].seal_public = a->seal_public.data;
+        rs->n++;
+    }
+    return REF_OK;
+}
+
+/* Add a chain agency of the recipient's directory entry. One the directory
+ * does not list has no key to wrap for and is skipped (the directory's
+ * signer must fix the entry); one that does not fit is refused, so that
+ * escalation never meets a body its target cannot open. */
+static int readers_add_chain(reader_set *rs, const directory *dir, const char *to,
+                             const char *id, char *why, size_t why_len)
+{
+    if (id == NULL || id[0] == '\0' || readers_has(rs, id))
+        return REF_OK;
+    const Referral__V1__DirectoryAgency *a = directory_agency(dir, id);
+    if (a == NULL)
+        return REF_OK;
+    if (rs->n == SEAL_MAX_RECIPIENTS) {
+        snprintf(why, why_len, "the body would have more than %u readers: %s, the backups "
+                 "named and %s's escalation chain in the directory; name fewer backups "
+                 "(the chain is added by itself)", SEAL_MAX_RECIPIENTS, to, to);
+        return REF_E_INVALID;
+    }
+    rs->r[rs->n].agency_id = a->id;
+    rs->r[rs->n].seal_public = a->seal_public.data;
+    rs->n++;
+    return REF_OK;
+}
+
+static int readers_collect(reader_set *rs, const directory *dir, const envelope_spec *spec,
+                           char *why, size_t why_len)
+{
+    rs->n = 0;
+    int rc = readers_add_named(rs, dir, spec->to_agency, why, why_len);
+    for (size_t i = 0; rc == REF_OK && i < spec->n_backups; i++)
+        rc = readers_add_named(rs, dir, spec->backups[i], why, why_len);
+    bool is_case = spec->kind == REFERRAL__V1__MESSAGE_KIND__MESSAGE_KIND_REFERRAL ||
+                   spec->kind == REFERRAL__V1__MESSAGE_KIND__MESSAGE_KIND_UPDATE;
+    if (rc != REF_OK || !is_case)
+        return rc;
+    const Referral__V1__DirectoryAgency *to = directory_agency(dir, spec->to_agency);
+    for (size_t i = 0; rc == REF_OK && i < to->n_backup_agencies; i++)
+        rc = readers_add_chain(rs, dir, to->id, to->backup_agencies[i], why, why_len);
+    if (rc == REF_OK)
+        rc = readers_add_chain(rs, dir, to->id, to->supervisor_desk, why, why_len);
+    if (rc == REF_OK)
+        rc = readers_add_chain(rs, dir, to->id, to->regional_centre, why, why_len);
+    return rc;
+}
 
 int envelope_compose(const keys_identity *me, const directory *dir, const envelope_spec *spec,
                      uint8_t **out, size_t *out_len, uint8_t message_id[16],
@@ -28,25 +113,12 @@ int envelope_compose(const keys_identity *me, const directory *dir, const envelo
         snprintf(why, why_len, "at most 16 backup agencies");
         return REF_E_INVALID;
     }
-    seal_recipient readers[MAX_READERS];
-    const char *names[MAX_READERS];
-    names[0] = spec->to_agency;
-    for (size_t i = 0; i < spec->n_backups; i++)
-        names[i + 1] = spec->backups[i];
-    size_t n = 1 + spec->n_backups;
-    for (size_t i = 0; i < n; i++) {
-        if (!ids_is_valid_name(names[i])) {
-            snprintf(why, why_len, "\"%.64s\" is not a valid agency id", names[i] ? names[i] : "");
-            return REF_E_INVALID;
-        }
-        const Referral__V1__DirectoryAgency *a = directory_agency(dir, names[i]);
-        if (a == NULL) {
-            snprintf(why, why_len, "agency %s is not in the directory", names[i]);
-            return REF_E_UNKNOWN_AGENCY;
-        }
-        readers[i].agency_id = a->id;
-        readers[i].seal_public = a->seal_public.data;
-    }
+    reader_set rs;
+    int collected = readers_collect(&rs, dir, spec, why, why_len);
+    if (collected != REF_OK)
+        return collected;
+    const seal_recipient *readers = rs.r;
+    size_t n = rs.n;
     size_t sealed_len = seal_sealed_size(spec->plaintext_len, readers, n);
     if (sealed_len == 0) {
         snprintf(why, why_len, "case file of %zu bytes is larger than %u bytes",

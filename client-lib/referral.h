@@ -195,7 +195,10 @@ REF_API int ref_client_fd(const ref_client *client);
 typedef struct {
     const char *to_agency;          /* required */
     const char *const *backups;     /* optional agencies that may be copied on escalation */
-    size_t n_backups;               /* at most 16 */
+    size_t n_backups;               /* at most 16. The body is sealed for to_agency, these
+                                       and to_agency's escalation chain in the directory
+                                       (backup agencies, supervisor desk, regional centre),
+                                       at most 32 agencies: REF_E_INVALID beyond */
     ref_urgency urgency;            /* required */
     ref_category category;          /* required */
     uint32_t ttl_s;                 /* expiry after creation; default 7 days when 0 */
