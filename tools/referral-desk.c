@@ -35,6 +35,12 @@ static void usage(FILE *f)
         "  send --case FILE.json        fields from a JSON case file (flags override)\n"
         "       options: --action TEXT --pseudonym NAME --age N --location TEXT\n"
         "                --backup AGENCY (repeatable) --ttl-s N --case-number TEXT --async\n"
+        "                --json\n"
+        "       The body is sealed for --to, each --backup, and the escalation chain\n"
+        "       that the directory lists for --to (its backup agencies, supervisor\n"
+        "       desk and regional centre), so that an escalation can be read there.\n"
+        "       Prints ACCEPTED only once the broker stored it (QUEUED with --async);\n"
+        "       anything else is an error on stderr and a non-zero exit.\n"
         "  listen [--count N] [--timeout-s S] [--ack LEVEL --person NAME] [--json]\n"
         "                              print deliveries (referrals, receipts, notices);\n"
         "                              --ack also acknowledges each referral at LEVEL;\n"
@@ -52,6 +58,23 @@ static void usage(FILE *f)
         "  --endpoint URL     REFERRAL_ENDPOINT   optional, overrides the directory\n"
         "  --state DIR        REFERRAL_STATE      this desk's state (outbox), created if missing\n"
         "  --timeout-ms N                         how long to wait for the broker (10000)\n"
+        "\n"
+        "The --case file is one JSON object with these keys (any other is refused):\n"
+        "  to (string, required)        urgency (string, required)\n"
+        "  category (string, required)  narrative (string, required)\n"
+        "  requested_action (string)    case_number (string)\n"
+        "  subject (object: pseudonym (string), age (number), location (string))\n"
+        "  ttl_s (number)               backups (array of agency ids, at most 16)\n"
+        "\n"
+        "JSON output (--json), one object per line:\n"
+        "  send:   event (\"accepted\" or, with --async, \"queued\"), message_id,\n"
+        "          referral_id, to\n"
+        "  listen: event (\"referral\", \"receipt\" or \"notice\"), message_id,\n"
+        "          referral_id, in_reply_to (receipts and notices: the message they\n"
+        "          answer), from, urgency, level (receipts and notices), narrative,\n"
+        "          requested_action, pseudonym, age, detail; with --ack also\n"
+        "          event \"acknowledged\", message_id, level\n"
+        "Ids are 32 hex digits; absent strings are \"\" and absent numbers 0.\n"
         "\n"
         "Levels: urgency routine|priority|urgent|crisis; ack received|accepted|rejected|\n"
         "action_taken|closed. Categories: protection, family_dysfunction,\n"
@@ -127,6 +150,51 @@ static const char *jstr(json_object *o, const char *key)
     return json_object_object_get_ex(o, key, &v) ? json_object_get_string(v) : NULL;
 }
 
+/* A --case file is one JSON object of the keys --help lists, nothing else:
+ * a misspelt key would otherwise drop a field of a referral silently. */
+static bool is_case_file_ok(json_object *file, const char *path)
+{
+    static const char *const keys[] = {"to", "urgency", "category", "narrative",
+                                       "requested_action", "case_number", "subject", "ttl_s",
+                                       "backups"};
+    static const char *const subject_keys[] = {"pseudonym", "age", "location"};
+    if (file == NULL || !json_object_is_type(file, json_type_object)) {
+        fprintf(stderr, "referral-desk send: --case %s is not a JSON object%s%s\n", path,
+                json_util_get_last_err() ? ": " : "",
+                json_util_get_last_err() ? json_util_get_last_err() : "");
+        return false;
+    }
+    json_object_object_foreach(file, key, value) {
+        bool is_known = false;
+        for (size_t i = 0; i < sizeof keys / sizeof keys[0]; i++)
+            is_known = is_known || strcmp(key, keys[i]) == 0;
+        if (!is_known) {
+            fprintf(stderr, "referral-desk send: --case %s: unknown key \"%s\" (see --help "
+                    "for the keys a case file may have)\n", path, key);
+            return false;
+        }
+        if (strcmp(key, "subject") != 0)
+            continue;
+        if (!json_object_is_type(value, json_type_object)) {
+            fprintf(stderr, "referral-desk send: --case %s: \"subject\" must be an object\n",
+                    path);
+            return false;
+        }
+        json_object_object_foreach(value, skey, svalue) {
+            (void)svalue;
+            bool is_subject_key = false;
+            for (size_t i = 0; i < sizeof subject_keys / sizeof subject_keys[0]; i++)
+                is_subject_key = is_subject_key || strcmp(skey, subject_keys[i]) == 0;
+            if (!is_subject_key) {
+                fprintf(stderr, "referral-desk send: --case %s: unknown key \"subject.%s\" "
+                        "(pseudonym, age, location)\n", path, skey);
+                return false;
+            }
+        }
+    }
+    return true;
+}
+
 static int cmd_send(ref_client *c, int argc, char **argv)
 {
     static const struct option opts[] = {
@@ -146,9 +214,16 @@ static int cmd_send(ref_client *c, int argc, char **argv)
     int opt;
     optind = 0;   /* GNU: start a fresh scan of this command's arguments */
     /* The case file first, so that flags override it. */
-    for (int i = 1; i + 1 < argc; i++)
-        if (strcmp(argv[i], "--case") == 0)
-            file = json_object_from_file(argv[i + 1]);
+    for (int i = 1; i + 1 < argc; i++) {
+        if (strcmp(argv[i], "--case") != 0)
+            continue;
+        json_object_put(file);
+        file = json_object_from_file(argv[i + 1]);
+        if (!is_case_file_ok(file, argv[i + 1])) {
+            json_object_put(file);
+            return EX_USAGE;
+        }
+    }
     if (file != NULL) {
         r.to_agency = jstr(file, "to");
         urgency = jstr(file, "urgency");

@@ -53,7 +53,10 @@ static void usage(FILE *f)
         "directory verify  checks a signed directory against the pinned root: ROOT is\n"
         "            64 hex digits or a .pub.json file. Refuses unsigned, wrongly\n"
         "            signed, older (--min-version) or expired directories.\n"
-        "directory show    verifies, then lists agencies and brokers (--json: as JSON).\n"
+        "directory show    verifies, then lists agencies and brokers; --json prints every\n"
+        "            field with every public key (agencies: sign_public, sign_key_id,\n"
+        "            seal_public, curve_public, escalation chain; brokers: endpoint,\n"
+        "            sign_public, sign_key_id, curve_public) and revoked_key_ids.\n"
         "\n"
         "Examples:\n"
         "  referralctl keygen --id root --dir keys\n"
@@ -447,6 +450,21 @@ static void show_text(const Referral__V1__Directory *d)
     printf("revoked keys: %zu\n", d->n_revoked_key_ids);
 }
 
+/* "sign_public" (hex) and "sign_key_id" (hex, what envelopes, notices and
+ * revoked_key_ids name) of a 32-byte Ed25519 key. */
+static void add_sign_keys(json_object *o, const ProtobufCBinaryData *sign_public)
+{
+    char hex[65];
+    uint8_t kid[SIGN_KEY_ID_BYTES];
+    sign_key_id(sign_public->data, kid);
+    json_object_object_add(o, "sign_public",
+                           json_object_new_string(ids_hex(sign_public->data, 32, hex)));
+    json_object_object_add(o, "sign_key_id",
+                           json_object_new_string(ids_hex(kid, SIGN_KEY_ID_BYTES, hex)));
+}
+
+/* Everything in the directory but nothing secret: every public key, so
+ * that an integrator can take a broker's CURVE key from here. */
 static void show_json(const Referral__V1__Directory *d)
 {
     char hex[65], z85[41];
@@ -464,7 +482,7 @@ static void show_json(const Referral__V1__Directory *d)
         json_object_object_add(o, "region", json_object_new_string(a->region));
         json_object_object_add(o, "name", json_object_new_string(a->name));
         json_object_object_add(o, "home_broker", json_object_new_string(a->home_broker));
-        json_object_object_add(o, "sign_public", json_object_new_string(ids_hex(a->sign_public.data, 32, hex)));
+        add_sign_keys(o, &a->sign_public);
         json_object_object_add(o, "seal_public", json_object_new_string(ids_hex(a->seal_public.data, 32, hex)));
         keys_to_z85(a->curve_public.data, z85);
         json_object_object_add(o, "curve_public", json_object_new_string(z85));
@@ -472,6 +490,8 @@ static void show_json(const Referral__V1__Directory *d)
         for (size_t j = 0; j < a->n_backup_agencies; j++)
             json_object_array_add(b, json_object_new_string(a->backup_agencies[j]));
         json_object_object_add(o, "backup_agencies", b);
+        json_object_object_add(o, "supervisor_desk", json_object_new_string(a->supervisor_desk));
+        json_object_object_add(o, "regional_centre", json_object_new_string(a->regional_centre));
         json_object *ec = json_object_new_array();
         for (size_t j = 0; j < a->n_emergency_contacts; j++) {
             json_object *c = json_object_new_object();
@@ -488,9 +508,17 @@ static void show_json(const Referral__V1__Directory *d)
         json_object *o = json_object_new_object();
         json_object_object_add(o, "id", json_object_new_string(d->brokers[i]->id));
         json_object_object_add(o, "endpoint", json_object_new_string(d->brokers[i]->endpoint));
+        add_sign_keys(o, &d->brokers[i]->sign_public);
+        keys_to_z85(d->brokers[i]->curve_public.data, z85);
+        json_object_object_add(o, "curve_public", json_object_new_string(z85));
         json_object_array_add(brokers, o);
     }
     json_object_object_add(root, "brokers", brokers);
+    json_object *revoked = json_object_new_array();
+    for (size_t i = 0; i < d->n_revoked_key_ids; i++)
+        json_object_array_add(revoked, json_object_new_string(
+                                           ids_hex(d->revoked_key_ids[i].data, 16, hex)));
+    json_object_object_add(root, "revoked_key_ids", revoked);
     printf("%s\n", json_object_to_json_string_ext(root, JSON_C_TO_STRING_PRETTY |
                                                         JSON_C_TO_STRING_NOSLASHESCAPE));
     json_object_put(root);
