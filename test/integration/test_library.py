@@ -6,6 +6,7 @@ kill -9, and misuse."""
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -21,6 +22,18 @@ DESK = "sh.12355.desk"
 LEAGUE = "qd.youth-league"
 DESKTOOL = h.DESKTOOL
 Desk = h.Desk
+# After a process exits, frames it sent may still be on their way: read on
+# until none came for this long.
+QUIET_AFTER_EXIT_S = 0.5
+
+
+def wait_for(what, condition, timeout_s=10.0, interval_s=0.05):
+    """Poll condition() until it is true; fail naming what after timeout_s."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(interval_s)
 
 
 def send_receive_acknowledge_with_receipts():
@@ -179,7 +192,7 @@ def outbox_entry_refused_later_is_reported_not_dropped():
             p.send_signal(signal.SIGKILL)
             p.wait(timeout=10)
             fake.close(0)
-            time.sleep(1.5)
+            time.sleep(1.5)   # the referral's TTL (1 s) passes: what is under test, not a sync
             desk.env["REFERRAL_ENDPOINT"] = b.endpoint
             got = desk.events("listen", "--count", "1", "--timeout-s", "10")
             assert got and got[0]["event"] == "notice" and got[0]["from"] == "libreferral", got
@@ -215,7 +228,15 @@ def send_retries_while_the_store_is_full():
                                   "--urgency", "crisis", "--category", "protection",
                                   "--narrative", "waits for room", "--json"], env=desk.env,
                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-            time.sleep(2)
+            # The desk keeps sending while the store is full: wait until the
+            # broker has refused its referral (to the league) twice, as it
+            # sends again every second.
+            def refusals():
+                return len(re.findall(r"refused msg=\w+ from=%s to=%s code=%d " % (
+                    DESK, LEAGUE, pb.RESULT_STORE_FULL), b.read_log()))
+
+            wait_for("the desk to send again while the store is full",
+                     lambda: refusals() >= 2 or p.poll() is not None, timeout_s=15)
             if p.poll() is not None:
                 out, err = p.communicate()
                 raise AssertionError(f"ref_send gave up while the store was full: {p.returncode} {out} {err}")
@@ -233,8 +254,8 @@ def send_retries_while_the_store_is_full():
 
 def delivery_not_taken_by_the_application_comes_again():
     """A client that pumps a delivery but exits before the application took
-    it must not settle it: the broker delivers it again, and the next
-    listener gets it once."""
+    it: the delivery is handed again at the next start (from the library's
+    inbox, or by the broker if it never got that far), and once only."""
     with h.Broker(delivery__ack_timeout_ms=800) as b:
         desk, league = Desk(b, DESK), Desk(b, LEAGUE)
         try:
@@ -243,8 +264,14 @@ def delivery_not_taken_by_the_application_comes_again():
             mid = sent[0]["message_id"]
             # 'status' connects (granting credit), pumps, and exits without
             # ever calling ref_receive.
+            # Nothing to wait for once it has exited: the delivery is either in
+            # its inbox, stored and settled (state DELIVERED), or still at the
+            # broker (QUEUED, or IN_FLIGHT until ack_timeout_ms); the next
+            # listener is handed it in each case.
             league.run("status", mid)
-            time.sleep(1.5)
+            state = h.Client(b, DESK).status(bytes.fromhex(mid)).state
+            assert state in (pb.MESSAGE_STATE_DELIVERED, pb.MESSAGE_STATE_QUEUED,
+                             pb.MESSAGE_STATE_IN_FLIGHT), state
             got = league.events("listen", "--count", "1", "--timeout-s", "10")
             assert [e["narrative"] for e in got if e["event"] == "referral"] == \
                 ["do not lose me"], got
@@ -277,11 +304,21 @@ def forged_notice_is_refused():
                                        signature=key.sign_key.sign(
                                            b"referral.v1 notice\x00" + n)))
 
+            # Serve until the desk has exited and its last frames are read:
+            # it settles the forged notice (REJECT) while it reads on, and
+            # that frame may still be on its way when it exits.
             deadline = time.monotonic() + 8
             sent = False
-            while time.monotonic() < deadline and p.poll() is None:
+            quiet_until = None
+            while time.monotonic() < deadline:
+                if p.poll() is not None and quiet_until is None:
+                    quiet_until = time.monotonic() + QUIET_AFTER_EXIT_S
+                if quiet_until is not None and time.monotonic() > quiet_until:
+                    break
                 if not fake.poll(100):
                     continue
+                if quiet_until is not None:
+                    quiet_until = time.monotonic() + QUIET_AFTER_EXIT_S
                 rid, data = fake.recv_multipart()
                 f = pb.ClientFrame()
                 f.ParseFromString(data)
@@ -316,12 +353,13 @@ def misuse_gives_errors_not_crashes():
             r = desk.run("send", "--to", "qd.nowhere", "--urgency", "routine", "--category",
                          "other", "--narrative", "x", check=False)
             assert r.returncode == 1 and "not in the directory" in r.stderr, r
+            assert not r.stdout, "a referral that was not sent is never reported as sent"
             r = desk.run("send", "--to", "Bad..Id", "--urgency", "routine", "--category",
                          "other", "--narrative", "x", check=False)
             assert r.returncode == 2, r
             r = desk.run("send", "--to", LEAGUE, "--urgency", "routine", "--category", "other",
                          "--narrative", "x" * 70000, check=False)
-            assert r.returncode == 1 and "larger" in r.stderr, r
+            assert r.returncode == 1 and "larger" in r.stderr and not r.stdout, r
             r = desk.run("ack", "00" * 16, "--level", "received", "--person", "x", check=False)
             assert r.returncode == 2 and "no referral" in r.stderr, r
             r = desk.run("ack", "nothex", "--level", "received", check=False)
