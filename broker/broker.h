@@ -1,6 +1,8 @@
 /*
  * broker: the state of one running referrald, shared by loop.c (the event
- * loop), ingress.c (submissions) and main.c (start and stop).
+ * loop, loop.h), ingress.c (submissions, ingress.h), trust.c (the
+ * directory) and main.c (start and stop). Each module declares what it
+ * offers in its own header; this one holds only the shared state.
  */
 #ifndef REF_BROKER_BROKER_H
 #define REF_BROKER_BROKER_H
@@ -61,6 +63,8 @@ typedef struct {
     } *sent;
     size_t n_sent, cap_sent;
     void *monitor;                /* the ROUTER's socket monitor: disconnects end sessions */
+    struct verifier *verifier;    /* signature checks on worker threads (verify.h) */
+    struct held_frames *held;     /* frames in arrival order, some awaiting checks (loop.c) */
 
     uint64_t next_due_ms;         /* earliest deadline, UINT64_MAX if none */
     bool is_busy;                 /* more work waits: poll without sleeping */
@@ -76,20 +80,5 @@ typedef struct {
  * (a failed commit included): then the broker must exit BROKER_EXIT_STORE. */
 bool broker_load_directory(broker *b, store_err *fault, char *why, size_t why_len);
 
-/* Run the loop until *b->stop. Returns a BROKER_EXIT_* code. */
-int loop_run(broker *b);
-
-/* Queue a packed frame for rid (takes ownership of data). False when out of
- * memory (data is freed then). */
-bool loop_queue_frame(broker *b, const uint8_t *rid, size_t rid_len, uint8_t *data, size_t len);
-
-/*
- * Handle one Submit from session sess inside the turn's transaction: check,
- * store in a child transaction, and queue the SubmitReply for after the
- * commit. Returns STORE_FAILED only when the store failed (the broker must
- * exit); refusals are replies, not errors.
- */
-store_err ingress_submit(broker *b, MDB_txn *txn, const session *sess,
-                         const Referral__V1__Submit *submit, uint64_t now_ms);
 
 #endif

@@ -20,6 +20,9 @@ void config_defaults(config *cfg)
     cfg->max_frame_bytes = 1u << 20;
     cfg->max_body_bytes = 800u << 10;   /* the largest sealed body (792,386 bytes) fits */
     cfg->max_batch = 256;
+    cfg->verify_workers = 0;
+    cfg->max_pending_checks = 1024;
+    cfg->max_turn_ms = 100;
     cfg->max_sessions = 1024;
     cfg->max_sessions_per_agency = 16;
     cfg->max_credit = 1024;
@@ -95,6 +98,9 @@ static const key_spec keys[] = {
     {"limits", "max_frame_bytes", K_U32, OFF(max_frame_bytes), 0, 4096, 64u << 20, "4096..67108864"},
     {"limits", "max_body_bytes", K_U32, OFF(max_body_bytes), 0, 1024, 60u << 20, "1024..62914560"},
     {"limits", "max_batch", K_U32, OFF(max_batch), 0, 1, 65536, "1..65536"},
+    {"limits", "verify_workers", K_U32, OFF(verify_workers), 0, 0, 64, "0..64 (0: auto)"},
+    {"limits", "max_pending_checks", K_U32, OFF(max_pending_checks), 0, 1, 65536, "1..65536"},
+    {"limits", "max_turn_ms", K_U32, OFF(max_turn_ms), 0, 10, 10000, "10..10000"},
     {"limits", "max_sessions", K_U32, OFF(max_sessions), 0, 1, 1000000, "1..1000000"},
     {"limits", "max_sessions_per_agency", K_U32, OFF(max_sessions_per_agency), 0, 1, 1000000,
      "1..1000000, at most max_sessions"},

@@ -32,6 +32,9 @@ typedef struct {
     uint32_t max_frame_bytes;
     uint32_t max_body_bytes;
     uint32_t max_batch;               /* frames read in one loop turn (one commit) */
+    uint32_t verify_workers;          /* signature-check threads; 0: one per core less one */
+    uint32_t max_pending_checks;      /* frames held while their signatures are checked */
+    uint32_t max_turn_ms;             /* handling frames stops after this, so deadlines fire */
     uint32_t max_sessions;
     uint32_t max_sessions_per_agency; /* an agency's oldest session makes room beyond this */
     uint32_t max_credit;              /* per session */

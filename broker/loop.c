@@ -1,11 +1,13 @@
 /*
  * loop: referrald's event loop. One turn:
  *
- *   wait for frames, disconnects or the next deadline
+ *   wait for frames, verdicts, disconnects or the next deadline
  *   end the sessions of closed connections          (read_disconnects)
+ *   read frames into the inbound ring, hand the signature checks of
+ *   Submits to the worker threads, take back their verdicts  (inbound.h)
  *   begin one write transaction
  *     count the attempts of last turn's sent deliveries (count_sent)
- *     read a batch of frames and handle each      (handle_frame)
+ *     handle the ring's ready frames, oldest first (handle_frame)
  *     fire due deadlines                           (fire_deadlines)
  *     return deliveries whose send failed          (return_lost)
  *     hand queued messages to sessions with credit (deliver)
@@ -20,7 +22,7 @@
  * ends the process (BROKER_EXIT_STORE): LMDB keeps the last good state and
  * the restart recovers; retrying in place could acknowledge lost writes.
  */
-#include "broker.h"
+#include "loop.h"
 
 #include <assert.h>
 #include <errno.h>
@@ -32,7 +34,10 @@
 #include <zmq.h>
 
 #include "clock.h"
+#include "inbound.h"
+#include "ingress.h"
 #include "log.h"
+#include "verify.h"
 #include "zap.h"
 
 #define R(x) REFERRAL__V1__RESULT_CODE__RESULT_##x
@@ -341,24 +346,31 @@ static bool is_admitted(broker *b, const char *user_id, int fd, session **s,
     return true;
 }
 
-/* Handle one received frame; store faults are returned, all else answered. */
-static store_err handle_frame(broker *b, MDB_txn *txn, const uint8_t *rid, size_t rid_len,
-                              int fd, const uint8_t *data, size_t len, const char *user_id,
-                              uint64_t now_ms)
+/* Handle one received frame (decoded at arrival, its signature checked if
+ * it is a Submit); store faults are returned, all else answered. */
+static store_err handle_frame(broker *b, MDB_txn *txn, held *hf, uint64_t now_ms)
 {
-    char why[256];
+    const uint8_t *rid = zmq_msg_data(&hf->rid);
+    size_t rid_len = zmq_msg_size(&hf->rid);
+    if (hf->n_parts != 2) {
+        queue_error(b, rid, rid_len, R(MALFORMED), "a client message must be exactly one frame");
+        return STORE_OK;
+    }
+    int fd = hf->fd;
+    const char *user_id = zmq_msg_gets(&hf->data, "User-Id");
     char agency[IDS_NAME_MAX + 1];
     uint8_t key_id[16];
     session *s = session_find(&b->sessions, rid, rid_len);
     if (!is_admitted(b, user_id, fd, &s, agency, key_id, rid, rid_len))
         return STORE_OK;
-    Referral__V1__ClientFrame *f = NULL;
-    wire_err we = wire_decode_client_frame(data, len, &b->limits, &f, why, sizeof why);
-    if (we != WIRE_OK) {
-        log_warn("ingress", "refused frame bytes=%zu agency=%s code=%s detail=%s", len, agency,
-                 wire_strerror(we), why);
-        queue_error_for(b, rid, rid_len, wire_peek_request_id(data, len, &b->limits),
-                        wire_result_code(we), why);
+    const Referral__V1__ClientFrame *f = hf->frame;
+    if (hf->decode_err != WIRE_OK) {
+        log_warn("ingress", "refused frame bytes=%zu agency=%s code=%s detail=%s",
+                 zmq_msg_size(&hf->data), agency, wire_strerror(hf->decode_err), hf->decode_why);
+        queue_error_for(b, rid, rid_len,
+                        wire_peek_request_id(zmq_msg_data(&hf->data), zmq_msg_size(&hf->data),
+                                             &b->limits),
+                        wire_result_code(hf->decode_err), hf->decode_why);
         return STORE_OK;
     }
     store_err e = STORE_OK;
@@ -372,7 +384,7 @@ static store_err handle_frame(broker *b, MDB_txn *txn, const uint8_t *rid, size_
     } else {
         switch (f->body_case) {
         case REFERRAL__V1__CLIENT_FRAME__BODY_SUBMIT:
-            e = ingress_submit(b, txn, s, f->submit, now_ms);
+            e = ingress_submit(b, txn, s, f->submit, &hf->chk, now_ms);
             break;
         case REFERRAL__V1__CLIENT_FRAME__BODY_CREDIT: {
             uint64_t c = (uint64_t)s->credit + f->credit->grant;
@@ -402,53 +414,47 @@ static store_err handle_frame(broker *b, MDB_txn *txn, const uint8_t *rid, size_
             break;
         }
     }
-    wire_free(f);
     return e;
 }
 
-/* Read up to max_batch frames without blocking. Returns how many. */
-static size_t read_batch(broker *b, MDB_txn *txn, uint64_t now_ms, store_err *fault)
+static bool signer_key(const void *ctx, const Referral__V1__Submit *submit, uint8_t key[32])
 {
-    size_t n = 0;
-    zmq_msg_t parts[3];
-    while (n < b->cfg.max_batch && *fault == STORE_OK) {
-        size_t count = 0;
-        int more = 1;
-        bool is_dropped = false;
-        while (more) {
-            zmq_msg_t tmp;
-            zmq_msg_t *p = count < 3 ? &parts[count] : &tmp;
-            zmq_msg_init(p);
-            if (zmq_msg_recv(p, b->router, ZMQ_DONTWAIT) < 0) {
-                zmq_msg_close(p);
-                if (count == 0)
-                    return n;
-                is_dropped = true;   /* cannot happen: parts arrive together */
-                break;
-            }
-            more = zmq_msg_more(p);
-            if (count >= 3)
-                zmq_msg_close(p);
-            count++;
-        }
-        size_t kept = count < 3 ? count : 3;
-        if (!is_dropped && count == 2) {
-            /* The connection's socket, which binds a session to it (session.h);
-             * libzmq marks ZMQ_SRCFD deprecated but keeps it, -1 if unknown. */
-            int fd = zmq_msg_get(&parts[1], ZMQ_SRCFD);
-            *fault = handle_frame(b, txn, zmq_msg_data(&parts[0]), zmq_msg_size(&parts[0]), fd,
-                                  zmq_msg_data(&parts[1]), zmq_msg_size(&parts[1]),
-                                  zmq_msg_gets(&parts[1], "User-Id"), now_ms);
-        } else if (!is_dropped && count > 0) {
-            queue_error(b, zmq_msg_data(&parts[0]), zmq_msg_size(&parts[0]), R(MALFORMED),
-                        "a client message must be exactly one frame");
-        }
-        for (size_t i = 0; i < kept; i++)
-            zmq_msg_close(&parts[i]);
-        n++;
+    return ingress_signer_key(ctx, submit, key);
+}
+
+/* Read what arrived into the inbound ring and move the signature checks
+ * along: hand new ones to the workers, take back their verdicts. */
+static void read_inbound(broker *b, bool is_readable)
+{
+    bool is_more = false;
+    if (is_readable)
+        inbound_read(b->held, b->router, b->cfg.max_batch, &b->limits, signer_key, b, &is_more);
+    inbound_dispatch(b->held, b->verifier);
+    inbound_collect(b->held, b->verifier);
+    if (is_more)
+        b->is_busy = true;
+}
+
+/* Handle the ring's ready frames, oldest first, at most max_batch and for
+ * at most max_turn_ms (so that deadlines and deliveries get their turn
+ * whatever the backlog); stop at a frame whose check is still out (frames
+ * behind it wait). */
+static store_err handle_inbound(broker *b, MDB_txn *txn, uint64_t now_ms)
+{
+    uint64_t until_ms = clock_mono_ms() + b->cfg.max_turn_ms;
+    for (uint32_t n = 0; n < b->cfg.max_batch; n++) {
+        held *hf = inbound_head(b->held);
+        if (hf == NULL)
+            return STORE_OK;
+        if (n > 0 && n % 16 == 0 && clock_mono_ms() >= until_ms)
+            break;
+        store_err e = handle_frame(b, txn, hf, now_ms);
+        inbound_pop(b->held);
+        if (e != STORE_OK)
+            return e;
     }
     b->is_busy = true;   /* the batch was full: more may wait */
-    return n;
+    return STORE_OK;
 }
 
 static store_err fire_deadlines(broker *b, MDB_txn *txn, uint64_t now_ms)
@@ -532,7 +538,7 @@ static store_err deliver(broker *b, MDB_txn *txn, uint64_t now_ms)
         for (size_t k = 0; k < b->sessions.cap && budget > 0; k++) {
             size_t i = (b->sessions.next_rr + k) % b->sessions.cap;
             session *s = &b->sessions.items[i];
-            if (!s->is_used || s->credit == 0)
+            if (!s->is_used || s->credit == 0 || s->is_gone)
                 continue;
             store_msg m;
             const uint8_t *payload;
@@ -742,14 +748,32 @@ static void read_disconnects(broker *b)
                 break;
         }
         zmq_msg_close(&part);
-        if (is_event && event == ZMQ_EVENT_DISCONNECTED)
-            end_session(b, session_find_fd(&b->sessions, (int)fd), "disconnected", true);
+        session *s = is_event && event == ZMQ_EVENT_DISCONNECTED
+                         ? session_find_fd(&b->sessions, (int)fd) : NULL;
+        if (s != NULL && !s->is_gone) {
+            s->is_gone = true;   /* no more deliveries; ended by end_gone_sessions() */
+            s->credit = 0;
+        }
     }
 }
 
-static int wait_ms(const broker *b)
+/* End the sessions whose connection closed, once every frame they sent
+ * before has been handled: a Submit or Settle that arrived just before the
+ * close still counts (its answer has nowhere to go; the client's outbox
+ * sends it again and hears it is a duplicate). */
+static void end_gone_sessions(broker *b)
 {
-    if (b->is_busy || b->n_lost > 0 || b->sessions.n_orphans > 0)
+    for (size_t i = 0; i < b->sessions.cap; i++) {
+        session *s = &b->sessions.items[i];
+        if (s->is_used && s->is_gone && !inbound_may_hold(b->held, s->rid, s->rid_len))
+            end_session(b, s, "disconnected", true);
+    }
+}
+
+static int wait_ms(broker *b)
+{
+    if (b->is_busy || b->n_lost > 0 || b->sessions.n_orphans > 0 ||
+        inbound_head(b->held) != NULL)
         return 0;
     if (b->is_holding)
         return 10;   /* a full peer pipe drains on the peer's schedule */
@@ -762,10 +786,12 @@ static int wait_ms(const broker *b)
 
 static int turn(broker *b)
 {
-    zmq_pollitem_t items[3] = {{.socket = b->router, .events = ZMQ_POLLIN},
+    zmq_pollitem_t items[4] = {{.socket = b->router, .events = ZMQ_POLLIN},
                                {.socket = b->zap, .events = ZMQ_POLLIN},
-                               {.socket = b->monitor, .events = ZMQ_POLLIN}};
-    int rc = zmq_poll(items, 3, wait_ms(b));
+                               {.socket = b->monitor, .events = ZMQ_POLLIN},
+                               {.socket = verifier_results_socket(b->verifier),
+                                .events = ZMQ_POLLIN}};
+    int rc = zmq_poll(items, 4, wait_ms(b));
     if (rc < 0 && errno != EINTR) {
         log_error("loop", "poll failed err=%s", zmq_strerror(errno));
         return BROKER_EXIT_TRANSPORT;
@@ -786,6 +812,7 @@ static int turn(broker *b)
     }
     if (items[1].revents & ZMQ_POLLIN)
         zap_handle(b->zap, b->dir);
+    read_inbound(b, (items[0].revents & ZMQ_POLLIN) != 0);
     uint64_t now = clock_now_ms();
     MDB_txn *txn;
     store_err e = store_begin(b->st, &txn);
@@ -794,8 +821,8 @@ static int turn(broker *b)
         return BROKER_EXIT_STORE;
     }
     e = count_sent(b, txn, now);
-    if (e == STORE_OK && (items[0].revents & ZMQ_POLLIN))
-        read_batch(b, txn, now, &e);
+    if (e == STORE_OK)
+        e = handle_inbound(b, txn, now);
     if (e == STORE_OK)
         e = fire_deadlines(b, txn, now);
     if (e == STORE_OK)
@@ -820,6 +847,7 @@ static int turn(broker *b)
         return BROKER_EXIT_STORE;
     }
     read_disconnects(b);   /* the last word before sending: no frame to a closed session */
+    end_gone_sessions(b);
     flush(b);
     session_expire_idle(&b->sessions, clock_mono_ms(), b->cfg.session_idle_ms);
     return -1;
@@ -830,6 +858,19 @@ int loop_run(broker *b)
     b->next_due_ms = 0;
     session_table_limits(&b->sessions, b->cfg.max_sessions_per_agency, b->cfg.max_credit);
     int rc = BROKER_EXIT_OK;
+    unsigned workers = b->cfg.verify_workers ? b->cfg.verify_workers
+                                             : verifier_default_workers();
+    b->verifier = verifier_new(b->zctx, workers);
+    b->held = inbound_new(b->cfg.max_pending_checks);
+    if (b->verifier == NULL || b->held == NULL) {
+        log_error("loop", "cannot start %u signature-check workers err=%s", workers,
+                  zmq_strerror(errno));
+        verifier_destroy(&b->verifier);
+        inbound_destroy(&b->held);
+        return BROKER_EXIT_TRANSPORT;
+    }
+    log_info("loop", "signature checks on worker threads workers=%u max_pending=%u", workers,
+             b->cfg.max_pending_checks);
     if (!watch_connections(b)) {
         log_error("loop", "cannot monitor the client socket's connections err=%s; sessions "
                   "could outlive them, refusing to run (a libzmq with zmq_socket_monitor is "
@@ -843,6 +884,8 @@ int loop_run(broker *b)
         rc = is_done ? t : rc;
     }
     unwatch_connections(b);
+    verifier_destroy(&b->verifier);   /* first: jobs borrow the held frames */
+    inbound_destroy(&b->held);
     free(b->sent);
     b->sent = NULL;
     b->n_sent = b->cap_sent = 0;

@@ -10,12 +10,14 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
 
 #include <zmq.h>
 
 #include "broker.h"
 #include "clock.h"
 #include "log.h"
+#include "loop.h"
 #include "ref_version.h"
 #include "zap.h"
 
@@ -70,6 +72,14 @@ static int open_socket(broker *b)
                   "built with libsodium, e.g. Debian's libzmq5)");
         return BROKER_EXIT_TRANSPORT;
     }
+    /* libzmq numbers the ROUTER's routing ids from rand(), which nobody
+     * seeds: unseeded, every broker hands out the same, guessable ids. */
+    unsigned seed = 0;
+    if (getrandom(&seed, sizeof seed, 0) != (ssize_t)sizeof seed) {
+        log_error("main", "cannot read random bytes for routing ids err=%s", strerror(errno));
+        return BROKER_EXIT_TRANSPORT;
+    }
+    srand(seed);
     b->zctx = zmq_ctx_new();
     /* The ZAP handler first: a CURVE socket without one admits anyone who
      * knows the server key. */

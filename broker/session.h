@@ -59,6 +59,8 @@ typedef struct {
     uint8_t key_id[16];               /* key id of the connection's CURVE key */
     uint32_t credit;                  /* deliveries the client will take */
     uint64_t last_seen_ms;            /* monotonic */
+    bool is_gone;                     /* its connection closed: no more deliveries; it ends
+                                         once the frames it sent before are handled */
     session_flight *flights;          /* owned ring of max_flights, allocated on first use */
     size_t n_flights, head_flight;
 } session;
