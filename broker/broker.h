@@ -14,9 +14,12 @@
 #include "delivery.h"
 #include "directory.h"
 #include "keys.h"
+#include "link.h"
 #include "session.h"
 #include "store.h"
 #include "wire.h"
+
+#define BROKER_MAX_LINKS 64
 
 /* Exit codes of referrald (documented in --help and docs/operations.md). */
 enum {
@@ -27,18 +30,6 @@ enum {
     BROKER_EXIT_TRUST = 5,        /* keys or the directory are missing, invalid or stale */
 };
 
-/* One frame waiting to go out after the turn's commit. */
-typedef struct {
-    uint8_t rid[SESSION_RID_MAX];
-    size_t rid_len;
-    uint8_t *data;                /* owned: free() after sending */
-    size_t len;
-    bool is_delivery;             /* a failed send returns message_id to its queue */
-    uint8_t message_id[IDS_BYTES];
-    uint32_t attempt;             /* a delivery's attempt number, counted once sent */
-    uint64_t session_serial;      /* a delivery goes only to the session it was taken for */
-    uint64_t held_since_ms;       /* 0, or when the peer's pipe was first full */
-} outgoing;
 
 typedef struct {
     config cfg;
@@ -53,8 +44,9 @@ typedef struct {
     delivery_ctx dc;
     wire_limits limits;
 
-    outgoing *out;                /* frames for after the commit */
-    size_t n_out, cap_out;
+    link clients;                 /* the client ROUTER's frames for after the commit */
+    link *links[BROKER_MAX_LINKS]; /* every link the loop serves: clients first, peers next */
+    size_t n_links;
     uint8_t (*lost)[IDS_BYTES];   /* deliveries whose send failed: return next turn */
     size_t n_lost, cap_lost;
     struct sent_delivery {        /* deliveries that left: count their attempt next turn */
@@ -68,7 +60,7 @@ typedef struct {
 
     uint64_t next_due_ms;         /* earliest deadline, UINT64_MAX if none */
     bool is_busy;                 /* more work waits: poll without sleeping */
-    bool is_holding;              /* frames wait for a full peer pipe: poll briefly */
+    bool is_holding;              /* a link holds frames for a full pipe: poll briefly */
     volatile sig_atomic_t *stop;  /* set by SIGTERM / SIGINT */
     volatile sig_atomic_t *reload; /* set by SIGHUP: load the directory again */
 } broker;

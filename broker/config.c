@@ -23,6 +23,8 @@ void config_defaults(config *cfg)
     cfg->verify_workers = 0;
     cfg->max_pending_checks = 1024;
     cfg->max_turn_ms = 100;
+    cfg->max_hold_ms = 5000;
+    cfg->max_held_frames = 8192;
     cfg->max_sessions = 1024;
     cfg->max_sessions_per_agency = 16;
     cfg->max_credit = 1024;
@@ -101,6 +103,8 @@ static const key_spec keys[] = {
     {"limits", "verify_workers", K_U32, OFF(verify_workers), 0, 0, 64, "0..64 (0: auto)"},
     {"limits", "max_pending_checks", K_U32, OFF(max_pending_checks), 0, 1, 65536, "1..65536"},
     {"limits", "max_turn_ms", K_U32, OFF(max_turn_ms), 0, 10, 10000, "10..10000"},
+    {"limits", "max_hold_ms", K_U32, OFF(max_hold_ms), 0, 100, 3600000, "100..3600000"},
+    {"limits", "max_held_frames", K_U32, OFF(max_held_frames), 0, 16, 1000000, "16..1000000"},
     {"limits", "max_sessions", K_U32, OFF(max_sessions), 0, 1, 1000000, "1..1000000"},
     {"limits", "max_sessions_per_agency", K_U32, OFF(max_sessions_per_agency), 0, 1, 1000000,
      "1..1000000, at most max_sessions"},

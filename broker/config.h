@@ -35,6 +35,8 @@ typedef struct {
     uint32_t verify_workers;          /* signature-check threads; 0: one per core less one */
     uint32_t max_pending_checks;      /* frames held while their signatures are checked */
     uint32_t max_turn_ms;             /* handling frames stops after this, so deadlines fire */
+    uint32_t max_hold_ms;             /* a peer whose pipe stays full this long is gone */
+    uint32_t max_held_frames;         /* ... or that has this many frames held for it */
     uint32_t max_sessions;
     uint32_t max_sessions_per_agency; /* an agency's oldest session makes room beyond this */
     uint32_t max_credit;              /* per session */

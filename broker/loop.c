@@ -45,26 +45,7 @@
 
 bool loop_queue_frame(broker *b, const uint8_t *rid, size_t rid_len, uint8_t *data, size_t len)
 {
-    if (b->n_out == b->cap_out) {
-        size_t cap = b->cap_out == 0 ? 64 : b->cap_out * 2;
-        outgoing *p = realloc(b->out, cap * sizeof *p);
-        if (p == NULL) {
-            free(data);
-            return false;
-        }
-        b->out = p;
-        b->cap_out = cap;
-    }
-    outgoing *o = &b->out[b->n_out++];
-    memcpy(o->rid, rid, rid_len);
-    o->rid_len = rid_len;
-    o->data = data;
-    o->len = len;
-    o->is_delivery = false;
-    o->attempt = 0;
-    o->session_serial = 0;
-    o->held_since_ms = 0;
-    return true;
+    return link_queue(&b->clients, rid, rid_len, data, len) != NULL;
 }
 
 static void queue_reply(broker *b, const uint8_t *rid, size_t rid_len,
@@ -109,15 +90,7 @@ static void end_session(broker *b, session *s, const char *why, bool is_connecti
     log_info("session", "session ended agency=%s key=%s serial=%llu why=%s in_flight=%zu",
              s->agency, ids_hex(s->key_id, 8, hex), (unsigned long long)s->serial, why,
              s->n_flights);
-    for (size_t i = 0; i < b->n_out; i++) {
-        outgoing *o = &b->out[i];
-        if (o->data == NULL || o->rid_len != s->rid_len || memcmp(o->rid, s->rid, s->rid_len) != 0)
-            continue;
-        if (o->is_delivery ? o->session_serial == s->serial : is_connection_gone) {
-            free(o->data);
-            o->data = NULL;
-        }
-    }
+    link_drop(&b->clients, s->rid, s->rid_len, is_connection_gone, s->serial);
     session_close(&b->sessions, s);
     b->is_busy = true;   /* return its deliveries now */
 }
@@ -509,7 +482,7 @@ static store_err count_sent(broker *b, MDB_txn *txn, uint64_t now_ms)
     return STORE_OK;
 }
 
-static void remember_sent(broker *b, const outgoing *o)
+static void remember_sent(broker *b, const link_frame *o)
 {
     if (b->n_sent == b->cap_sent) {
         size_t cap = b->cap_sent == 0 ? 64 : b->cap_sent * 2;
@@ -553,9 +526,10 @@ static store_err deliver(broker *b, MDB_txn *txn, uint64_t now_ms)
             uint8_t *frame = wire_pack_delivery(m.id, attempt, m.urgency,
                                                 m.payload_kind == STORE_PAYLOAD_NOTICE, payload,
                                                 len, &flen);
-            if (frame == NULL || !loop_queue_frame(b, s->rid, s->rid_len, frame, flen))
+            link_frame *o = frame != NULL ? link_queue(&b->clients, s->rid, s->rid_len, frame,
+                                                       flen) : NULL;
+            if (o == NULL)
                 return STORE_OK;   /* out of memory: the return deadline redelivers it */
-            outgoing *o = &b->out[b->n_out - 1];
             o->is_delivery = true;
             memcpy(o->message_id, m.id, IDS_BYTES);
             o->attempt = attempt;
@@ -585,117 +559,58 @@ static void remember_lost(broker *b, const uint8_t id[IDS_BYTES])
     memcpy(b->lost[b->n_lost++], id, IDS_BYTES);
 }
 
-/* A peer whose pipe stays full this long loses its session. */
-#define MAX_HOLD_MS 5000
-#define MAX_HELD_FRAMES 8192
+/* ---- the client link's view of its frames (link.h, link_ops) ---------- */
 
-static bool same_rid(const outgoing *a, const uint8_t *rid, size_t len)
+/* A delivery goes only to the session it was taken for, while it is open. */
+static bool client_frame_is_wanted(void *ctx, const link_frame *f)
 {
-    return a->rid_len == len && memcmp(a->rid, rid, len) == 0;
+    broker *b = ctx;
+    if (!f->is_delivery)
+        return true;
+    const session *s = session_find(&b->sessions, f->rid, f->rid_len);
+    return s != NULL && s->serial == f->session_serial && !s->is_gone;
 }
 
-/* Give up on rid: close its session, return its deliveries to their
- * queues next turn, drop its frames (from index from on). */
-static size_t drop_peer(broker *b, size_t from, const uint8_t *rid, size_t rid_len,
-                        const char *why)
+static void client_frame_sent(void *ctx, const link_frame *f)
 {
+    remember_sent(ctx, f);
+}
+
+static void client_frame_lost(void *ctx, const link_frame *f)
+{
+    remember_lost(ctx, f->message_id);
+}
+
+/* A client connection is gone (EHOSTUNREACH: ROUTER_MANDATORY makes that
+ * visible) or stopped reading: its session ends; what it held returns. */
+static void client_gone(void *ctx, const uint8_t *rid, size_t rid_len, const char *why)
+{
+    broker *b = ctx;
     session *s = session_find(&b->sessions, rid, rid_len);
     log_info("session", "session ended agency=%s serial=%llu why=%s in_flight=%zu",
              s != NULL ? s->agency : "-", s != NULL ? (unsigned long long)s->serial : 0ull, why,
              s != NULL ? s->n_flights : 0);
     session_close(&b->sessions, s);
-    size_t dropped = 0;
-    for (size_t j = from; j < b->n_out; j++) {
-        outgoing *o = &b->out[j];
-        if (o->data == NULL || !same_rid(o, rid, rid_len))
-            continue;
-        if (o->is_delivery)
-            remember_lost(b, o->message_id);
-        free(o->data);
-        o->data = NULL;
-        dropped++;
-    }
     b->is_busy = true;
-    return dropped;
 }
 
-/* Is o's session (the one its delivery was taken for) still open? */
-static bool is_for_open_session(broker *b, const outgoing *o)
-{
-    const session *s = session_find(&b->sessions, o->rid, o->rid_len);
-    return s != NULL && s->serial == o->session_serial;
-}
+static const link_ops client_link_ops = {
+    .is_wanted = client_frame_is_wanted,
+    .on_sent = client_frame_sent,
+    .on_lost = client_frame_lost,
+    .on_peer_gone = client_gone,
+};
 
-/* Send the turn's frames, in order. A peer that is gone (EHOSTUNREACH:
- * ROUTER_MANDATORY makes that visible) loses its session and its
- * deliveries go back to their queues. A peer whose pipe is full (EAGAIN)
- * keeps its frames, in order, for the next turn; if it stays full for
- * MAX_HOLD_MS, or too much piles up, it is treated as gone. Nothing is
- * dropped silently. */
+/* Send the turn's frames on every link, after the commit. */
 static void flush(broker *b)
 {
     uint64_t now = clock_mono_ms();
-    size_t kept = 0;
-    for (size_t i = 0; i < b->n_out; i++) {
-        outgoing *o = &b->out[i];
-        if (o->data == NULL)
-            continue;   /* dropped with its peer */
-        if (o->is_delivery && !is_for_open_session(b, o)) {
-            free(o->data);   /* its session ended: session_close handed it back */
-            o->data = NULL;
-            continue;
-        }
-        bool is_behind_held = false;
-        for (size_t k = 0; k < kept && !is_behind_held; k++)
-            is_behind_held = same_rid(&b->out[k], o->rid, o->rid_len);
-        int rc = -1;
-        if (!is_behind_held) {
-            rc = zmq_send(b->router, o->rid, o->rid_len, ZMQ_SNDMORE | ZMQ_DONTWAIT);
-            if (rc >= 0)
-                rc = zmq_send(b->router, o->data, o->len, ZMQ_DONTWAIT);
-        }
-        if (rc >= 0) {
-            if (o->is_delivery)
-                remember_sent(b, o);
-            free(o->data);
-            continue;
-        }
-        if (is_behind_held || errno == EAGAIN) {
-            if (o->held_since_ms == 0)
-                o->held_since_ms = now;
-            if (now - o->held_since_ms > MAX_HOLD_MS || kept >= MAX_HELD_FRAMES) {
-                uint8_t rid[SESSION_RID_MAX];
-                size_t rid_len = o->rid_len;
-                memcpy(rid, o->rid, rid_len);
-                drop_peer(b, i, rid, rid_len, "peer stopped reading");
-                /* frames of this peer already kept stay dropped below */
-                for (size_t k = 0; k < kept; k++)
-                    if (b->out[k].data != NULL && same_rid(&b->out[k], rid, rid_len)) {
-                        if (b->out[k].is_delivery)
-                            remember_lost(b, b->out[k].message_id);
-                        free(b->out[k].data);
-                        b->out[k].data = NULL;
-                    }
-                continue;
-            }
-            b->out[kept++] = *o;
-            continue;
-        }
-        uint8_t rid[SESSION_RID_MAX];
-        size_t rid_len = o->rid_len;
-        memcpy(rid, o->rid, rid_len);
-        if (o->is_delivery)
-            remember_lost(b, o->message_id);
-        free(o->data);
-        o->data = NULL;
-        drop_peer(b, i + 1, rid, rid_len, zmq_strerror(errno));
+    size_t n_held = 0;
+    for (size_t i = 0; i < b->n_links; i++) {
+        link_flush(b->links[i], now);
+        n_held += link_held(b->links[i]);
     }
-    size_t n = 0;   /* compact: frames of dropped peers are gone */
-    for (size_t k = 0; k < kept; k++)
-        if (b->out[k].data != NULL)
-            b->out[n++] = b->out[k];
-    b->n_out = n;
-    b->is_holding = n > 0;
+    b->is_holding = n_held > 0;
 }
 
 #define MONITOR_ENDPOINT "inproc://referrald.router-monitor"
@@ -871,6 +786,10 @@ int loop_run(broker *b)
     }
     log_info("loop", "signature checks on worker threads workers=%u max_pending=%u", workers,
              b->cfg.max_pending_checks);
+    link_init(&b->clients, "clients", b->router, b->cfg.max_hold_ms, b->cfg.max_held_frames,
+              &client_link_ops, b);
+    b->links[0] = &b->clients;
+    b->n_links = 1;
     if (!watch_connections(b)) {
         log_error("loop", "cannot monitor the client socket's connections err=%s; sessions "
                   "could outlive them, refusing to run (a libzmq with zmq_socket_monitor is "

@@ -172,9 +172,7 @@ static int recover(broker *b)
 
 static void broker_close(broker *b)
 {
-    for (size_t i = 0; i < b->n_out; i++)
-        free(b->out[i].data);
-    free(b->out);
+    link_free(&b->clients);   /* its deliveries go to lost, freed next */
     free(b->lost);
     if (b->router != NULL)
         zmq_close(b->router);
