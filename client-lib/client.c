@@ -353,6 +353,7 @@ ref_err pump(ref_client *c)
     for (bool is_more = true; is_more;) {
         batch b;
         memset(&b, 0, sizeof b);
+        batch_done(c, &b);   /* confirmations ride with whatever this batch commits */
         size_t n = 0;
         for (; n < BATCH_MAX; n++) {
             zmq_msg_t m;
@@ -558,6 +559,9 @@ void ref_client_destroy(ref_client **cp)
     if (cp == NULL || *cp == NULL)
         return;
     ref_client *c = *cp;
+    if (c->st != NULL && flush_done(c) != REF_OK)
+        say(c, REF_LOG_WARN, "confirmations not recorded; those deliveries come again at the "
+            "next start count=%zu", c->n_done);
     for (size_t i = 0; i < c->n_ready; i++)
         ref_delivery_destroy(&c->ready[i]);
     if (c->sock != NULL) {

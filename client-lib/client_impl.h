@@ -70,6 +70,8 @@ struct ref_client {
     size_t n_ready;
     size_t n_unconfirmed;           /* inbox entries: taken or not, not yet done */
     uint32_t owed_credit;           /* held back while n_unconfirmed >= MAX_UNCONFIRMED */
+    uint8_t done[MAX_UNCONFIRMED][16];  /* confirmed, dropped from the inbox at the next commit */
+    size_t n_done;
     /* the session */
     session_state session;
     unsigned handshakes;            /* successful CURVE handshakes seen by the monitor */
@@ -107,6 +109,7 @@ typedef struct {
         char of[REF_ID_HEX_LEN + 1];
     } receipt[BATCH_MAX];           /* DELIVERED receipts to submit after the commit */
     size_t n_receipt;
+    size_t n_done;                  /* confirmed deliveries' deletions carried */
 } batch;
 
 /* client.c: logging, frames, the pump */
@@ -126,6 +129,12 @@ ref_err pump(ref_client *c);
 ref_err wait_for(ref_client *c, bool (*cond)(const ref_client *), uint32_t timeout_ms);
 
 /* delivery.c: deliveries, the batch, the inbox */
+/* Put the inbox deletions of confirmed deliveries into batch b. */
+void batch_done(ref_client *c, batch *b);
+/* After b committed (is_ok) or not: forget the deletions it carried. */
+void batch_done_finish(ref_client *c, const batch *b, bool is_ok);
+/* Commit confirmed deliveries' deletions now (a batch of their own). */
+ref_err flush_done(ref_client *c);
 state_txn *batch_txn(ref_client *c, batch *b);
 void batch_write(ref_client *c, batch *b, int rc, const char *what);
 ref_err batch_finish(ref_client *c, batch *b);

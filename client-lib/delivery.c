@@ -313,6 +313,7 @@ ref_err batch_finish(ref_client *c, batch *b)
             "not settled and come again");
         b->is_failed = true;
     }
+    batch_done_finish(c, b, !b->is_failed);
     if (b->is_failed) {
         state_abort(&b->txn);
         e = REF_E_STATE;
@@ -531,21 +532,45 @@ ref_err ref_receive(ref_client *c, uint32_t timeout_ms, ref_delivery **out)
     return REF_OK;
 }
 
+void batch_done(ref_client *c, batch *b)
+{
+    if (c->n_done == 0)
+        return;
+    state_txn *txn = batch_txn(c, b);
+    for (size_t i = 0; txn != NULL && i < c->n_done; i++)
+        batch_write(c, b, state_inbox_del(txn, c->done[i]), "inbox");
+    b->n_done = c->n_done;
+}
+
+void batch_done_finish(ref_client *c, const batch *b, bool is_ok)
+{
+    if (!is_ok || b->n_done == 0)
+        return;   /* kept: the next batch carries them again */
+    memmove(c->done, c->done + b->n_done, (c->n_done - b->n_done) * sizeof c->done[0]);
+    c->n_done -= b->n_done;
+}
+
+ref_err flush_done(ref_client *c)
+{
+    batch b;
+    memset(&b, 0, sizeof b);
+    batch_done(c, &b);
+    return b.n_done == 0 ? REF_OK : batch_finish(c, &b);
+}
+
+/* Confirmations are committed with the next batch (the next ref_receive()
+ * or ref_pump(), or ref_client_destroy()): one fsync for many, never one
+ * per delivery. A crash before then hands the delivery again, which the
+ * application already deduplicates by message id. */
 ref_err ref_delivery_done(ref_client *c, const ref_delivery *d)
 {
     if (c == NULL || d == NULL)
         return REF_E_INVALID;
     if (c->st == NULL)
         return REF_E_CLOSED;
-    state_txn *txn;
-    if (state_begin(c->st, &txn) != REF_OK)
+    if (c->n_done == MAX_UNCONFIRMED && flush_done(c) != REF_OK)
         return REF_E_STATE;
-    if (state_inbox_del(txn, d->wire_id) != REF_OK) {
-        state_abort(&txn);
-        return REF_E_STATE;
-    }
-    if (state_commit(&txn) != REF_OK)
-        return REF_E_STATE;
+    memcpy(c->done[c->n_done++], d->wire_id, 16);
     if (c->n_unconfirmed > 0)
         c->n_unconfirmed--;
     if (c->owed_credit > 0 && c->n_unconfirmed < MAX_UNCONFIRMED) {

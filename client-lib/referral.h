@@ -263,13 +263,17 @@ REF_API ref_err ref_receive(ref_client *client, uint32_t timeout_ms, ref_deliver
 
 /*
  * Confirm that the application has taken delivery d (step 4 at the top):
- * the library drops it from its inbox (fsync) and never hands it again.
- * Call it after the application has made the delivery safe on its side;
- * without it, d is handed again after the next start. d stays the
+ * the library drops it from its inbox and never hands it again. The drop
+ * is committed with the library's next write (the next ref_receive() or
+ * ref_pump() that has anything to commit, at the latest the next one, or
+ * ref_client_destroy()): one fsync for many confirmations. A crash before
+ * then hands d again at the next start, which deduplication by message id
+ * absorbs. Call it after the application has made the delivery safe on its
+ * side; without it, d is handed again after the next start. d stays the
  * caller's (borrowed). While 512 deliveries wait unconfirmed, the library
  * takes no new ones from the broker (they wait there, safely).
- * Errors: REF_E_INVALID (NULL), REF_E_STATE (not recorded: d may be handed
- * again; call again).
+ * Errors: REF_E_INVALID (NULL), REF_E_STATE (confirmations could not be
+ * recorded: they may be handed again).
  */
 REF_API ref_err ref_delivery_done(ref_client *client, const ref_delivery *d);
 
