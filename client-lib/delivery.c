@@ -344,6 +344,27 @@ ref_err batch_finish(ref_client *c, batch *b)
     return e;
 }
 
+/* Step 1 of the hand-over, in batch b: the whole delivery (packed, len
+ * bytes: its envelope or signed notice) into the inbox and its seen record,
+ * for d, which arrived in dl. Returns the batch's transaction, NULL (and
+ * the batch failed) when it cannot be written. */
+static state_txn *store_arrival(ref_client *c, batch *b, const Referral__V1__Delivery *dl,
+                                state_inbox_kind kind, const uint8_t *packed, size_t len,
+                                const state_seen *seen, ref_delivery *d)
+{
+    d->attempt = dl->attempt;
+    d->is_from_broker = true;
+    state_inbox_entry entry = {kind, (uint8_t)d->urgency, dl->attempt, packed, len};
+    state_txn *txn = batch_txn(c, b);
+    if (packed == NULL || txn == NULL) {
+        b->is_failed = true;
+        return NULL;
+    }
+    batch_write(c, b, state_inbox_put(txn, dl->message_id.data, &entry), "inbox");
+    batch_write(c, b, state_seen_put(txn, dl->message_id.data, seen), "seen");
+    return b->is_failed ? NULL : txn;
+}
+
 void on_notice(ref_client *c, batch *b, const Referral__V1__Delivery *dl)
 {
     const uint8_t *mid = dl->message_id.data;
@@ -362,20 +383,11 @@ void on_notice(ref_client *c, batch *b, const Referral__V1__Delivery *dl)
         return;
     }
     d->urgency = (ref_urgency)dl->urgency;
-    d->attempt = dl->attempt;
-    d->is_from_broker = true;
-    size_t len;
-    uint8_t *packed = wire_pack(dl->notice, &len);
-    state_inbox_entry entry = {STATE_INBOX_NOTICE, (uint8_t)dl->urgency, dl->attempt, packed, len};
     memset(&seen, 0, sizeof seen);
     seen.forget_at_ms = clock_now_ms() + SEEN_KEEP_MS;
-    state_txn *txn = batch_txn(c, b);
-    if (packed == NULL || txn == NULL) {
-        b->is_failed = true;
-    } else {
-        batch_write(c, b, state_inbox_put(txn, mid, &entry), "inbox");
-        batch_write(c, b, state_seen_put(txn, mid, &seen), "seen");
-    }
+    size_t len;
+    uint8_t *packed = wire_pack(dl->notice, &len);
+    store_arrival(c, b, dl, STATE_INBOX_NOTICE, packed, len, &seen, d);
     free(packed);
     b->arrived[b->n_arrived++] = d;
     batch_ack(b, mid);
@@ -404,19 +416,9 @@ void on_envelope(ref_client *c, batch *b, const Referral__V1__Delivery *dl)
         send_settle(c, mid, REFERRAL__V1__SETTLE_VERB__SETTLE_VERB_REJECT, why);
         return;
     }
-    d->attempt = dl->attempt;
-    d->is_from_broker = true;
     size_t len;
     uint8_t *packed = wire_pack(dl->envelope, &len);
-    state_inbox_entry entry = {STATE_INBOX_ENVELOPE, (uint8_t)d->urgency, dl->attempt, packed,
-                               len};
-    state_txn *txn = batch_txn(c, b);
-    if (packed == NULL || txn == NULL) {
-        b->is_failed = true;
-    } else {
-        batch_write(c, b, state_inbox_put(txn, mid, &entry), "inbox");
-        batch_write(c, b, state_seen_put(txn, mid, &seen), "seen");
-    }
+    state_txn *txn = store_arrival(c, b, dl, STATE_INBOX_ENVELOPE, packed, len, &seen, d);
     free(packed);
     /* A referral (not a receipt) is answered DELIVERED: the receipt goes
      * through the outbox in the same commit, so it is never lost either. */
