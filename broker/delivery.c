@@ -29,18 +29,22 @@
 
 #define TRY(expr) do { store_err e_ = (expr); if (e_ != STORE_OK) return e_; } while (0)
 
-void delivery_assert_move(uint8_t from, uint8_t to)
+bool delivery_is_move_allowed(uint8_t from, uint8_t to)
 {
-    bool ok = false;
     switch (to) {
-    case S_QUEUED: ok = from == 0 || from == S_IN_FLIGHT; break;
-    case S_IN_FLIGHT: ok = from == S_QUEUED || from == S_IN_FLIGHT; break;
+    case S_QUEUED: return from == 0 || from == S_IN_FLIGHT;
+    case S_IN_FLIGHT: return from == S_QUEUED || from == S_IN_FLIGHT;
     case S_DELIVERED:
     case S_REJECTED:
-    case S_UNDELIVERABLE: ok = from == S_QUEUED || from == S_IN_FLIGHT; break;
-    case S_QUARANTINED: ok = from == S_QUEUED; break;
-    default: ok = false;
+    case S_UNDELIVERABLE: return from == S_QUEUED || from == S_IN_FLIGHT;
+    case S_QUARANTINED: return from == S_QUEUED;
+    default: return false;
     }
+}
+
+void delivery_assert_move(uint8_t from, uint8_t to)
+{
+    bool ok = delivery_is_move_allowed(from, to);
     assert(ok && "message state move not in delivery.h's table");
     (void)ok;
 }
@@ -230,8 +234,19 @@ store_err delivery_take(const delivery_ctx *dc, MDB_txn *txn, const char *agency
     for (int tries = 0; tries < 16; tries++) {
         uint8_t id[IDS_BYTES];
         TRY(queue_head(dc->st, txn, agency, id));
-        TRY(store_msg_get(dc->st, txn, id, m));
-        store_err e = store_body_get(dc->st, txn, id, payload, len);
+        store_err e = store_msg_get(dc->st, txn, id, m);
+        if (e == STORE_NOT_FOUND) {
+            /* Its record was set aside (store_msg_get logged why): the entry
+             * leads nowhere. */
+            char idhex[IDS_HEX_LEN + 1];
+            log_warn("delivery", "queue entry without a message record dropped msg=%s "
+                     "recipient=%s", ids_hex(id, IDS_BYTES, idhex), agency);
+            TRY(queue_drop_head(dc->st, txn, agency));
+            continue;
+        }
+        if (e != STORE_OK)
+            return e;
+        e = store_body_get(dc->st, txn, id, payload, len);
         if (e == STORE_CORRUPT || e == STORE_NOT_FOUND) {
             TRY(quarantine(dc, txn, m, now_ms));
             continue;
@@ -416,8 +431,12 @@ store_err delivery_fire(const delivery_ctx *dc, MDB_txn *txn, deadline_kind kind
         if (m.state == S_QUEUED || m.state == S_IN_FLIGHT)
             return expire(dc, txn, &m, now_ms);
         return STORE_OK;
-    default:
-        return STORE_CORRUPT;
+    default: {   /* deadline_pop never hands one out; never fatal all the same */
+        char idhex[IDS_HEX_LEN + 1];
+        log_error("delivery", "deadline of unknown kind ignored kind=%d msg=%s", (int)kind,
+                  ids_hex(id, IDS_BYTES, idhex));
+        return STORE_OK;
+    }
     }
 }
 
@@ -507,6 +526,10 @@ store_err delivery_return_all(const delivery_ctx *dc, MDB_txn *txn, uint64_t now
         e = store_msg_get(dc->st, txn, l.ids[i], &m);
         if (e == STORE_OK && m.state == S_IN_FLIGHT)
             e = requeue(dc, txn, &m, now_ms, "broker restarted");
+        else if (e == STORE_NOT_FOUND)   /* its record is gone: the entry leads nowhere */
+            e = inflight_del(dc->st, txn, l.ids[i]);
+        if (e == STORE_NOT_FOUND)
+            e = STORE_OK;
     }
     *count = l.count;
     free(l.ids);

@@ -41,6 +41,9 @@ typedef struct {
     const uint8_t *sign_public;  /* borrowed */
 } delivery_ctx;
 
+/* Is from -> to one of the moves above (from 0: a new message)? */
+bool delivery_is_move_allowed(uint8_t from, uint8_t to);
+
 /* Assert that from -> to is one of the moves above. */
 void delivery_assert_move(uint8_t from, uint8_t to);
 

@@ -1,7 +1,9 @@
 /*
  * queue: recipient queues ordered by urgency then arrival, and the
  * in-flight set (queue.h). Never decides anything: delivery.c moves
- * messages between states; this file only keeps the indexes.
+ * messages between states; this file only keeps the indexes. Values are
+ * versioned records (layouts in store.h); an entry that does not decode is
+ * set aside (store_set_aside), never fatal.
  */
 #include "queue.h"
 
@@ -20,11 +22,15 @@ static size_t queue_key(const store_msg *m, uint8_t key[KEY_MAX])
     return n + 2 + 8;
 }
 
+#define ENTRY_LEN (1 + IDS_BYTES)
+
 store_err queue_push(store *s, MDB_txn *txn, const store_msg *m)
 {
-    uint8_t key[KEY_MAX];
+    uint8_t key[KEY_MAX], val[ENTRY_LEN];
+    val[0] = STORE_RECORD_V1;
+    memcpy(val + 1, m->id, IDS_BYTES);
     MDB_val k = {.mv_size = queue_key(m, key), .mv_data = key};
-    MDB_val v = {.mv_size = IDS_BYTES, .mv_data = (void *)(uintptr_t)m->id};
+    MDB_val v = {.mv_size = sizeof val, .mv_data = val};
     return store_err_from_mdb(mdb_put(txn, store_dbi(s, STORE_DB_QUEUE), &k, &v, 0));
 }
 
@@ -54,7 +60,10 @@ static bool seek_agency(MDB_cursor *c, const char *agency, size_t *prefix_len, M
            ((const uint8_t *)k->mv_data)[n] == 0;
 }
 
-store_err queue_head(store *s, MDB_txn *txn, const char *agency, uint8_t id[IDS_BYTES])
+/* The head entry of agency's queue: its key (copied to key, *key_len) and,
+ * if it decodes, its id (*is_readable). */
+static store_err head_entry(store *s, MDB_txn *txn, const char *agency, uint8_t key[KEY_MAX],
+                            size_t *key_len, uint8_t id[IDS_BYTES], bool *is_readable)
 {
     MDB_cursor *c;
     int rc = mdb_cursor_open(txn, store_dbi(s, STORE_DB_QUEUE), &c);
@@ -63,16 +72,45 @@ store_err queue_head(store *s, MDB_txn *txn, const char *agency, uint8_t id[IDS_
     MDB_val k, v;
     size_t plen;
     store_err e = STORE_NOT_FOUND;
-    if (seek_agency(c, agency, &plen, &k, &v, MDB_SET_RANGE)) {
-        if (v.mv_size == IDS_BYTES) {
-            memcpy(id, v.mv_data, IDS_BYTES);
-            e = STORE_OK;
-        } else {
-            e = STORE_CORRUPT;
-        }
+    if (seek_agency(c, agency, &plen, &k, &v, MDB_SET_RANGE) && k.mv_size <= KEY_MAX) {
+        const uint8_t *p = v.mv_data;
+        memcpy(key, k.mv_data, k.mv_size);
+        *key_len = k.mv_size;
+        *is_readable = v.mv_size == ENTRY_LEN && p[0] == STORE_RECORD_V1;
+        if (*is_readable)
+            memcpy(id, p + 1, IDS_BYTES);
+        e = STORE_OK;
     }
     mdb_cursor_close(c);
     return e;
+}
+
+store_err queue_head(store *s, MDB_txn *txn, const char *agency, uint8_t id[IDS_BYTES])
+{
+    for (;;) {   /* each round sets one unreadable entry aside: it ends */
+        uint8_t key[KEY_MAX];
+        size_t key_len;
+        bool is_readable;
+        store_err e = head_entry(s, txn, agency, key, &key_len, id, &is_readable);
+        if (e != STORE_OK || is_readable)
+            return e;
+        e = store_set_aside(s, txn, STORE_DB_QUEUE, key, key_len,
+                            "queue entry of unknown version or length");
+        if (e != STORE_OK)
+            return e;
+    }
+}
+
+store_err queue_drop_head(store *s, MDB_txn *txn, const char *agency)
+{
+    uint8_t key[KEY_MAX], id[IDS_BYTES];
+    size_t key_len;
+    bool is_readable;
+    store_err e = head_entry(s, txn, agency, key, &key_len, id, &is_readable);
+    if (e != STORE_OK)
+        return e;
+    MDB_val k = {.mv_size = key_len, .mv_data = key};
+    return store_err_from_mdb(mdb_del(txn, store_dbi(s, STORE_DB_QUEUE), &k, NULL));
 }
 
 size_t queue_depth(store *s, MDB_txn *txn, const char *agency, size_t limit)
@@ -91,11 +129,32 @@ size_t queue_depth(store *s, MDB_txn *txn, const char *agency, size_t limit)
     return n;
 }
 
+#define INFLIGHT_LEN 9
+
 store_err inflight_put(store *s, MDB_txn *txn, const uint8_t id[IDS_BYTES], uint64_t due_ms)
 {
+    uint8_t val[INFLIGHT_LEN];
+    val[0] = STORE_RECORD_V1;
+    store_put_u64(val + 1, due_ms);
     MDB_val k = {.mv_size = IDS_BYTES, .mv_data = (void *)(uintptr_t)id};
-    MDB_val v = {.mv_size = sizeof due_ms, .mv_data = &due_ms};
+    MDB_val v = {.mv_size = sizeof val, .mv_data = val};
     return store_err_from_mdb(mdb_put(txn, store_dbi(s, STORE_DB_INFLIGHT), &k, &v, 0));
+}
+
+store_err inflight_get(store *s, MDB_txn *txn, const uint8_t id[IDS_BYTES], uint64_t *due_ms)
+{
+    MDB_val k = {.mv_size = IDS_BYTES, .mv_data = (void *)(uintptr_t)id}, v;
+    int rc = mdb_get(txn, store_dbi(s, STORE_DB_INFLIGHT), &k, &v);
+    if (rc != 0)
+        return store_err_from_mdb(rc);
+    const uint8_t *p = v.mv_data;
+    if (v.mv_size != INFLIGHT_LEN || p[0] != STORE_RECORD_V1) {
+        store_err e = store_set_aside(s, txn, STORE_DB_INFLIGHT, id, IDS_BYTES,
+                                      "inflight entry of unknown version or length");
+        return e == STORE_OK ? STORE_NOT_FOUND : e;
+    }
+    *due_ms = store_get_u64(p + 1);
+    return STORE_OK;
 }
 
 store_err inflight_del(store *s, MDB_txn *txn, const uint8_t id[IDS_BYTES])

@@ -1,6 +1,12 @@
 /*
  * store: the LMDB environment and its records (store.h).
  *
+ * Every record goes through an explicit encoder and decoder here (layouts
+ * in store.h); nothing is ever stored or read as a raw C struct, and a
+ * record that does not decode is set aside, never fatal. The migration
+ * from format 1 (the one reader of that format's raw struct) lives in
+ * store_migrate.c; this file checks the format at open and runs it.
+ *
  * This file must never open LMDB with a flag that weakens durability, never
  * retry a failed commit, and never create an empty store where one existed.
  */
@@ -16,10 +22,14 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "clock.h"
 #include "log.h"
+#include "ref_version.h"
+#include "store_migrate.h"
 
-#define RECORD_MAGIC 0x31464d52u   /* "RMF1": record format 1 */
-#define STORE_FORMAT "1"
+#define STR_(x) #x
+#define STR(x) STR_(x)
+#define STORE_FORMAT STR(STORE_FORMAT_CURRENT)
 #define MARKER_NAME "STORE"
 
 static const char *const db_names[STORE_DB_COUNT] = {
@@ -252,11 +262,31 @@ static store_err build_referrals(store *s, MDB_txn *txn)
     return e;
 }
 
+/* The format named in meta: 0 if absent or not a number. */
+static unsigned long stored_format(store *s, MDB_txn *txn, char *text, size_t text_len)
+{
+    MDB_val v;
+    snprintf(text, text_len, "(none)");
+    if (meta_get(s, txn, "format", &v) != STORE_OK || v.mv_size == 0 || v.mv_size > 8)
+        return 0;
+    unsigned long n = 0;
+    for (size_t i = 0; i < v.mv_size; i++) {
+        uint8_t ch = ((const uint8_t *)v.mv_data)[i];
+        if (ch < '0' || ch > '9')
+            return 0;
+        n = n * 10 + (ch - '0');
+    }
+    snprintf(text, text_len, "%.*s", (int)v.mv_size, (const char *)v.mv_data);
+    return n;
+}
+
 /* Open the named databases; create them and the meta keys for a new store,
  * or check format and owner of an existing one. */
 static store_err open_dbs(store *s, bool is_new, const char *broker_id, char *why,
                           size_t why_len)
 {
+    store_migration_counts counts = {0}, *migrated = &counts;
+    bool is_migrated = false;
     MDB_txn *txn;
     int rc = mdb_txn_begin(s->env, NULL, 0, &txn);
     if (rc != 0) {
@@ -285,10 +315,21 @@ static store_err open_dbs(store *s, bool is_new, const char *broker_id, char *wh
             return e;
         }
     } else {
-        if (meta_get(s, txn, "format", &v) != STORE_OK || v.mv_size != strlen(STORE_FORMAT) ||
-            memcmp(v.mv_data, STORE_FORMAT, v.mv_size) != 0) {
-            snprintf(why, why_len, "store %s is not of format %s; refusing to open it", s->dir,
-                     STORE_FORMAT);
+        char text[16];
+        unsigned long format = stored_format(s, txn, text, sizeof text);
+        if (format > STORE_FORMAT_CURRENT) {
+            snprintf(why, why_len, "store %s is of format %s, newer than this referrald "
+                     "(format %s, release %s): it was written by a newer release; run that "
+                     "release or a later one on it (this one never rewrites it)", s->dir, text,
+                     STORE_FORMAT, REF_VERSION);
+            mdb_txn_abort(txn);
+            return STORE_CORRUPT;
+        }
+        if (format != STORE_FORMAT_CURRENT && format != STORE_FORMAT_PREVIOUS) {
+            snprintf(why, why_len, "store %s has no known format (meta format %s; this "
+                     "referrald reads formats %d and %d): it is not a referral store or it is "
+                     "damaged; restore it from a backup", s->dir, text, STORE_FORMAT_PREVIOUS,
+                     STORE_FORMAT_CURRENT);
             mdb_txn_abort(txn);
             return STORE_CORRUPT;
         }
@@ -298,6 +339,27 @@ static store_err open_dbs(store *s, bool is_new, const char *broker_id, char *wh
                      "data_dir at this broker's own store", s->dir, broker_id);
             mdb_txn_abort(txn);
             return STORE_CORRUPT;
+        }
+        if (format == STORE_FORMAT_PREVIOUS) {
+            store_migration_counts n = {0};
+            uint64_t t0 = clock_mono_ms();
+            store_err e = store_migrate_from_1(s, txn, &n);
+            if (e == STORE_OK)
+                e = meta_put(s, txn, "format", STORE_FORMAT, strlen(STORE_FORMAT));
+            if (e != STORE_OK) {
+                snprintf(why, why_len, "cannot migrate store %s from format %d to %s (%s); "
+                         "nothing was changed. %s", s->dir, STORE_FORMAT_PREVIOUS, STORE_FORMAT,
+                         store_strerror(e), e == STORE_FULL
+                             ? "The migration rewrites every record in one transaction: "
+                               "raise [store] map_size_bytes and start again"
+                             : "Restore the store from a backup, or run the previous release "
+                               "on it");
+                mdb_txn_abort(txn);
+                return e;
+            }
+            n.ms = clock_mono_ms() - t0;
+            *migrated = n;
+            is_migrated = true;
         }
         if (meta_get(s, txn, "referrals_built", &v) == STORE_NOT_FOUND) {
             store_err e = build_referrals(s, txn);
@@ -323,6 +385,16 @@ static store_err open_dbs(store *s, bool is_new, const char *broker_id, char *wh
     if (rc != 0) {
         store_describe_failure(s->dir, s->map_size_bytes, rc, "commit at open", why, why_len);
         return STORE_FAILED;
+    }
+    if (is_migrated) {
+        log_info("store", "migrated store from format %d to %s dir=%s msgs=%zu bodies=%zu "
+                 "queue=%zu inflight=%zu dedup=%zu deadlines=%zu quarantine=%zu set_aside=%zu "
+                 "ms=%llu", STORE_FORMAT_PREVIOUS, STORE_FORMAT, s->dir, counts.msgs,
+                 counts.bodies, counts.queue, counts.inflight, counts.dedup, counts.deadlines,
+                 counts.quarantine, counts.set_aside, (unsigned long long)counts.ms);
+        if (!write_marker(s->dir, broker_id))
+            log_warn("store", "cannot rewrite %s/%s after the migration: %s (informational "
+                     "only)", s->dir, MARKER_NAME, strerror(errno));
     }
     return STORE_OK;
 }
@@ -475,9 +547,9 @@ store_err store_meta_get_u64(store *s, MDB_txn *txn, const char *key, uint64_t *
     store_err e = meta_get(s, txn, key, &v);
     if (e != STORE_OK)
         return e;
-    if (v.mv_size != sizeof *value)
+    if (v.mv_size != 8)
         return STORE_CORRUPT;
-    memcpy(value, v.mv_data, sizeof *value);
+    *value = store_get_u64(v.mv_data);
     return STORE_OK;
 }
 
@@ -503,26 +575,82 @@ store_err store_meta_put_bytes(store *s, MDB_txn *txn, const char *key, const ui
 
 store_err store_meta_put_u64(store *s, MDB_txn *txn, const char *key, uint64_t value)
 {
-    return meta_put(s, txn, key, &value, sizeof value);
+    uint8_t be[8];
+    store_put_u64(be, value);
+    return meta_put(s, txn, key, be, sizeof be);
 }
 
 store_err store_next_seq(store *s, MDB_txn *txn, uint64_t *seq)
 {
-    MDB_val v;
     uint64_t next = 1;
-    store_err e = meta_get(s, txn, "seq", &v);
-    if (e == STORE_OK && v.mv_size == sizeof next)
-        memcpy(&next, v.mv_data, sizeof next);
-    else if (e != STORE_NOT_FOUND && e != STORE_OK)
-        return e;
+    store_err e = store_meta_get_u64(s, txn, "seq", &next);
+    if (e == STORE_NOT_FOUND)
+        next = 1;
+    else if (e != STORE_OK)
+        return e;   /* a counter that does not decode must never restart at 1 */
     *seq = next;
-    next++;
-    return meta_put(s, txn, "seq", &next, sizeof next);
+    return store_meta_put_u64(s, txn, "seq", next + 1);
 }
 
-/* ---- message records ------------------------------------------------------ */
+/* ---- codec helpers -------------------------------------------------------- */
 
-#define BODY_HEAD (sizeof(uint32_t) + DIGEST_BYTES)
+void store_put_u64(uint8_t *p, uint64_t v)
+{
+    for (int i = 0; i < 8; i++)
+        p[i] = (uint8_t)(v >> (8 * (7 - i)));
+}
+
+uint64_t store_get_u64(const uint8_t *p)
+{
+    uint64_t v = 0;
+    for (int i = 0; i < 8; i++)
+        v = (v << 8) | p[i];
+    return v;
+}
+
+static void put_u32(uint8_t *p, uint32_t v)
+{
+    for (int i = 0; i < 4; i++)
+        p[i] = (uint8_t)(v >> (8 * (3 - i)));
+}
+
+static uint32_t get_u32(const uint8_t *p)
+{
+    return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
+}
+
+/* [len][bytes] of a NUL-terminated name of at most IDS_NAME_MAX bytes. */
+static size_t put_name(uint8_t *p, const char *name)
+{
+    size_t len = strnlen(name, IDS_NAME_MAX);
+    p[0] = (uint8_t)len;
+    memcpy(p + 1, name, len);
+    return 1 + len;
+}
+
+/* Read [len][bytes] at *at into name (IDS_NAME_MAX + 1 bytes); false if it
+ * runs past len or holds a NUL. */
+static bool get_name(const uint8_t *p, size_t len, size_t *at, char *name)
+{
+    if (*at >= len || p[*at] > IDS_NAME_MAX || *at + 1 + p[*at] > len)
+        return false;
+    size_t n = p[*at];
+    if (memchr(p + *at + 1, 0, n) != NULL)
+        return false;
+    memcpy(name, p + *at + 1, n);
+    name[n] = '\0';
+    *at += 1 + n;
+    return true;
+}
+
+static bool bad(char *why, size_t why_len, const char *what, const uint8_t *p, size_t len)
+{
+    if (len > 0 && p[0] != STORE_RECORD_V1)
+        snprintf(why, why_len, "unknown %s record version %u", what, p[0]);
+    else
+        snprintf(why, why_len, "malformed %s record (%zu bytes)", what, len);
+    return false;
+}
 
 static MDB_val id_val(const uint8_t id[IDS_BYTES])
 {
@@ -530,13 +658,67 @@ static MDB_val id_val(const uint8_t id[IDS_BYTES])
     return k;
 }
 
+/* ---- message records ------------------------------------------------------ */
+
+#define MSG_FIXED 112
+#define BODY_HEAD (1 + DIGEST_BYTES)
+
+size_t store_msg_encode(const store_msg *m, uint8_t out[STORE_MSG_RECORD_MAX])
+{
+    out[0] = STORE_RECORD_V1;
+    out[1] = m->state;
+    out[2] = m->urgency;
+    out[3] = m->payload_kind;
+    memcpy(out + 4, m->id, IDS_BYTES);
+    memcpy(out + 20, m->referral_id, IDS_BYTES);
+    memcpy(out + 36, m->content_digest, DIGEST_BYTES);
+    put_u32(out + 68, m->attempts);
+    store_put_u64(out + 72, m->seq);
+    store_put_u64(out + 80, m->created_at_ms);
+    store_put_u64(out + 88, m->expires_at_ms);
+    store_put_u64(out + 96, m->updated_at_ms);
+    store_put_u64(out + 104, m->due_at_ms);
+    size_t at = MSG_FIXED;
+    at += put_name(out + at, m->recipient);
+    at += put_name(out + at, m->sender);
+    return at;
+}
+
+bool store_msg_decode(const uint8_t *p, size_t len, store_msg *m, char *why, size_t why_len)
+{
+    memset(m, 0, sizeof *m);
+    if (len < MSG_FIXED + 2 || p[0] != STORE_RECORD_V1)
+        return bad(why, why_len, "message", p, len);
+    m->state = p[1];
+    m->urgency = p[2];
+    m->payload_kind = p[3];
+    memcpy(m->id, p + 4, IDS_BYTES);
+    memcpy(m->referral_id, p + 20, IDS_BYTES);
+    memcpy(m->content_digest, p + 36, DIGEST_BYTES);
+    m->attempts = get_u32(p + 68);
+    m->seq = store_get_u64(p + 72);
+    m->created_at_ms = store_get_u64(p + 80);
+    m->expires_at_ms = store_get_u64(p + 88);
+    m->updated_at_ms = store_get_u64(p + 96);
+    m->due_at_ms = store_get_u64(p + 104);
+    size_t at = MSG_FIXED;
+    if (!get_name(p, len, &at, m->recipient) || !get_name(p, len, &at, m->sender) || at != len)
+        return bad(why, why_len, "message", p, len);
+    /* States 1..6 (MessageState), urgency 1..4, a known payload kind. */
+    if (m->state < 1 || m->state > 6 || m->urgency < 1 || m->urgency > 4 ||
+        (m->payload_kind != STORE_PAYLOAD_ENVELOPE && m->payload_kind != STORE_PAYLOAD_NOTICE) ||
+        m->recipient[0] == '\0') {
+        snprintf(why, why_len, "message record with a field out of range (state %u, urgency "
+                 "%u, payload kind %u)", m->state, m->urgency, m->payload_kind);
+        return false;
+    }
+    return true;
+}
+
 store_err store_msg_put(store *s, MDB_txn *txn, const store_msg *m)
 {
-    uint8_t rec[sizeof(uint32_t) + sizeof *m];
-    uint32_t magic = RECORD_MAGIC;
-    memcpy(rec, &magic, sizeof magic);
-    memcpy(rec + sizeof magic, m, sizeof *m);
-    MDB_val k = id_val(m->id), v = {.mv_size = sizeof rec, .mv_data = rec};
+    uint8_t rec[STORE_MSG_RECORD_MAX];
+    MDB_val k = id_val(m->id), v = {.mv_size = store_msg_encode(m, rec), .mv_data = rec};
     return store_err_from_mdb(mdb_put(txn, s->dbi[STORE_DB_MSGS], &k, &v, 0));
 }
 
@@ -546,16 +728,11 @@ store_err store_msg_get(store *s, MDB_txn *txn, const uint8_t id[IDS_BYTES], sto
     int rc = mdb_get(txn, s->dbi[STORE_DB_MSGS], &k, &v);
     if (rc != 0)
         return store_err_from_mdb(rc);
-    uint32_t magic;
-    if (v.mv_size != sizeof magic + sizeof *m)
-        return STORE_CORRUPT;
-    memcpy(&magic, v.mv_data, sizeof magic);
-    if (magic != RECORD_MAGIC)
-        return STORE_CORRUPT;
-    memcpy(m, (const uint8_t *)v.mv_data + sizeof magic, sizeof *m);
-    m->recipient[IDS_NAME_MAX] = '\0';
-    m->sender[IDS_NAME_MAX] = '\0';
-    return STORE_OK;
+    char why[120];
+    if (store_msg_decode(v.mv_data, v.mv_size, m, why, sizeof why))
+        return STORE_OK;
+    store_err e = store_set_aside(s, txn, STORE_DB_MSGS, id, IDS_BYTES, why);
+    return e == STORE_OK ? STORE_NOT_FOUND : e;
 }
 
 store_err store_msg_del(store *s, MDB_txn *txn, const uint8_t id[IDS_BYTES])
@@ -575,9 +752,8 @@ store_err store_body_put(store *s, MDB_txn *txn, const uint8_t id[IDS_BYTES],
     if (rc != 0)
         return store_err_from_mdb(rc);
     uint8_t *p = v.mv_data;
-    uint32_t magic = RECORD_MAGIC;
-    memcpy(p, &magic, sizeof magic);
-    memcpy(p + sizeof magic, digest, DIGEST_BYTES);
+    p[0] = STORE_RECORD_V1;
+    memcpy(p + 1, digest, DIGEST_BYTES);
     memcpy(p + BODY_HEAD, payload, len);
     return STORE_OK;
 }
@@ -589,17 +765,13 @@ store_err store_body_get(store *s, MDB_txn *txn, const uint8_t id[IDS_BYTES],
     int rc = mdb_get(txn, s->dbi[STORE_DB_BODIES], &k, &v);
     if (rc != 0)
         return store_err_from_mdb(rc);
-    if (v.mv_size < BODY_HEAD)
-        return STORE_CORRUPT;
     const uint8_t *p = v.mv_data;
-    uint32_t magic;
-    memcpy(&magic, p, sizeof magic);
-    if (magic != RECORD_MAGIC)
-        return STORE_CORRUPT;
+    if (v.mv_size < BODY_HEAD || p[0] != STORE_RECORD_V1)
+        return STORE_CORRUPT;   /* the caller quarantines it */
     uint8_t digest[DIGEST_BYTES];
     if (!digest_sha256(p + BODY_HEAD, v.mv_size - BODY_HEAD, digest))
         return STORE_FAILED;
-    if (memcmp(digest, p + sizeof magic, DIGEST_BYTES) != 0)
+    if (memcmp(digest, p + 1, DIGEST_BYTES) != 0)
         return STORE_CORRUPT;
     *payload = p + BODY_HEAD;
     *len = v.mv_size - BODY_HEAD;
@@ -612,47 +784,138 @@ store_err store_body_del(store *s, MDB_txn *txn, const uint8_t id[IDS_BYTES])
     return store_err_from_mdb(mdb_del(txn, s->dbi[STORE_DB_BODIES], &k, NULL));
 }
 
+/* ---- quarantine ----------------------------------------------------------- */
+
+#define QUARANTINE_KEY_MAX 400
+
+/* Copy the value under key in which into quarantine (what = which), with
+ * reason, then delete the original. */
+static store_err move_to_quarantine(store *s, MDB_txn *txn, store_db which, const uint8_t *key,
+                                    size_t key_len, const char *reason)
+{
+    if (key_len == 0)
+        return STORE_NOT_FOUND;
+    MDB_val k = {.mv_size = key_len, .mv_data = (void *)(uintptr_t)key}, v;
+    int rc = mdb_get(txn, s->dbi[which], &k, &v);
+    if (rc != 0)
+        return store_err_from_mdb(rc);
+    size_t rlen = strnlen(reason, 255);
+    size_t head = 1 + 8 + 1 + rlen;
+    uint8_t qkey[QUARANTINE_KEY_MAX];
+    /* LMDB keys are at most 511 bytes: a long original key (only a damaged
+     * one is that long) is cut in the quarantine key. */
+    size_t qlen = key_len < QUARANTINE_KEY_MAX - 1 ? key_len : QUARANTINE_KEY_MAX - 1;
+    qkey[0] = (uint8_t)which;
+    memcpy(qkey + 1, key, qlen);
+    MDB_val qk = {.mv_size = qlen + 1, .mv_data = qkey};
+    MDB_val qv = {.mv_size = head + v.mv_size, .mv_data = NULL};
+    size_t orig_len = v.mv_size;
+    /* The original may be large (a body): copy it before the reserve, which
+     * may move pages under v. */
+    uint8_t *orig = malloc(orig_len > 0 ? orig_len : 1);
+    if (orig == NULL)
+        return STORE_FAILED;
+    memcpy(orig, v.mv_data, orig_len);
+    rc = mdb_put(txn, s->dbi[STORE_DB_QUARANTINE], &qk, &qv, MDB_RESERVE);
+    if (rc == 0) {
+        uint8_t *p = qv.mv_data;
+        p[0] = STORE_RECORD_V1;
+        store_put_u64(p + 1, clock_now_ms());
+        p[9] = (uint8_t)rlen;
+        memcpy(p + 10, reason, rlen);
+        memcpy(p + head, orig, orig_len);
+        rc = mdb_del(txn, s->dbi[which], &k, NULL);
+    }
+    free(orig);
+    return store_err_from_mdb(rc);
+}
+
 store_err store_quarantine(store *s, MDB_txn *txn, const uint8_t id[IDS_BYTES])
 {
-    MDB_val k = id_val(id), v;
-    int rc = mdb_get(txn, s->dbi[STORE_DB_BODIES], &k, &v);
-    if (rc != 0)
-        return store_err_from_mdb(rc);
-    rc = mdb_put(txn, s->dbi[STORE_DB_QUARANTINE], &k, &v, 0);
-    if (rc != 0)
-        return store_err_from_mdb(rc);
-    return store_err_from_mdb(mdb_del(txn, s->dbi[STORE_DB_BODIES], &k, NULL));
+    return move_to_quarantine(s, txn, STORE_DB_BODIES, id, IDS_BYTES,
+                              "stored body failed its digest check");
+}
+
+uint64_t store_set_aside_count(store *s, MDB_txn *txn)
+{
+    uint64_t n = 0;
+    if (store_meta_get_u64(s, txn, "set_aside", &n) != STORE_OK)
+        n = 0;
+    return n;
+}
+
+store_err store_set_aside(store *s, MDB_txn *txn, store_db which, const uint8_t *key,
+                          size_t key_len, const char *reason)
+{
+    assert(which > STORE_DB_META && which < STORE_DB_COUNT && which != STORE_DB_QUARANTINE);
+    store_err e = move_to_quarantine(s, txn, which, key, key_len, reason);
+    if (e != STORE_OK)
+        return e;
+    if (which == STORE_DB_MSGS && key_len == IDS_BYTES) {
+        /* Its body goes with it (it can no longer be delivered), and its
+         * inflight entry (nothing can requeue it). Queue entries and
+         * deadlines that name it find no record and are dropped then. */
+        e = move_to_quarantine(s, txn, STORE_DB_BODIES, key, key_len,
+                               "its message record was set aside");
+        if (e != STORE_OK && e != STORE_NOT_FOUND)
+            return e;
+        MDB_val k = {.mv_size = key_len, .mv_data = (void *)(uintptr_t)key};
+        int rc = mdb_del(txn, s->dbi[STORE_DB_INFLIGHT], &k, NULL);
+        if (rc != 0 && rc != MDB_NOTFOUND)
+            return store_err_from_mdb(rc);
+    }
+    uint64_t n = store_set_aside_count(s, txn) + 1;
+    e = store_meta_put_u64(s, txn, "set_aside", n);
+    if (e != STORE_OK)
+        return e;
+    char hex[2 * 64 + 1];
+    size_t shown = key_len < 64 ? key_len : 64;
+    for (size_t i = 0; i < shown; i++)
+        snprintf(hex + 2 * i, 3, "%02x", key[i]);
+    hex[2 * shown] = '\0';
+    log_error("store", "record set aside in quarantine db=%s key=%s reason=\"%s\" "
+              "set_aside_total=%llu; the broker goes on without it (docs/operations.md: "
+              "records set aside)", db_names[which], hex, reason, (unsigned long long)n);
+    return STORE_OK;
 }
 
 /* ---- dedup ---------------------------------------------------------------- */
 
+#define DEDUP_LEN (1 + DIGEST_BYTES + 8)
+
 store_err store_dedup_put(store *s, MDB_txn *txn, const uint8_t id[IDS_BYTES],
                           const uint8_t digest[DIGEST_BYTES], uint64_t forget_at_ms)
 {
-    uint8_t val[DIGEST_BYTES + sizeof forget_at_ms];
-    memcpy(val, digest, DIGEST_BYTES);
-    memcpy(val + DIGEST_BYTES, &forget_at_ms, sizeof forget_at_ms);
-    MDB_val k = {.mv_size = IDS_BYTES, .mv_data = (void *)(uintptr_t)id};
-    MDB_val v = {.mv_size = sizeof val, .mv_data = val};
+    uint8_t val[DEDUP_LEN];
+    val[0] = STORE_RECORD_V1;
+    memcpy(val + 1, digest, DIGEST_BYTES);
+    store_put_u64(val + 1 + DIGEST_BYTES, forget_at_ms);
+    MDB_val k = id_val(id), v = {.mv_size = sizeof val, .mv_data = val};
     return store_err_from_mdb(mdb_put(txn, s->dbi[STORE_DB_DEDUP], &k, &v, 0));
 }
 
 store_err store_dedup_get(store *s, MDB_txn *txn, const uint8_t id[IDS_BYTES],
                           uint8_t digest[DIGEST_BYTES])
 {
-    MDB_val k = {.mv_size = IDS_BYTES, .mv_data = (void *)(uintptr_t)id}, v;
+    MDB_val k = id_val(id), v;
     int rc = mdb_get(txn, s->dbi[STORE_DB_DEDUP], &k, &v);
     if (rc != 0)
         return store_err_from_mdb(rc);
-    if (v.mv_size != DIGEST_BYTES + sizeof(uint64_t))
+    const uint8_t *p = v.mv_data;
+    if (v.mv_size != DEDUP_LEN || p[0] != STORE_RECORD_V1) {
+        char why[80], hex[IDS_HEX_LEN + 1];
+        bad(why, sizeof why, "dedup", p, v.mv_size);
+        log_error("store", "dedup entry unreadable msg=%s reason=\"%s\"; submissions of this "
+                  "id are refused until it is forgotten", ids_hex(id, IDS_BYTES, hex), why);
         return STORE_CORRUPT;
-    memcpy(digest, v.mv_data, DIGEST_BYTES);
+    }
+    memcpy(digest, p + 1, DIGEST_BYTES);
     return STORE_OK;
 }
 
 store_err store_dedup_del(store *s, MDB_txn *txn, const uint8_t id[IDS_BYTES])
 {
-    MDB_val k = {.mv_size = IDS_BYTES, .mv_data = (void *)(uintptr_t)id};
+    MDB_val k = id_val(id);
     return store_err_from_mdb(mdb_del(txn, s->dbi[STORE_DB_DEDUP], &k, NULL));
 }
 

@@ -1,22 +1,65 @@
 /*
  * store: the broker's durable state, one LMDB environment.
  *
- * Named databases:
- *   meta        format version, broker id, arrival sequence counter
- *   msgs        message id (16) -> store_msg (the mutable state of a message)
- *   bodies      message id (16) -> payload digest, payload (immutable; deleted
- *               when the message reaches a final state)
- *   queue       recipient \0 rank seq -> message id   (queue.c)
- *   inflight    message id -> due time of its return    (queue.c)
- *   dedup       message id -> content digest, forget-at  (kept after the message)
- *   deadlines   due_ms kind id -> ()                     (deadline.c)
- *   quarantine  message id -> record that failed its digest check
- *   trace       referral id, seq -> TraceEvent bytes
+ * Named databases, and the layout of what each keeps (store format 2).
+ * Every value starts with its record version (1 in format 2); every number
+ * is big-endian; strings are [len:1][bytes] without a NUL. Offsets are
+ * bytes. A record is read only through its decoder here (or in queue.c,
+ * deadline.c), which checks version, length and ranges.
+ *
+ *   meta        name -> value. "format" "2" (ASCII), "broker_id" (ASCII),
+ *               "seq" and "directory_version" (u64, 8 bytes), others as
+ *               their owner writes them (trust.c: "directory_digest").
+ *   msgs        message id (16) -> message record v1 (store_msg):
+ *                 [0] 1 | [1] state | [2] urgency | [3] payload_kind |
+ *                 [4] id (16) | [20] referral id (16) | [36] content
+ *                 digest (32) | [68] attempts u32 | [72] seq u64 |
+ *                 [80] created_at_ms | [88] expires_at_ms |
+ *                 [96] updated_at_ms | [104] due_at_ms (u64 each) |
+ *                 [112] recipient [len][bytes] | sender [len][bytes]
+ *               (114..242 bytes; nothing may follow the sender)
+ *   bodies      message id (16) -> [0] 1 | [1] SHA-256 of payload (32) |
+ *               [33] payload (immutable; deleted when the message reaches a
+ *               final state)
+ *   queue       recipient \0 rank seq u64 -> [0] 1 | [1] message id (16)
+ *               (queue.c)
+ *   inflight    message id (16) -> [0] 1 | [1] due time of its return u64
+ *               (queue.c)
+ *   dedup       message id (16) -> [0] 1 | [1] content digest (32) |
+ *               [33] forget_at_ms u64 (kept after the message)
+ *   deadlines   due_ms u64 | kind (1) | message id (16) -> [0] 1
+ *               (deadline.c)
+ *   quarantine  what (1) | the key the record had -> [0] 1 |
+ *               [1] set_aside_at_ms u64 | [9] reason [len][bytes] | the
+ *               value exactly as it was. what is a store_db (STORE_DB_BODIES
+ *               for a body that failed its digest check, STORE_DB_MSGS,
+ *               STORE_DB_DEADLINES, ... for a record set aside)
+ *   trace       referral id (16), seq u64 -> TraceEvent (protobuf, the
+ *               schema's own versioning)
  *   referrals   referral id -> who sent it first and whom it addressed
  *               (store_referral), written when its first message is stored:
- *               receipts and trace queries are checked against it
+ *               receipts and trace queries are checked against it.
+ *               [0] 1 | [1] n addressed (1..33) | sender [len][bytes] |
+ *               n times [len][bytes]
  *   levels      message id, agency -> the highest receipt level that agency
- *               asserted for that message (levels only move forward)
+ *               asserted for that message (levels only move forward).
+ *               [0] 1 | [1] level
+ *
+ * Formats: format 1 (releases up to 698cd3b) kept message records as a raw
+ * C struct behind the host-order magic "RMF1", bodies behind the same
+ * magic, dedup and inflight times and meta numbers in host byte order,
+ * empty deadline values, bare ids as queue values, and quarantined bodies
+ * under their bare id. store_open() migrates such a store to format 2 in
+ * one transaction (nothing changes if it fails) and logs what it
+ * converted; a store of a newer format is refused, never rewritten.
+ *
+ * Set aside, never a crash loop: a record whose version is unknown or that
+ * does not decode (a message record, a queue, inflight or deadline entry,
+ * a deadline of unknown kind) is moved to quarantine with the reason, an
+ * error line is logged with its key, the meta counter "set_aside" grows,
+ * and the broker goes on as if the record were not there. A dedup entry
+ * that does not decode is not moved (it guards against replays): lookups
+ * report STORE_CORRUPT and the submission is refused until it is forgotten.
  *
  * Rules this module keeps (docs/operations.md explains them):
  *   - LMDB's default full sync; never NOSYNC, NOMETASYNC, MAPASYNC or
@@ -42,6 +85,13 @@
 
 #include "digest.h"
 #include "ids.h"
+
+/* The store format this broker writes, and the one it migrates from. */
+#define STORE_FORMAT_CURRENT 2
+#define STORE_FORMAT_PREVIOUS 1
+
+/* The version byte every record of format 2 starts with. */
+#define STORE_RECORD_V1 1
 
 typedef enum {
     STORE_OK = 0,
@@ -169,7 +219,11 @@ store_err store_next_seq(store *s, MDB_txn *txn, uint64_t *seq);
 /* Write (insert or replace) the state record of m->id. */
 store_err store_msg_put(store *s, MDB_txn *txn, const store_msg *m);
 
-/* Read the state record of id into m. */
+/* Read the state record of id into m. A record that does not decode (an
+ * unknown version, a bad length or field) is set aside with its body
+ * (store_set_aside) and reported as STORE_NOT_FOUND, so every caller treats
+ * it as a message this broker no longer holds; txn must be a write
+ * transaction. */
 store_err store_msg_get(store *s, MDB_txn *txn, const uint8_t id[IDS_BYTES], store_msg *m);
 
 store_err store_msg_del(store *s, MDB_txn *txn, const uint8_t id[IDS_BYTES]);
@@ -187,10 +241,37 @@ store_err store_body_get(store *s, MDB_txn *txn, const uint8_t id[IDS_BYTES],
 /* Delete the body of id (STORE_NOT_FOUND if there is none). */
 store_err store_body_del(store *s, MDB_txn *txn, const uint8_t id[IDS_BYTES]);
 
-/* Move the body of id to quarantine (kept for operators, never delivered). */
+/* Move the body of id to quarantine (kept for operators, never delivered);
+ * STORE_NOT_FOUND if it has no body. */
 store_err store_quarantine(store *s, MDB_txn *txn, const uint8_t id[IDS_BYTES]);
 
-/* Dedup: remember id with its content digest until forget_at_ms. */
+/* Set aside the record under key in which: move it to quarantine (under
+ * which, key; see the layout above) with reason, delete it where it was,
+ * log an error line naming it, and count it in meta "set_aside". For
+ * STORE_DB_MSGS the message's body and inflight entry go with it.
+ * STORE_NOT_FOUND if there is no such record. */
+store_err store_set_aside(store *s, MDB_txn *txn, store_db which, const uint8_t *key,
+                          size_t key_len, const char *reason);
+
+/* Records set aside since the store was made (meta "set_aside"); 0 if none. */
+uint64_t store_set_aside_count(store *s, MDB_txn *txn);
+
+/* The record codecs, exposed for the unit tests and the migration. Each
+ * encoder writes the record's current version and returns its length;
+ * each decoder returns false (with why naming the fault, e.g. "unknown
+ * record version 7") for anything but a well-formed current record. */
+#define STORE_MSG_RECORD_MAX (112 + 2 * (1 + IDS_NAME_MAX))
+size_t store_msg_encode(const store_msg *m, uint8_t out[STORE_MSG_RECORD_MAX]);
+bool store_msg_decode(const uint8_t *p, size_t len, store_msg *m, char *why, size_t why_len);
+
+/* Big-endian helpers every record codec uses. */
+void store_put_u64(uint8_t *p, uint64_t v);
+uint64_t store_get_u64(const uint8_t *p);
+
+/* Dedup: remember id with its content digest until forget_at_ms.
+ * store_dedup_get reports STORE_CORRUPT (and logs) for an entry that does
+ * not decode; the caller refuses the submission (see the top of this
+ * file). */
 store_err store_dedup_put(store *s, MDB_txn *txn, const uint8_t id[IDS_BYTES],
                           const uint8_t digest[DIGEST_BYTES], uint64_t forget_at_ms);
 store_err store_dedup_get(store *s, MDB_txn *txn, const uint8_t id[IDS_BYTES],
