@@ -582,15 +582,19 @@ static void client_frame_lost(void *ctx, const link_frame *f)
 }
 
 /* A client connection is gone (EHOSTUNREACH: ROUTER_MANDATORY makes that
- * visible) or stopped reading: its session ends; what it held returns. */
+ * visible) or stopped reading: no more deliveries to its session, which
+ * ends (and what it held returns) once the frames it sent before are
+ * handled, as when the monitor reports the close (end_gone_sessions). */
 static void client_gone(void *ctx, const uint8_t *rid, size_t rid_len, const char *why)
 {
     broker *b = ctx;
     session *s = session_find(&b->sessions, rid, rid_len);
-    log_info("session", "session ended agency=%s serial=%llu why=%s in_flight=%zu",
-             s != NULL ? s->agency : "-", s != NULL ? (unsigned long long)s->serial : 0ull, why,
-             s != NULL ? s->n_flights : 0);
-    session_close(&b->sessions, s);
+    if (s == NULL || s->is_gone)
+        return;
+    log_info("session", "connection gone agency=%s serial=%llu why=%s", s->agency,
+             (unsigned long long)s->serial, why);
+    s->is_gone = true;
+    s->credit = 0;
     b->is_busy = true;
 }
 

@@ -565,6 +565,11 @@ void ref_client_destroy(ref_client **cp)
     for (size_t i = 0; i < c->n_ready; i++)
         ref_delivery_destroy(&c->ready[i]);
     if (c->sock != NULL) {
+        /* Frames still queued (the last settles and receipts) get a short
+         * while to leave; what does not leave is in the outbox or
+         * unsettled at the broker, and comes again at the next session. */
+        int linger = (int)(c->timeout_ms < CLOSE_LINGER_MS ? c->timeout_ms : CLOSE_LINGER_MS);
+        zmq_setsockopt(c->sock, ZMQ_LINGER, &linger, sizeof linger);
         zmq_socket_monitor(c->sock, NULL, 0);
         zmq_close(c->sock);
     }

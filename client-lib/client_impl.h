@@ -32,6 +32,7 @@
 #define MAX_PING_MS 30000u
 #define HELLO_AGAIN_MS 2000u          /* a Hello unanswered this long is sent again */
 #define HEARTBEAT_MS 5000             /* ZeroMQ's own heartbeat on the connection */
+#define CLOSE_LINGER_MS 2000u         /* at most this long for queued frames at destroy */
 #define SEEN_KEEP_MS (30ull * 24 * 3600 * 1000)
 #define R(x) REFERRAL__V1__RESULT_CODE__RESULT_##x
 

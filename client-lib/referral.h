@@ -176,8 +176,10 @@ REF_API ref_err ref_client_new(const ref_config *cfg, ref_client **out, char *de
                                size_t detail_len);
 
 /* Close the connection and the state directory; frees *client and sets it
- * to NULL. NULL or *client NULL is fine. Unsent referrals stay in the
- * outbox for the next start. */
+ * to NULL. NULL or *client NULL is fine. Frames already queued (settles,
+ * receipts) get up to 2 seconds (at most timeout_ms) to leave; unsent
+ * referrals and receipts stay in the outbox for the next start, and
+ * confirmations are committed. */
 REF_API void ref_client_destroy(ref_client **client);
 
 /* The last refusal's sentence (from the broker or the library), or "". */
