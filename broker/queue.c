@@ -89,7 +89,7 @@ store_err queue_head(store *s, MDB_txn *txn, const char *agency, uint8_t id[IDS_
 {
     for (;;) {   /* each round sets one unreadable entry aside: it ends */
         uint8_t key[KEY_MAX];
-        size_t key_len;
+        size_t key_len = 0;
         bool is_readable;
         store_err e = head_entry(s, txn, agency, key, &key_len, id, &is_readable);
         if (e != STORE_OK || is_readable)
@@ -104,7 +104,7 @@ store_err queue_head(store *s, MDB_txn *txn, const char *agency, uint8_t id[IDS_
 store_err queue_drop_head(store *s, MDB_txn *txn, const char *agency)
 {
     uint8_t key[KEY_MAX], id[IDS_BYTES];
-    size_t key_len;
+    size_t key_len = 0;
     bool is_readable;
     store_err e = head_entry(s, txn, agency, key, &key_len, id, &is_readable);
     if (e != STORE_OK)
