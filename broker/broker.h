@@ -1,7 +1,7 @@
 /*
  * broker: the state of one running referrald, shared by loop.c (the event
  * loop, loop.h), ingress.c (submissions, ingress.h), trust.c (the
- * directory) and main.c (start and stop). Each module declares what it
+ * directory) and broker.c (start and stop, for main.c and unit tests). Each module declares what it
  * offers in its own header; this one holds only the shared state.
  */
 #ifndef REF_BROKER_BROKER_H
@@ -64,6 +64,22 @@ typedef struct {
     volatile sig_atomic_t *stop;  /* set by SIGTERM / SIGINT */
     volatile sig_atomic_t *reload; /* set by SIGHUP: load the directory again */
 } broker;
+
+/* Start a broker from a checked configuration (copied into b->cfg) as
+ * referrald does (broker.c): open the store, the session table, load this
+ * broker's keys and the directory, return in-flight deliveries to their
+ * queues, bind the ZAP handler and then the CURVE ROUTER on cfg->listen.
+ * Each failure is logged with its fix. Returns BROKER_EXIT_OK, or the
+ * BROKER_EXIT_* code to exit with; either way b is owned by the caller
+ * until broker_close() (which accepts a half-opened broker). b->stop and
+ * b->reload point at flags nobody sets until the caller points them at its
+ * own. The loop is not running yet: loop_run(), or loop_open() and
+ * loop_turn() (loop.h). */
+int broker_open(broker *b, const config *cfg);
+
+/* Close everything broker_open() opened (after loop_run() or loop_close()
+ * returned). Safe on a broker whose broker_open() failed. */
+void broker_close(broker *b);
 
 /* Load the directory file named in the configuration, refusing one older
  * than the version this store has used; on success replace b->dir and

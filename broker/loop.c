@@ -703,7 +703,7 @@ static int wait_ms(broker *b)
     return w > MAX_WAIT_MS ? MAX_WAIT_MS : (int)w;
 }
 
-static int turn(broker *b)
+int loop_turn(broker *b)
 {
     zmq_pollitem_t items[4] = {{.socket = b->router, .events = ZMQ_POLLIN},
                                {.socket = b->zap, .events = ZMQ_POLLIN},
@@ -772,11 +772,10 @@ static int turn(broker *b)
     return -1;
 }
 
-int loop_run(broker *b)
+int loop_open(broker *b)
 {
     b->next_due_ms = 0;
     session_table_limits(&b->sessions, b->cfg.max_sessions_per_agency, b->cfg.max_credit);
-    int rc = BROKER_EXIT_OK;
     unsigned workers = b->cfg.verify_workers ? b->cfg.verify_workers
                                              : verifier_default_workers();
     b->verifier = verifier_new(b->zctx, workers);
@@ -798,20 +797,31 @@ int loop_run(broker *b)
         log_error("loop", "cannot monitor the client socket's connections err=%s; sessions "
                   "could outlive them, refusing to run (a libzmq with zmq_socket_monitor is "
                   "needed)", zmq_strerror(errno));
-        rc = BROKER_EXIT_TRANSPORT;
+        return BROKER_EXIT_TRANSPORT;
     }
-    bool is_done = rc != BROKER_EXIT_OK;
-    while (!is_done && !*b->stop) {
-        int t = turn(b);
-        is_done = t >= 0;
-        rc = is_done ? t : rc;
-    }
+    return BROKER_EXIT_OK;
+}
+
+void loop_close(broker *b)
+{
     unwatch_connections(b);
     verifier_destroy(&b->verifier);   /* first: jobs borrow the held frames */
     inbound_destroy(&b->held);
     free(b->sent);
     b->sent = NULL;
     b->n_sent = b->cap_sent = 0;
+}
+
+int loop_run(broker *b)
+{
+    int rc = loop_open(b);
+    bool is_done = rc != BROKER_EXIT_OK;
+    while (!is_done && !*b->stop) {
+        int t = loop_turn(b);
+        is_done = t >= 0;
+        rc = is_done ? t : rc;
+    }
+    loop_close(b);
     if (rc == BROKER_EXIT_OK)
         log_info("loop", "stopping: last turn committed");
     return rc;

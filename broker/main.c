@@ -1,25 +1,20 @@
 /*
- * referrald: one region's referral broker. main() reads the configuration,
- * opens the store and the client socket, returns in-flight deliveries to
- * their queues, runs the loop, and closes everything on SIGTERM or SIGINT
- * after the turn in progress has committed.
+ * referrald: one region's referral broker. main() reads the arguments and
+ * the configuration, sets the signal handlers, starts the broker
+ * (broker_open in broker.c: store, keys and directory, in-flight
+ * deliveries back to their queues, ZAP, then the client socket), runs the
+ * loop, and closes everything on SIGTERM or SIGINT after the turn in
+ * progress has committed.
  */
-#include <errno.h>
 #include <getopt.h>
 #include <signal.h>
 #include <stdio.h>
-#include <stdlib.h>
 #include <string.h>
-#include <sys/random.h>
-
-#include <zmq.h>
 
 #include "broker.h"
-#include "clock.h"
 #include "log.h"
 #include "loop.h"
 #include "ref_version.h"
-#include "zap.h"
 
 static volatile sig_atomic_t stop_requested;
 static volatile sig_atomic_t reload_requested;
@@ -65,127 +60,6 @@ static void usage(FILE *f)
         "key=value pairs with the ids involved.\n");
 }
 
-static int open_socket(broker *b)
-{
-    if (!zmq_has("curve")) {
-        log_error("main", "libzmq lacks CURVE support; refusing to start (install a libzmq "
-                  "built with libsodium, e.g. Debian's libzmq5)");
-        return BROKER_EXIT_TRANSPORT;
-    }
-    /* libzmq numbers the ROUTER's routing ids from rand(), which nobody
-     * seeds: unseeded, every broker hands out the same, guessable ids. */
-    unsigned seed = 0;
-    if (getrandom(&seed, sizeof seed, 0) != (ssize_t)sizeof seed) {
-        log_error("main", "cannot read random bytes for routing ids err=%s", strerror(errno));
-        return BROKER_EXIT_TRANSPORT;
-    }
-    srand(seed);
-    b->zctx = zmq_ctx_new();
-    /* The ZAP handler first: a CURVE socket without one admits anyone who
-     * knows the server key. */
-    b->zap = b->zctx != NULL ? zap_open(b->zctx) : NULL;
-    if (b->zap == NULL) {
-        log_error("main", "cannot bind the ZAP handler err=%s", zmq_strerror(errno));
-        return BROKER_EXIT_TRANSPORT;
-    }
-    b->router = zmq_socket(b->zctx, ZMQ_ROUTER);
-    if (b->router == NULL) {
-        log_error("main", "cannot create socket err=%s", zmq_strerror(errno));
-        return BROKER_EXIT_TRANSPORT;
-    }
-    int one = 1, linger_ms = 2000, handshake_ms = 5000;
-    /* Frames up to twice the limit are read and answered TOO_LARGE; bigger
-     * ones make libzmq drop the connection before we allocate them. */
-    int64_t hard_max = 2 * (int64_t)b->cfg.max_frame_bytes;
-    /* Deliveries are bounded by credit, replies by what a client sends: a
-     * pipe deep enough for a full window plus a turn's replies never fills
-     * for a client that reads. One that does not read is handled in flush. */
-    int hwm = (int)(2 * b->cfg.max_credit + 2 * b->cfg.max_batch + 1000);
-    if (zmq_setsockopt(b->router, ZMQ_ROUTER_MANDATORY, &one, sizeof one) != 0 ||
-        zmq_setsockopt(b->router, ZMQ_LINGER, &linger_ms, sizeof linger_ms) != 0 ||
-        zmq_setsockopt(b->router, ZMQ_HANDSHAKE_IVL, &handshake_ms, sizeof handshake_ms) != 0 ||
-        zmq_setsockopt(b->router, ZMQ_MAXMSGSIZE, &hard_max, sizeof hard_max) != 0 ||
-        zmq_setsockopt(b->router, ZMQ_SNDHWM, &hwm, sizeof hwm) != 0 ||
-        zmq_setsockopt(b->router, ZMQ_CURVE_SERVER, &one, sizeof one) != 0 ||
-        zmq_setsockopt(b->router, ZMQ_CURVE_SECRETKEY, b->keys.curve_secret, 32) != 0 ||
-        zmq_setsockopt(b->router, ZMQ_ZAP_DOMAIN, "referral", 8) != 0) {
-        log_error("main", "cannot set socket options err=%s", zmq_strerror(errno));
-        return BROKER_EXIT_TRANSPORT;
-    }
-    if (zmq_bind(b->router, b->cfg.listen) != 0) {
-        log_error("main", "cannot listen endpoint=%s err=%s", b->cfg.listen, zmq_strerror(errno));
-        return BROKER_EXIT_TRANSPORT;
-    }
-    return BROKER_EXIT_OK;
-}
-
-static int load_trust(broker *b)
-{
-    char why[700];
-    if (!keys_parse_sign_public(b->cfg.trust_root, b->trust_root, why, sizeof why)) {
-        log_error("trust", "[trust] trust_root: %s", why);
-        return BROKER_EXIT_TRUST;
-    }
-    if (!keys_load(b->cfg.key_dir, b->cfg.id, &b->keys, why, sizeof why)) {
-        log_error("trust", "cannot load this broker's keys: %s (create them with referralctl "
-                  "keygen --id %s --dir %s)", why, b->cfg.id, b->cfg.key_dir);
-        return BROKER_EXIT_TRUST;
-    }
-    store_err fault;
-    if (!broker_load_directory(b, &fault, why, sizeof why)) {
-        if (fault != STORE_OK) {
-            log_error("store", "store failed at start (recording the directory version): "
-                      "%s; exiting", why);
-            return BROKER_EXIT_STORE;
-        }
-        log_error("trust", "%s", why);
-        return BROKER_EXIT_TRUST;
-    }
-    return BROKER_EXIT_OK;
-}
-
-static int recover(broker *b)
-{
-    MDB_txn *txn;
-    size_t n = 0;
-    char why[700];
-    store_err e = store_begin(b->st, &txn);
-    if (e == STORE_OK) {
-        e = delivery_return_all(&b->dc, txn, clock_now_ms(), &n);
-        if (e != STORE_OK) {
-            mdb_txn_abort(txn);
-        } else if (store_commit(b->st, txn, why, sizeof why) != STORE_OK) {
-            log_error("store", "commit failed at start (returning in-flight deliveries to "
-                      "their queues): %s; exiting", why);
-            return BROKER_EXIT_STORE;
-        }
-    }
-    if (e != STORE_OK) {
-        log_error("store", "cannot return in-flight deliveries at start err=%s; exiting",
-                  store_strerror(e));
-        return BROKER_EXIT_STORE;
-    }
-    if (n > 0)
-        log_info("main", "returned in-flight deliveries to their queues count=%zu", n);
-    return BROKER_EXIT_OK;
-}
-
-static void broker_close(broker *b)
-{
-    link_free(&b->clients);   /* its deliveries go to lost, freed next */
-    free(b->lost);
-    if (b->router != NULL)
-        zmq_close(b->router);
-    if (b->zap != NULL)
-        zmq_close(b->zap);
-    directory_destroy(&b->dir);
-    keys_wipe(&b->keys);
-    if (b->zctx != NULL)
-        zmq_ctx_term(b->zctx);
-    store_destroy(&b->st);
-    session_table_free(&b->sessions);
-}
-
 int main(int argc, char **argv)
 {
     static const struct option opts[] = {
@@ -213,18 +87,18 @@ int main(int argc, char **argv)
         usage(stderr);
         return BROKER_EXIT_USAGE;
     }
-    broker b;
-    memset(&b, 0, sizeof b);
+    config cfg;
+    memset(&cfg, 0, sizeof cfg);
     char err[512];
-    if (!config_load(path, &b.cfg, err, sizeof err)) {
+    if (!config_load(path, &cfg, err, sizeof err)) {
         fprintf(stderr, "referrald: %s\n", err);
         return BROKER_EXIT_USAGE;
     }
     if (is_check_only) {
-        printf("configuration %s is valid (broker %s)\n", path, b.cfg.id);
+        printf("configuration %s is valid (broker %s)\n", path, cfg.id);
         return BROKER_EXIT_OK;
     }
-    log_set_level(b.cfg.log_level);
+    log_set_level(cfg.log_level);
 
     struct sigaction sa;
     memset(&sa, 0, sizeof sa);
@@ -234,45 +108,10 @@ int main(int argc, char **argv)
     sigaction(SIGHUP, &sa, NULL);
     signal(SIGPIPE, SIG_IGN);
 
-    b.limits = wire_default_limits;
-    b.limits.max_frame_bytes = b.cfg.max_frame_bytes;
-    b.limits.max_body_bytes = b.cfg.max_body_bytes;
-    b.limits.budget_bytes = 8u * b.cfg.max_frame_bytes;
+    broker b;
+    int rc = broker_open(&b, &cfg);
     b.stop = &stop_requested;
     b.reload = &reload_requested;
-
-    store_options so = {
-        .dir = b.cfg.data_dir,
-        .broker_id = b.cfg.id,
-        .map_size_bytes = b.cfg.map_size_bytes,
-        .high_water_percent = b.cfg.high_water_percent,
-        .min_free_disk_bytes = b.cfg.min_free_disk_bytes,
-    };
-    int rc = BROKER_EXIT_OK;
-    if (store_open(&so, &b.st, err, sizeof err) != STORE_OK) {
-        log_error("main", "%s", err);
-        rc = BROKER_EXIT_STORE;
-    }
-    b.dc = (delivery_ctx){
-        .st = b.st,
-        .broker_id = b.cfg.id,
-        .ack_timeout_ms = b.cfg.ack_timeout_ms,
-        .max_nak_delay_ms = b.cfg.max_nak_delay_ms,
-        .clock_skew_ms = b.cfg.clock_skew_ms,
-        .notice_ttl_ms = b.cfg.notice_ttl_ms,
-        .sign_secret = b.keys.sign_secret,
-        .sign_public = b.keys.sign_public,
-    };
-    if (rc == BROKER_EXIT_OK && !session_table_init(&b.sessions, b.cfg.max_sessions)) {
-        log_error("main", "out of memory for %u sessions", b.cfg.max_sessions);
-        rc = BROKER_EXIT_USAGE;
-    }
-    if (rc == BROKER_EXIT_OK)
-        rc = load_trust(&b);
-    if (rc == BROKER_EXIT_OK)
-        rc = recover(&b);
-    if (rc == BROKER_EXIT_OK)
-        rc = open_socket(&b);
     if (rc == BROKER_EXIT_OK) {
         log_info("main", "started broker=%s listen=%s store=%s version=%s", b.cfg.id,
                  b.cfg.listen, b.cfg.data_dir, REF_VERSION);

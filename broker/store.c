@@ -53,6 +53,11 @@ struct store {
     uint64_t file_free_bytes;     /* free inside data.mdb: free list + written, unused tail */
     bool has_disk_measure;        /* statvfs and stat worked */
     uint64_t reserved_bytes;      /* reserved since the measurement, map and disk alike */
+    /* The test fault (store_set_fault); op STORE_FAULT_NONE in production. */
+    store_fault_op fault_op;
+    unsigned fault_after;         /* calls of fault_op still to succeed */
+    int fault_error;
+    bool has_writes;              /* this file wrote in the open write transaction */
 };
 
 const char *store_strerror(store_err e)
@@ -109,6 +114,44 @@ static bool write_marker(const char *dir, const char *broker_id)
     return fclose(f) == 0 && ok;
 }
 
+/* Is a test fault of op due now? The error to fail with, else 0. Each
+ * call of op counts; the fault fires once (store_set_fault). */
+static int fault_due(store *s, store_fault_op op)
+{
+    if (s->fault_op != op)
+        return 0;
+    if (s->fault_after > 0) {
+        s->fault_after--;
+        return 0;
+    }
+    s->fault_op = STORE_FAULT_NONE;
+    return s->fault_error;
+}
+
+/* Every write of this file goes through put() and del(): they note that
+ * the transaction wrote (commit faults count only such commits) and put()
+ * is where a test's put fault fires. */
+static int put(store *s, MDB_txn *txn, store_db which, MDB_val *k, MDB_val *v, unsigned flags)
+{
+    s->has_writes = true;
+    int rc = fault_due(s, STORE_FAULT_PUT);
+    return rc != 0 ? rc : mdb_put(txn, s->dbi[which], k, v, flags);
+}
+
+static int del(store *s, MDB_txn *txn, store_db which, MDB_val *k)
+{
+    s->has_writes = true;
+    return mdb_del(txn, s->dbi[which], k, NULL);
+}
+
+void store_set_fault(store *s, store_fault_op op, unsigned after_calls, int error)
+{
+    assert(op == STORE_FAULT_NONE || error != 0);
+    s->fault_op = op;
+    s->fault_after = after_calls;
+    s->fault_error = error;
+}
+
 static store_err meta_get(store *s, MDB_txn *txn, const char *key, MDB_val *v)
 {
     MDB_val k = {.mv_size = strlen(key), .mv_data = (void *)(uintptr_t)key};
@@ -119,7 +162,7 @@ static store_err meta_put(store *s, MDB_txn *txn, const char *key, const void *d
 {
     MDB_val k = {.mv_size = strlen(key), .mv_data = (void *)(uintptr_t)key};
     MDB_val v = {.mv_size = len, .mv_data = (void *)(uintptr_t)data};
-    return store_err_from_mdb(mdb_put(txn, s->dbi[STORE_DB_META], &k, &v, 0));
+    return store_err_from_mdb(put(s, txn, STORE_DB_META, &k, &v, 0));
 }
 
 /* ---- referrals and levels ------------------------------------------------
@@ -180,7 +223,7 @@ store_err store_referral_put(store *s, MDB_txn *txn, const uint8_t referral_id[I
     assert(r->n_addressed >= 1 && r->n_addressed <= STORE_REFERRAL_MAX);
     MDB_val k = {.mv_size = IDS_BYTES, .mv_data = (void *)(uintptr_t)referral_id};
     MDB_val v = {.mv_size = referral_encode(r, buf), .mv_data = buf};
-    return store_err_from_mdb(mdb_put(txn, s->dbi[STORE_DB_REFERRALS], &k, &v, 0));
+    return store_err_from_mdb(put(s, txn, STORE_DB_REFERRALS, &k, &v, 0));
 }
 
 bool store_referral_names(const store_referral *r, const char *agency, bool with_sender)
@@ -226,7 +269,7 @@ store_err store_level_put(store *s, MDB_txn *txn, const uint8_t message_id[IDS_B
     uint8_t key[IDS_BYTES + IDS_NAME_MAX], rec[2] = {LEVEL_V1, (uint8_t)level};
     MDB_val k = {.mv_size = level_key(message_id, agency, key), .mv_data = key};
     MDB_val v = {.mv_size = sizeof rec, .mv_data = rec};
-    return store_err_from_mdb(mdb_put(txn, s->dbi[STORE_DB_LEVELS], &k, &v, 0));
+    return store_err_from_mdb(put(s, txn, STORE_DB_LEVELS, &k, &v, 0));
 }
 
 /* A store made before the referrals database: record each referral from
@@ -478,6 +521,7 @@ void store_destroy(store **sp)
 store_err store_begin(store *s, MDB_txn **txn)
 {
     s->is_room_measured = false;   /* a new turn measures room again */
+    s->has_writes = false;
     return store_err_from_mdb(mdb_txn_begin(s->env, NULL, 0, txn));
 }
 
@@ -532,7 +576,18 @@ void store_describe_failure(const char *dir, uint64_t map_size_bytes, int rc, co
 
 store_err store_commit(store *s, MDB_txn *txn, char *why, size_t why_len)
 {
-    int rc = mdb_txn_commit(txn);
+    /* A test's commit fault counts only commits that write: LMDB commits
+     * an empty transaction without touching the disk, so it cannot fail. */
+    bool has_writes = s->has_writes;
+    s->has_writes = false;
+    int rc = has_writes ? fault_due(s, STORE_FAULT_COMMIT) : 0;
+    if (rc != 0) {
+        mdb_txn_abort(txn);   /* as a failed write: nothing of it reaches the file */
+    } else {
+        rc = mdb_txn_commit(txn);
+        if (rc == 0 && has_writes)   /* as a failed fsync: written, but not known durable */
+            rc = fault_due(s, STORE_FAULT_SYNC);
+    }
     if (rc == 0)
         return STORE_OK;
     store_describe_failure(s->dir, s->map_size_bytes, rc, "commit", why, why_len);
@@ -719,7 +774,7 @@ store_err store_msg_put(store *s, MDB_txn *txn, const store_msg *m)
 {
     uint8_t rec[STORE_MSG_RECORD_MAX];
     MDB_val k = id_val(m->id), v = {.mv_size = store_msg_encode(m, rec), .mv_data = rec};
-    return store_err_from_mdb(mdb_put(txn, s->dbi[STORE_DB_MSGS], &k, &v, 0));
+    return store_err_from_mdb(put(s, txn, STORE_DB_MSGS, &k, &v, 0));
 }
 
 store_err store_msg_get(store *s, MDB_txn *txn, const uint8_t id[IDS_BYTES], store_msg *m)
@@ -738,7 +793,7 @@ store_err store_msg_get(store *s, MDB_txn *txn, const uint8_t id[IDS_BYTES], sto
 store_err store_msg_del(store *s, MDB_txn *txn, const uint8_t id[IDS_BYTES])
 {
     MDB_val k = id_val(id);
-    return store_err_from_mdb(mdb_del(txn, s->dbi[STORE_DB_MSGS], &k, NULL));
+    return store_err_from_mdb(del(s, txn, STORE_DB_MSGS, &k));
 }
 
 store_err store_body_put(store *s, MDB_txn *txn, const uint8_t id[IDS_BYTES],
@@ -748,7 +803,7 @@ store_err store_body_put(store *s, MDB_txn *txn, const uint8_t id[IDS_BYTES],
     uint8_t digest[DIGEST_BYTES];
     if (!digest_sha256(payload, len, digest))
         return STORE_FAILED;
-    int rc = mdb_put(txn, s->dbi[STORE_DB_BODIES], &k, &v, MDB_RESERVE);
+    int rc = put(s, txn, STORE_DB_BODIES, &k, &v, MDB_RESERVE);
     if (rc != 0)
         return store_err_from_mdb(rc);
     uint8_t *p = v.mv_data;
@@ -781,7 +836,7 @@ store_err store_body_get(store *s, MDB_txn *txn, const uint8_t id[IDS_BYTES],
 store_err store_body_del(store *s, MDB_txn *txn, const uint8_t id[IDS_BYTES])
 {
     MDB_val k = id_val(id);
-    return store_err_from_mdb(mdb_del(txn, s->dbi[STORE_DB_BODIES], &k, NULL));
+    return store_err_from_mdb(del(s, txn, STORE_DB_BODIES, &k));
 }
 
 /* ---- quarantine ----------------------------------------------------------- */
@@ -816,7 +871,7 @@ static store_err move_to_quarantine(store *s, MDB_txn *txn, store_db which, cons
     if (orig == NULL)
         return STORE_FAILED;
     memcpy(orig, v.mv_data, orig_len);
-    rc = mdb_put(txn, s->dbi[STORE_DB_QUARANTINE], &qk, &qv, MDB_RESERVE);
+    rc = put(s, txn, STORE_DB_QUARANTINE, &qk, &qv, MDB_RESERVE);
     if (rc == 0) {
         uint8_t *p = qv.mv_data;
         p[0] = STORE_RECORD_V1;
@@ -824,7 +879,7 @@ static store_err move_to_quarantine(store *s, MDB_txn *txn, store_db which, cons
         p[9] = (uint8_t)rlen;
         memcpy(p + 10, reason, rlen);
         memcpy(p + head, orig, orig_len);
-        rc = mdb_del(txn, s->dbi[which], &k, NULL);
+        rc = del(s, txn, which, &k);
     }
     free(orig);
     return store_err_from_mdb(rc);
@@ -860,7 +915,7 @@ store_err store_set_aside(store *s, MDB_txn *txn, store_db which, const uint8_t 
         if (e != STORE_OK && e != STORE_NOT_FOUND)
             return e;
         MDB_val k = {.mv_size = key_len, .mv_data = (void *)(uintptr_t)key};
-        int rc = mdb_del(txn, s->dbi[STORE_DB_INFLIGHT], &k, NULL);
+        int rc = del(s, txn, STORE_DB_INFLIGHT, &k);
         if (rc != 0 && rc != MDB_NOTFOUND)
             return store_err_from_mdb(rc);
     }
@@ -891,7 +946,7 @@ store_err store_dedup_put(store *s, MDB_txn *txn, const uint8_t id[IDS_BYTES],
     memcpy(val + 1, digest, DIGEST_BYTES);
     store_put_u64(val + 1 + DIGEST_BYTES, forget_at_ms);
     MDB_val k = id_val(id), v = {.mv_size = sizeof val, .mv_data = val};
-    return store_err_from_mdb(mdb_put(txn, s->dbi[STORE_DB_DEDUP], &k, &v, 0));
+    return store_err_from_mdb(put(s, txn, STORE_DB_DEDUP, &k, &v, 0));
 }
 
 store_err store_dedup_get(store *s, MDB_txn *txn, const uint8_t id[IDS_BYTES],
@@ -916,7 +971,7 @@ store_err store_dedup_get(store *s, MDB_txn *txn, const uint8_t id[IDS_BYTES],
 store_err store_dedup_del(store *s, MDB_txn *txn, const uint8_t id[IDS_BYTES])
 {
     MDB_val k = id_val(id);
-    return store_err_from_mdb(mdb_del(txn, s->dbi[STORE_DB_DEDUP], &k, NULL));
+    return store_err_from_mdb(del(s, txn, STORE_DB_DEDUP, &k));
 }
 
 /* ---- trace ---------------------------------------------------------------- */
@@ -934,7 +989,7 @@ store_err store_trace_put(store *s, MDB_txn *txn, const uint8_t referral_id[IDS_
         key[IDS_BYTES + i] = (uint8_t)(seq >> (8 * (7 - i)));
     MDB_val k = {.mv_size = sizeof key, .mv_data = key};
     MDB_val v = {.mv_size = len, .mv_data = (void *)(uintptr_t)event};
-    return store_err_from_mdb(mdb_put(txn, s->dbi[STORE_DB_TRACE], &k, &v, 0));
+    return store_err_from_mdb(put(s, txn, STORE_DB_TRACE, &k, &v, 0));
 }
 
 store_err store_trace_each(store *s, MDB_txn *txn, const uint8_t referral_id[IDS_BYTES],

@@ -181,6 +181,40 @@ store_err store_begin(store *s, MDB_txn **txn);
  * either way. */
 store_err store_commit(store *s, MDB_txn *txn, char *why, size_t why_len);
 
+/*
+ * The fault seam, for tests only: make this store fail on demand, as a
+ * full map or a failing disk would, without #ifdef or LD_PRELOAD.
+ * Production never calls it (a store opens with no fault set).
+ *
+ *   STORE_FAULT_PUT     a write of this module (store_msg_put, the body,
+ *                       dedup, trace, meta, referral and level records,
+ *                       quarantine) returns error; queue.c, deadline.c and
+ *                       the migration write on their own and are not
+ *                       counted. With MDB_MAP_FULL a submission is refused
+ *                       alone (STORE_FULL); with EIO the turn fails.
+ *   STORE_FAULT_COMMIT  store_commit() aborts the transaction and fails
+ *                       with error, as when LMDB's write of its pages
+ *                       fails: nothing of the transaction reaches the file.
+ *   STORE_FAULT_SYNC    store_commit() commits, then fails with error, as
+ *                       when the fsync after the write fails: the data may
+ *                       be in the file, but nobody may be told it is.
+ *
+ * after_calls calls of op succeed, then the next one fails with error (an
+ * MDB_* code or an errno: MDB_MAP_FULL, EIO, ENOSPC, ...), once; the fault
+ * is then cleared. Only commits of transactions in which this module wrote
+ * count (LMDB commits an empty transaction without touching the disk).
+ * STORE_FAULT_NONE clears a fault not yet fired. store_commit() describes
+ * an injected failure exactly as a real one (store_describe_failure).
+ */
+typedef enum {
+    STORE_FAULT_NONE = 0,
+    STORE_FAULT_PUT,
+    STORE_FAULT_COMMIT,
+    STORE_FAULT_SYNC,
+} store_fault_op;
+
+void store_set_fault(store *s, store_fault_op op, unsigned after_calls, int error);
+
 /* A sentence for a failed LMDB or file-system call rc (an MDB_* code or an
  * errno) while doing something (e.g. "commit") in the store at dir: names
  * the cause ("disk full:", "I/O error:", "store map full:", ...) and what an
