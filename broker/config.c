@@ -13,6 +13,8 @@
 
 #include <ini.h>
 
+#include "metrics.h"
+
 void config_defaults(config *cfg)
 {
     memset(cfg, 0, sizeof *cfg);
@@ -69,7 +71,7 @@ static bool copy_text(const char *v, char *dst, size_t cap)
     return true;
 }
 
-typedef enum { K_U32, K_U64, K_TEXT, K_ID, K_LEVEL } key_type;
+typedef enum { K_U32, K_U64, K_TEXT, K_ID, K_LEVEL, K_BOOL, K_LISTEN } key_type;
 
 typedef struct {
     const char *section;
@@ -119,6 +121,9 @@ static const key_spec keys[] = {
     {"delivery", "max_nak_delay_ms", K_U64, OFF(max_nak_delay_ms), 0, 0, 7 * DAY_MS, "0..604800000"},
     {"delivery", "notice_ttl_ms", K_U64, OFF(notice_ttl_ms), 0, 1000, 365 * DAY_MS, "1000..31536000000"},
     {"delivery", "max_deadlines_per_turn", K_U32, OFF(max_deadlines_per_turn), 0, 1, 1000000, "1..1000000"},
+    {"metrics", "listen", K_LISTEN, OFF(metrics_listen), sizeof ((config *)0)->metrics_listen, 0, 0,
+     "empty (off), or a numeric address and port such as 127.0.0.1:9464 or [::1]:9464"},
+    {"metrics", "allow_remote", K_BOOL, OFF(metrics_allow_remote), 0, 0, 0, "true or false"},
 };
 
 static bool apply(const key_spec *k, config *cfg, const char *value)
@@ -144,6 +149,20 @@ static bool apply(const key_spec *k, config *cfg, const char *value)
         return copy_text(value, field, IDS_NAME_MAX + 1);
     case K_LEVEL:
         return log_level_from_name(value, (log_level *)(void *)field);
+    case K_BOOL:
+        *(bool *)(void *)field = strcmp(value, "true") == 0;
+        return *(bool *)(void *)field || strcmp(value, "false") == 0;
+    case K_LISTEN: {
+        struct sockaddr_storage addr;
+        socklen_t len;
+        bool is_loopback;
+        if (value[0] == '\0') {
+            field[0] = '\0';
+            return true;
+        }
+        return metrics_parse_listen(value, &addr, &len, &is_loopback) &&
+               copy_text(value, field, k->size);
+    }
     }
     return false;
 }
@@ -209,6 +228,18 @@ bool config_load(const char *path, config *cfg, char *err, size_t err_len)
         snprintf(err, err_len, "configuration %s: [limits] max_body_bytes (%" PRIu32
                  ") must be at least 8192 below max_frame_bytes (%" PRIu32 ")",
                  path, cfg->max_body_bytes, cfg->max_frame_bytes);
+        return false;
+    }
+    struct sockaddr_storage maddr;
+    socklen_t mlen;
+    bool is_loopback = true;
+    if (cfg->metrics_listen[0] != '\0' &&
+        metrics_parse_listen(cfg->metrics_listen, &maddr, &mlen, &is_loopback) && !is_loopback &&
+        !cfg->metrics_allow_remote) {
+        snprintf(err, err_len, "configuration %s: [metrics] listen = %s is not a loopback "
+                 "address; metrics carry no authentication: use 127.0.0.1, or set [metrics] "
+                 "allow_remote = true and restrict who can reach the port", path,
+                 cfg->metrics_listen);
         return false;
     }
     return true;

@@ -54,6 +54,10 @@ typedef struct {
     uint64_t max_nak_delay_ms;
     uint64_t notice_ttl_ms;           /* how long a notice to a sender is kept for delivery */
     uint32_t max_deadlines_per_turn;
+
+    /* [metrics] */
+    char metrics_listen[64];          /* HTTP address:port for Prometheus; empty: off */
+    bool metrics_allow_remote;        /* a non-loopback metrics_listen is refused without it */
 } config;
 
 /* Fill cfg with every default (required keys empty). */

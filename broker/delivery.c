@@ -15,6 +15,7 @@
 
 #include "ids.h"
 #include "log.h"
+#include "metrics.h"
 #include "queue.h"
 #include "sign.h"
 #include "utf8.h"
@@ -395,6 +396,7 @@ static store_err expire(const delivery_ctx *dc, MDB_txn *txn, store_msg *m, uint
              m->attempts);
     if (m->payload_kind != STORE_PAYLOAD_ENVELOPE)
         return STORE_OK;
+    metrics_count_undeliverable();
     TRY(delivery_trace(dc, txn, m, REFERRAL__V1__TRACE_EVENT_KIND__TRACE_EVENT_KIND_EXPIRED,
                        REFERRAL__V1__RESULT_CODE__RESULT_UNDELIVERABLE,
                        "expired before the recipient acknowledged it", now_ms));

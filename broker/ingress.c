@@ -35,6 +35,7 @@
 #include "ids.h"
 #include "log.h"
 #include "loop.h"
+#include "metrics.h"
 #include "sign.h"
 
 #define R(x) REFERRAL__V1__RESULT_CODE__RESULT_##x
@@ -153,6 +154,7 @@ static void reply(broker *b, const session *sess, const Referral__V1__Submit *su
     f.version = REFERRAL__V1__PROTOCOL_VERSION__PROTOCOL_VERSION_1;
     f.body_case = REFERRAL__V1__BROKER_FRAME__BODY_SUBMIT_REPLY;
     f.submit_reply = &r;
+    metrics_count_submission(code, is_dup);
     size_t len;
     uint8_t *buf = wire_pack(&f, &len);
     if (buf != NULL)
@@ -419,6 +421,8 @@ store_err ingress_submit(broker *b, MDB_txn *txn, const session *sess,
     else
         log_warn("ingress", "refused msg=%s from=%s to=%s code=%d detail=%s",
                  ids_hex(mid, IDS_BYTES, idhex), h->from_agency, h->to_agency, (int)code, detail);
+    if (code == R(OK) && !is_dup)
+        metrics_count_stored(h->kind, h->receipt_level);
     reply(b, sess, submit, mid, code, is_dup, code == R(OK) && !is_dup ? "stored durably" : detail);
     wire_free(h);
     return STORE_OK;

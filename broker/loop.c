@@ -37,6 +37,7 @@
 #include "inbound.h"
 #include "ingress.h"
 #include "log.h"
+#include "metrics.h"
 #include "verify.h"
 #include "zap.h"
 
@@ -182,6 +183,7 @@ static store_err handle_settle(broker *b, MDB_txn *txn, session *s,
     store_err e = delivery_settle(&b->dc, txn, s->agency, settle, now_ms, &code, &detail);
     if (e != STORE_OK)
         return e;
+    metrics_count_settle(settle->verb, code);
     if (settle->verb != REFERRAL__V1__SETTLE_VERB__SETTLE_VERB_IN_PROGRESS) {
         session_untrack(&b->sessions, s, settle->message_id.data);
     } else if (code == R(OK)) {
@@ -574,6 +576,7 @@ static bool client_frame_is_wanted(void *ctx, const link_frame *f)
 static void client_frame_sent(void *ctx, const link_frame *f)
 {
     remember_sent(ctx, f);
+    metrics_count_delivery(f->attempt);
 }
 
 static void client_frame_lost(void *ctx, const link_frame *f)
@@ -753,6 +756,8 @@ int loop_turn(broker *b)
         store_err d = deadline_next(b->st, txn, &due);
         b->next_due_ms = d == STORE_OK ? due : UINT64_MAX;
     }
+    if (e == STORE_OK && metrics_wants_queues())
+        metrics_observe_queues(b->st, txn, now);
     if (e != STORE_OK) {
         mdb_txn_abort(txn);
         log_error("store", "store failed during turn err=%s; exiting, restart recovers",
@@ -760,15 +765,19 @@ int loop_turn(broker *b)
         return BROKER_EXIT_STORE;
     }
     char why[700];
+    uint64_t commit_start_us = metrics_clock_us();
     if (store_commit(b->st, txn, why, sizeof why) != STORE_OK) {
         log_error("store", "commit failed during turn: %s; exiting without answering the "
                   "turn's submissions", why);
         return BROKER_EXIT_STORE;
     }
+    metrics_observe_commit(commit_start_us);
     read_disconnects(b);   /* the last word before sending: no frame to a closed session */
     end_gone_sessions(b);
     flush(b);
     session_expire_idle(&b->sessions, clock_mono_ms(), b->cfg.session_idle_ms);
+    metrics_observe_turn(b->sessions.count, inbound_count(b->held),
+                         verifier_in_flight(b->verifier));
     return -1;
 }
 

@@ -14,6 +14,7 @@
 #include "broker.h"
 #include "log.h"
 #include "loop.h"
+#include "metrics.h"
 #include "ref_version.h"
 
 static volatile sig_atomic_t stop_requested;
@@ -112,11 +113,14 @@ int main(int argc, char **argv)
     int rc = broker_open(&b, &cfg);
     b.stop = &stop_requested;
     b.reload = &reload_requested;
+    if (rc == BROKER_EXIT_OK && !metrics_start(&b.cfg))
+        rc = BROKER_EXIT_TRANSPORT;
     if (rc == BROKER_EXIT_OK) {
         log_info("main", "started broker=%s listen=%s store=%s version=%s", b.cfg.id,
                  b.cfg.listen, b.cfg.data_dir, REF_VERSION);
         rc = loop_run(&b);
     }
+    metrics_stop();
     broker_close(&b);
     log_info("main", "stopped broker=%s status=%d", b.cfg.id, rc);
     return rc;

@@ -1,0 +1,97 @@
+/*
+ * metrics: referrald's counters and gauges, served in the Prometheus text
+ * format (version 0.0.4) at http://[metrics] listen/metrics by
+ * libmicrohttpd on a thread of its own. Off unless [metrics] listen is set;
+ * only a loopback address unless [metrics] allow_remote = true.
+ *
+ * Threads: the loop thread only counts (C11 atomics, relaxed: each counter
+ * is exact, a scrape may see one counter a turn ahead of another) and
+ * publishes snapshots; the HTTP thread only reads. The HTTP thread never
+ * touches LMDB: queue figures come from a snapshot that the loop takes
+ * inside its own turn's transaction when a scrape asks for one
+ * (metrics_wants_queues), at most once a second. A scrape waits for that
+ * snapshot at most METRICS_SNAPSHOT_WAIT_MS and is otherwise answered with
+ * the previous one (its age is a metric of its own).
+ *
+ * The counters are process-wide, like the log level: one referrald is one
+ * broker, and the hooks stay one line wherever they are (no context to
+ * pass). They start at 0 at each start of the process.
+ *
+ * What must never happen here: a scrape that blocks the loop, a metric
+ * that claims a feature not built (escalation and federation have none
+ * yet), or a label value taken from outside (every label is one of a
+ * fixed set).
+ */
+#ifndef REF_BROKER_METRICS_H
+#define REF_BROKER_METRICS_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/socket.h>
+
+#include "config.h"
+#include "referral.pb-c.h"
+#include "store.h"
+
+/* How long a scrape waits for the loop's fresh queue snapshot. */
+#define METRICS_SNAPSHOT_WAIT_MS 2000
+
+/*
+ * Parse a listen address "IPV4:PORT" or "[IPV6]:PORT" (numeric only, no
+ * names, port 1..65535) into *addr (*addr_len bytes). *is_loopback tells
+ * whether it is 127.0.0.0/8 or ::1. False when text is not such an address.
+ */
+bool metrics_parse_listen(const char *text, struct sockaddr_storage *addr, socklen_t *addr_len,
+                          bool *is_loopback);
+
+/*
+ * Start the HTTP server when cfg->metrics_listen is set (nothing to do
+ * otherwise). False (logged, with the fix) when the address cannot be
+ * bound: the broker then exits BROKER_EXIT_TRANSPORT. Call once, before
+ * the loop runs.
+ */
+bool metrics_start(const config *cfg);
+
+/* Stop the HTTP server (waits for a scrape in progress). Safe to call
+ * when it was never started. */
+void metrics_stop(void);
+
+/* ---- hooks on the loop thread: one call where the thing happens ------- */
+
+/* A SubmitReply with code left (is_duplicate: OK for a message stored
+ * before). */
+void metrics_count_submission(Referral__V1__ResultCode code, bool is_duplicate);
+
+/* A new message of kind was stored; for a receipt, level is the level its
+ * routing header asserts. */
+void metrics_count_stored(Referral__V1__MessageKind kind, Referral__V1__AckLevel level);
+
+/* A delivery frame (attempt 1, or a redelivery) left for a live connection. */
+void metrics_count_delivery(uint32_t attempt);
+
+/* A Settle with verb was answered with code. */
+void metrics_count_settle(Referral__V1__SettleVerb verb, Referral__V1__ResultCode code);
+
+/* A referral expired before delivery (UNDELIVERABLE; its sender is told). */
+void metrics_count_undeliverable(void);
+
+/* A monotonic time in microseconds, for metrics_observe_commit. */
+uint64_t metrics_clock_us(void);
+
+/* The turn's commit, begun at started_us, succeeded. */
+void metrics_observe_commit(uint64_t started_us);
+
+/* End of a turn: sessions open, frames held for signature checks (the
+ * inbound ring), and checks out at the worker threads. */
+void metrics_observe_turn(size_t sessions_open, size_t checks_pending, size_t checks_in_flight);
+
+/* Has a scrape asked for a fresh queue snapshot? */
+bool metrics_wants_queues(void);
+
+/* Take the queue snapshot inside the turn's transaction (reads only) and
+ * publish it to the HTTP thread. Cost: one walk of the queue index, about
+ * 0.3 ms per 10,000 queued messages, at most once a second while scraped. */
+void metrics_observe_queues(store *st, MDB_txn *txn, uint64_t now_ms);
+
+#endif
