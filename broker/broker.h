@@ -57,6 +57,7 @@ typedef struct {
     void *monitor;                /* the ROUTER's socket monitor: disconnects end sessions */
     struct verifier *verifier;    /* signature checks on worker threads (verify.h) */
     struct held_frames *held;     /* frames in arrival order, some awaiting checks (loop.c) */
+    struct peer_set *peers;       /* links to peer brokers (peer.h); empty without federation */
 
     uint64_t next_due_ms;         /* earliest deadline, UINT64_MAX if none */
     bool is_busy;                 /* more work waits: poll without sleeping */

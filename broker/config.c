@@ -24,6 +24,10 @@ void config_defaults(config *cfg)
     cfg->max_batch = 256;
     cfg->verify_workers = 0;
     cfg->max_pending_checks = 1024;
+    cfg->peer_window = 64;
+    cfg->heartbeat_ms = 1000;
+    cfg->peer_timeout_ms = 5000;
+    cfg->stall_ms = 30000;
     cfg->max_turn_ms = 100;
     cfg->max_hold_ms = 5000;
     cfg->max_held_frames = 8192;
@@ -124,7 +128,87 @@ static const key_spec keys[] = {
     {"metrics", "listen", K_LISTEN, OFF(metrics_listen), sizeof ((config *)0)->metrics_listen, 0, 0,
      "empty (off), or a numeric address and port such as 127.0.0.1:9464 or [::1]:9464"},
     {"metrics", "allow_remote", K_BOOL, OFF(metrics_allow_remote), 0, 0, 0, "true or false"},
+    {"federation", "peer_listen", K_TEXT, OFF(peer_listen), sizeof ((config *)0)->peer_listen, 0, 0,
+     "a ZeroMQ endpoint such as tcp://0.0.0.0:7401"},
+    {"federation", "peer_window", K_U32, OFF(peer_window), 0, 1, 65536, "1..65536"},
+    {"federation", "heartbeat_ms", K_U32, OFF(heartbeat_ms), 0, 100, 600000, "100..600000"},
+    {"federation", "peer_timeout_ms", K_U32, OFF(peer_timeout_ms), 0, 300, 3600000, "300..3600000"},
+    {"federation", "stall_ms", K_U32, OFF(stall_ms), 0, 1000, 86400000, "1000..86400000"},
 };
+
+const config_peer *config_peer_find(const config *cfg, const char *id)
+{
+    for (size_t i = 0; i < cfg->n_peers; i++)
+        if (strcmp(cfg->peers[i].id, id) == 0)
+            return &cfg->peers[i];
+    return NULL;
+}
+
+/* [peers] BROKER = ENDPOINT and [routes] BROKER = VIA (or default = VIA):
+ * keys named by the operator, so not in the table above. */
+static bool on_federation_key(parse_state *st, const char *section, const char *name,
+                              const char *value)
+{
+    config *cfg = st->cfg;
+    if (strcmp(section, "peers") == 0) {
+        if (!ids_is_valid_name(name) || value[0] == '\0' || strlen(value) >= 256) {
+            snprintf(st->err, st->err_len, "[peers] %.64s = \"%.64s\": expected a broker id = "
+                     "its peer endpoint", name, value);
+            return false;
+        }
+        if (cfg->n_peers == CONFIG_MAX_PEERS || config_peer_find(cfg, name) != NULL) {
+            snprintf(st->err, st->err_len, "[peers] %s: listed twice, or more than %d peers",
+                     name, CONFIG_MAX_PEERS);
+            return false;
+        }
+        config_peer *p = &cfg->peers[cfg->n_peers++];
+        snprintf(p->id, sizeof p->id, "%s", name);
+        snprintf(p->endpoint, sizeof p->endpoint, "%s", value);
+        return true;
+    }
+    bool is_default = strcmp(name, "default") == 0;
+    if ((!is_default && !ids_is_valid_name(name)) || !ids_is_valid_name(value)) {
+        snprintf(st->err, st->err_len, "[routes] %.64s = \"%.64s\": expected a broker id (or "
+                 "default) = the peer to send its traffic through", name, value);
+        return false;
+    }
+    if (is_default) {
+        snprintf(cfg->default_route, sizeof cfg->default_route, "%s", value);
+        return true;
+    }
+    if (cfg->n_routes == CONFIG_MAX_ROUTES) {
+        snprintf(st->err, st->err_len, "[routes]: more than %d routes", CONFIG_MAX_ROUTES);
+        return false;
+    }
+    config_route *r = &cfg->routes[cfg->n_routes++];
+    snprintf(r->to, sizeof r->to, "%s", name);
+    snprintf(r->via, sizeof r->via, "%s", value);
+    return true;
+}
+
+/* Every route goes through a listed peer; no peer is this broker. */
+static bool check_federation(const config *cfg, char *err, size_t err_len)
+{
+    for (size_t i = 0; i < cfg->n_peers; i++)
+        if (strcmp(cfg->peers[i].id, cfg->id) == 0) {
+            snprintf(err, err_len, "[peers] lists this broker (%s) itself", cfg->id);
+            return false;
+        }
+    for (size_t i = 0; i <= cfg->n_routes; i++) {
+        const char *via = i < cfg->n_routes ? cfg->routes[i].via : cfg->default_route;
+        if (via[0] != '\0' && config_peer_find(cfg, via) == NULL) {
+            snprintf(err, err_len, "[routes] %s goes through %s, which is not in [peers]",
+                     i < cfg->n_routes ? cfg->routes[i].to : "default", via);
+            return false;
+        }
+    }
+    if (cfg->n_peers > 0 && cfg->peer_listen[0] == '\0') {
+        snprintf(err, err_len, "[peers] are listed but [federation] peer_listen is empty: peers "
+                 "need an endpoint to send to this broker");
+        return false;
+    }
+    return true;
+}
 
 static bool apply(const key_spec *k, config *cfg, const char *value)
 {
@@ -172,6 +256,10 @@ static int on_key(void *user, const char *section, const char *name, const char 
     parse_state *st = user;
     if (st->has_error)
         return 0;
+    if (strcmp(section, "peers") == 0 || strcmp(section, "routes") == 0) {
+        st->has_error = !on_federation_key(st, section, name, value);
+        return st->has_error ? 0 : 1;
+    }
     for (size_t i = 0; i < sizeof keys / sizeof keys[0]; i++) {
         if (strcmp(keys[i].section, section) == 0 && strcmp(keys[i].name, name) == 0) {
             if (apply(&keys[i], st->cfg, value))
@@ -240,6 +328,11 @@ bool config_load(const char *path, config *cfg, char *err, size_t err_len)
                  "address; metrics carry no authentication: use 127.0.0.1, or set [metrics] "
                  "allow_remote = true and restrict who can reach the port", path,
                  cfg->metrics_listen);
+        return false;
+    }
+    char why[300];
+    if (!check_federation(cfg, why, sizeof why)) {
+        snprintf(err, err_len, "configuration %s: %s", path, why);
         return false;
     }
     return true;

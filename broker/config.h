@@ -16,6 +16,21 @@
 #include "ids.h"
 #include "log.h"
 
+#define CONFIG_MAX_PEERS 32
+#define CONFIG_MAX_ROUTES 256
+
+/* [peers]: a broker this one keeps a link to, and where it listens. */
+typedef struct {
+    char id[IDS_NAME_MAX + 1];
+    char endpoint[256];
+} config_peer;
+
+/* [routes]: traffic for broker `to` goes through peer `via`. */
+typedef struct {
+    char to[IDS_NAME_MAX + 1];
+    char via[IDS_NAME_MAX + 1];
+} config_route;
+
 typedef struct {
     /* [broker] */
     char id[IDS_NAME_MAX + 1];        /* required: this broker's id */
@@ -58,7 +73,21 @@ typedef struct {
     /* [metrics] */
     char metrics_listen[64];          /* HTTP address:port for Prometheus; empty: off */
     bool metrics_allow_remote;        /* a non-loopback metrics_listen is refused without it */
+    /* [federation], [peers], [routes] (docs/federation.md) */
+    char peer_listen[256];            /* endpoint peer brokers connect to; empty: none */
+    uint32_t peer_window;             /* forwards in flight per link awaiting hop acks */
+    uint32_t heartbeat_ms;            /* a heartbeat on every link this often */
+    uint32_t peer_timeout_ms;         /* a link heard nothing from for this long is down */
+    uint32_t stall_ms;                /* queued work and no hop ack for this long: stalled */
+    config_peer peers[CONFIG_MAX_PEERS];
+    size_t n_peers;
+    config_route routes[CONFIG_MAX_ROUTES];
+    size_t n_routes;
+    char default_route[IDS_NAME_MAX + 1];   /* via this peer when no route names the broker */
 } config;
+
+/* The peer named id, or NULL. */
+const config_peer *config_peer_find(const config *cfg, const char *id);
 
 /* Fill cfg with every default (required keys empty). */
 void config_defaults(config *cfg);

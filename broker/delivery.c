@@ -148,7 +148,9 @@ static store_err notify_sender(const delivery_ctx *dc, MDB_txn *txn, const store
     n.payload_kind = STORE_PAYLOAD_NOTICE;
     n.created_at_ms = now_ms;
     n.expires_at_ms = now_ms + dc->notice_ttl_ms;
-    snprintf(n.recipient, sizeof n.recipient, "%s", m->sender);
+    /* A sender homed at another broker hears through the next hop there. */
+    const char *via = dc->route != NULL ? dc->route(dc->route_ctx, m->sender) : NULL;
+    snprintf(n.recipient, sizeof n.recipient, "%s", via != NULL ? via : m->sender);
     snprintf(n.sender, sizeof n.sender, "%s", dc->broker_id);
     store_err e = delivery_enqueue(dc, txn, &n, payload, plen, now_ms);
     free(payload);
@@ -536,4 +538,21 @@ store_err delivery_return_all(const delivery_ctx *dc, MDB_txn *txn, uint64_t now
     *count = l.count;
     free(l.ids);
     return e;
+}
+
+store_err delivery_relayed(const delivery_ctx *dc, MDB_txn *txn, const char *peer,
+                           const uint8_t id[IDS_BYTES], uint64_t now_ms)
+{
+    store_msg m;
+    store_err e = store_msg_get(dc->st, txn, id, &m);
+    if (e == STORE_NOT_FOUND || (e == STORE_OK && (strcmp(m.recipient, peer) != 0 ||
+                                                   m.state != S_IN_FLIGHT)))
+        return STORE_OK;
+    if (e != STORE_OK)
+        return e;
+    TRY(finish(dc, txn, &m, S_DELIVERED, now_ms));
+    char detail[IDS_NAME_MAX + 32];
+    snprintf(detail, sizeof detail, "stored by broker %s", peer);
+    return delivery_trace(dc, txn, &m, REFERRAL__V1__TRACE_EVENT_KIND__TRACE_EVENT_KIND_RELAYED,
+                          REFERRAL__V1__RESULT_CODE__RESULT_OK, detail, now_ms);
 }

@@ -39,6 +39,10 @@ typedef struct {
     uint64_t notice_ttl_ms;
     const uint8_t *sign_secret;  /* borrowed: the broker's Ed25519 key, signs notices */
     const uint8_t *sign_public;  /* borrowed */
+    /* The peer to send a notice through to an agency homed at another
+     * broker, or NULL for a local agency; route NULL: every agency local. */
+    const char *(*route)(const void *ctx, const char *agency);
+    const void *route_ctx;
 } delivery_ctx;
 
 /* Is from -> to one of the moves above (from 0: a new message)? */
@@ -76,6 +80,13 @@ store_err delivery_take(const delivery_ctx *dc, MDB_txn *txn, const char *agency
 store_err delivery_settle(const delivery_ctx *dc, MDB_txn *txn, const char *agency,
                           const Referral__V1__Settle *settle, uint64_t now_ms,
                           Referral__V1__ResultCode *code, const char **detail);
+
+/* The peer broker `peer` acknowledged message id (a hop ack: it stored it
+ * durably): the message is final here (DELIVERED, meaning handed on) and
+ * traced RELAYED. A message not in flight to that peer is left alone (a
+ * late ack after its return: the next forward is answered "duplicate"). */
+store_err delivery_relayed(const delivery_ctx *dc, MDB_txn *txn, const char *peer,
+                           const uint8_t id[IDS_BYTES], uint64_t now_ms);
 
 /* Act on one due deadline (popped by the caller from deadline_pop). */
 store_err delivery_fire(const delivery_ctx *dc, MDB_txn *txn, deadline_kind kind,

@@ -19,7 +19,7 @@ struct held_frames {
     size_t head;            /* index of the oldest */
     size_t count;
     size_t n_to_check;      /* frames in HELD_TO_CHECK */
-    bool is_unread;         /* the last read stopped before the socket was empty */
+    bool is_unread;         /* the last read of the client socket stopped before it was empty */
     uint64_t next_seq;
 };
 
@@ -48,6 +48,7 @@ static void release(held *h)
     zmq_msg_close(&h->rid);
     zmq_msg_close(&h->data);
     wire_free(h->frame);
+    wire_free(h->peer_frame);
     memset(h, 0, sizeof *h);
 }
 
@@ -89,12 +90,24 @@ static bool receive(held *h, void *router)
     return true;
 }
 
-size_t inbound_read(held_frames *ib, void *router, size_t max, const wire_limits *limits,
-                    inbound_key_fn key_of, const void *ctx, bool *is_more)
+/* The envelope of a frame whose signature may need a check here. */
+static const Referral__V1__Envelope *envelope_of(const held *h)
+{
+    if (h->frame != NULL && h->frame->body_case == REFERRAL__V1__CLIENT_FRAME__BODY_SUBMIT)
+        return h->frame->submit->envelope;
+    if (h->peer_frame != NULL && h->peer_frame->body_case == REFERRAL__V1__PEER_FRAME__BODY_FORWARD)
+        return h->peer_frame->forward->envelope;
+    return NULL;
+}
+
+size_t inbound_read(held_frames *ib, void *router, bool is_peer, size_t max,
+                    const wire_limits *limits, inbound_key_fn key_of, const void *ctx,
+                    bool *is_more)
 {
     size_t n = 0;
     *is_more = false;
-    ib->is_unread = false;
+    if (!is_peer)
+        ib->is_unread = false;   /* is_unread speaks of the client socket */
     while (n < max && ib->count < ib->cap) {
         held *h = at(ib, ib->count);
         memset(h, 0, sizeof *h);
@@ -110,18 +123,21 @@ size_t inbound_read(held_frames *ib, void *router, size_t max, const wire_limits
         /* The connection's socket, which binds a session to it (session.h);
          * libzmq marks ZMQ_SRCFD deprecated but keeps it, -1 if unknown. */
         h->fd = zmq_msg_get(&h->data, ZMQ_SRCFD);
-        h->decode_err = wire_decode_client_frame(zmq_msg_data(&h->data), zmq_msg_size(&h->data),
-                                                 limits, &h->frame, h->decode_why,
-                                                 sizeof h->decode_why);
-        if (h->decode_err == WIRE_OK &&
-            h->frame->body_case == REFERRAL__V1__CLIENT_FRAME__BODY_SUBMIT &&
-            key_of(ctx, h->frame->submit, h->chk.public_key)) {
+        h->is_peer = is_peer;
+        h->decode_err = is_peer
+            ? wire_decode_peer_frame(zmq_msg_data(&h->data), zmq_msg_size(&h->data), limits,
+                                     &h->peer_frame, h->decode_why, sizeof h->decode_why)
+            : wire_decode_client_frame(zmq_msg_data(&h->data), zmq_msg_size(&h->data), limits,
+                                       &h->frame, h->decode_why, sizeof h->decode_why);
+        h->checked = h->decode_err == WIRE_OK ? envelope_of(h) : NULL;
+        if (h->checked != NULL && key_of(ctx, h->checked, is_peer, h->chk.public_key)) {
             h->state = HELD_TO_CHECK;
             ib->n_to_check++;
         }
     }
     *is_more = true;
-    ib->is_unread = true;
+    if (!is_peer)
+        ib->is_unread = true;
     return n;
 }
 
@@ -132,7 +148,7 @@ size_t inbound_dispatch(held_frames *ib, verifier *v)
         held *h = at(ib, k);
         if (h->state != HELD_TO_CHECK)
             continue;
-        const Referral__V1__Envelope *env = h->frame->submit->envelope;
+        const Referral__V1__Envelope *env = h->checked;
         verify_job job = {
             .id = h->seq,
             .public_key = h->chk.public_key,

@@ -1,6 +1,6 @@
 /*
- * inbound: client frames held in arrival order while their signatures are
- * checked on worker threads (verify.h).
+ * inbound: frames from clients and peer brokers, held in arrival order
+ * while their signatures are checked on worker threads (verify.h).
  *
  * Each turn the loop reads frames into a bounded ring (inbound_read), hands
  * the signature checks of Submits to the workers (inbound_dispatch), takes
@@ -37,11 +37,14 @@ typedef enum {
 typedef struct {
     uint64_t seq;                          /* arrival number, > 0: the check's job id */
     held_state state;
-    size_t n_parts;                        /* a client message is 2 parts: routing id, frame */
+    bool is_peer;                          /* from the peer socket: a PeerFrame */
+    size_t n_parts;                        /* a message is 2 parts: routing id, frame */
     zmq_msg_t rid;                         /* the routing id part */
     zmq_msg_t data;                        /* the frame part (carries the ZAP User-Id) */
     int fd;                                /* the connection's socket (ZMQ_SRCFD), -1 if unknown */
-    Referral__V1__ClientFrame *frame;      /* decoded at arrival; NULL if it did not decode */
+    Referral__V1__ClientFrame *frame;      /* decoded at arrival (client); NULL if it did not */
+    Referral__V1__PeerFrame *peer_frame;   /* decoded at arrival (peer); NULL if it did not */
+    const Referral__V1__Envelope *checked; /* the envelope whose signature is checked */
     wire_err decode_err;                   /* why not */
     char decode_why[256];
     ingress_check chk;                     /* a Submit's signature check */
@@ -56,14 +59,17 @@ held_frames *inbound_new(size_t cap);
  * NULL-safe; sets *ib to NULL. */
 void inbound_destroy(held_frames **ib);
 
-/* Read up to max frames from router without blocking, decode each and, for
- * a Submit whose sender the directory knows, note the key to check with
- * (key_of). Returns how many were read; *is_more is set when the read
- * stopped for lack of room or max (frames may still wait). */
-typedef bool (*inbound_key_fn)(const void *ctx, const Referral__V1__Submit *submit,
-                               uint8_t key[32]);
-size_t inbound_read(held_frames *ib, void *router, size_t max, const wire_limits *limits,
-                    inbound_key_fn key_of, const void *ctx, bool *is_more);
+/* Read up to max frames from router (the client socket, or the peer socket
+ * when is_peer) without blocking, decode each and, for a Submit or a
+ * Forward whose signature must be checked here, note the key to check with
+ * (key_of: false when no check is wanted). Returns how many were read;
+ * *is_more is set when the read stopped for lack of room or max (frames may
+ * still wait). */
+typedef bool (*inbound_key_fn)(const void *ctx, const Referral__V1__Envelope *env,
+                               bool is_forward, uint8_t key[32]);
+size_t inbound_read(held_frames *ib, void *router, bool is_peer, size_t max,
+                    const wire_limits *limits, inbound_key_fn key_of, const void *ctx,
+                    bool *is_more);
 
 /* Hand waiting checks to the workers, in order, until their pipe is full.
  * Returns how many were handed over. */

@@ -36,22 +36,25 @@
 #include "log.h"
 #include "loop.h"
 #include "metrics.h"
+#include "route.h"
 #include "sign.h"
 
 #define R(x) REFERRAL__V1__RESULT_CODE__RESULT_##x
 
-bool ingress_signer_key(const broker *b, const Referral__V1__Submit *submit, uint8_t key[32])
+bool ingress_signer_key(const broker *b, const Referral__V1__Envelope *env, bool is_forward,
+                        uint8_t key[32])
 {
     Referral__V1__RoutingHeader *h = NULL;
-    if (submit->envelope == NULL ||
-        wire_check_envelope(submit->envelope, &b->limits, NULL, 0) != WIRE_OK ||
-        wire_decode_header(submit->envelope, &b->limits, &h, NULL, 0) != WIRE_OK)
+    if (env == NULL || wire_check_envelope(env, &b->limits, NULL, 0) != WIRE_OK ||
+        wire_decode_header(env, &b->limits, &h, NULL, 0) != WIRE_OK)
         return false;
     const Referral__V1__DirectoryAgency *from = directory_agency(b->dir, h->from_agency);
-    if (from != NULL)
+    const Referral__V1__DirectoryAgency *to = directory_agency(b->dir, h->to_agency);
+    bool is_needed = !is_forward || (to != NULL && strcmp(to->home_broker, b->cfg.id) == 0);
+    if (from != NULL && is_needed)
         memcpy(key, from->sign_public.data, 32);
     wire_free(h);
-    return from != NULL;
+    return from != NULL && is_needed;
 }
 
 /* The verify stage: the sender's signing key from the directory, the key
@@ -96,23 +99,26 @@ static Referral__V1__ResultCode verify_envelope(const broker *b,
     return R(OK);
 }
 
-/* The routing step, after verification: where the envelope goes. Today a
- * recipient this broker serves (its queue), or a refusal; federation adds
- * the next hop towards the recipient's home broker here and nowhere else. */
+/* The routing step: where the envelope goes (route.h): this broker's queue
+ * for a local recipient, the next hop's queue for another broker's, or a
+ * refusal. recipient (IDS_NAME_MAX + 1) gets the queue's name: the agency,
+ * or the peer broker. A forward is never sent back the way it came. */
 static Referral__V1__ResultCode route_envelope(const broker *b,
                                                const Referral__V1__RoutingHeader *h,
+                                               const char *from_peer, bool *is_local,
+                                               char recipient[IDS_NAME_MAX + 1],
                                                char *detail, size_t detail_len)
 {
-    const Referral__V1__DirectoryAgency *to = directory_agency(b->dir, h->to_agency);
-    if (to == NULL) {
-        snprintf(detail, detail_len, "recipient %s is not in the directory", h->to_agency);
+    route_kind k = route_agency(&b->cfg, b->dir, h->to_agency, recipient, detail, detail_len);
+    *is_local = k == ROUTE_LOCAL;
+    if (k == ROUTE_NONE)
         return R(UNKNOWN_RECIPIENT);
-    }
-    if (strcmp(to->home_broker, b->cfg.id) != 0) {
-        snprintf(detail, detail_len, "recipient %s is served by broker %s; forwarding between "
-                 "brokers is not built yet, so this broker refuses rather than hold it",
-                 h->to_agency, to->home_broker);
-        return R(UNKNOWN_RECIPIENT);
+    if (k == ROUTE_LOCAL)
+        snprintf(recipient, IDS_NAME_MAX + 1, "%s", h->to_agency);
+    else if (from_peer != NULL && strcmp(recipient, from_peer) == 0) {
+        snprintf(detail, detail_len, "the route to %s leads back to %s, which sent it: the "
+                 "route tables of the two brokers disagree", h->to_agency, from_peer);
+        return R(LOOP);
     }
     return R(OK);
 }
@@ -255,13 +261,19 @@ static store_err record_binding(broker *b, MDB_txn *txn, const Referral__V1__Rou
     return store_referral_put(b->st, txn, h->referral_id.data, &r);
 }
 
-static Referral__V1__ResultCode check(broker *b, MDB_txn *txn, const session *sess,
-                                      const Referral__V1__Envelope *env,
-                                      const Referral__V1__RoutingHeader *h,
-                                      const ingress_check *chk,
-                                      const uint8_t digest[DIGEST_BYTES], uint64_t now_ms,
-                                      bool *is_dup,
-                                      char *detail, size_t dlen, store_err *fault)
+/* Who handed the envelope over: an agency's session (a submission) or a
+ * peer broker (a forward). */
+typedef struct {
+    const session *sess;          /* a submission, or NULL */
+    const char *peer;             /* a forward: the peer broker's id, or NULL */
+} ingress_from;
+
+/* What only a submission must pass: it comes from its sender, without hops
+ * (brokers append them), and is not an alert (brokers make those). */
+static Referral__V1__ResultCode check_submitter(const session *sess,
+                                                const Referral__V1__Envelope *env,
+                                                const Referral__V1__RoutingHeader *h,
+                                                char *detail, size_t dlen)
 {
     if (strcmp(h->from_agency, sess->agency) != 0) {
         snprintf(detail, dlen, "from_agency %s is not this session's agency %s",
@@ -278,9 +290,53 @@ static Referral__V1__ResultCode check(broker *b, MDB_txn *txn, const session *se
                  "agencies");
         return R(NOT_AUTHORIZED);
     }
-    Referral__V1__ResultCode code = verify_envelope(b, env, h, chk, detail, dlen);
+    return R(OK);
+}
+
+/* What a forward must pass: a peer may carry only what came through it. Its
+ * hops start at the sender's home broker (which took the submission) and
+ * end with the peer itself, and do not include this broker (a loop). */
+static Referral__V1__ResultCode check_forwarder(const broker *b, const char *peer,
+                                                const Referral__V1__Envelope *env,
+                                                const Referral__V1__RoutingHeader *h,
+                                                char *detail, size_t dlen)
+{
+    const Referral__V1__DirectoryAgency *from = directory_agency(b->dir, h->from_agency);
+    if (env->n_hops == 0 || strcmp(env->hops[env->n_hops - 1], peer) != 0) {
+        snprintf(detail, dlen, "a forward from %s must end its hops with %s", peer, peer);
+        return R(NOT_AUTHORIZED);
+    }
+    if (from == NULL || strcmp(env->hops[0], from->home_broker) != 0) {
+        snprintf(detail, dlen, "the first hop %s is not the home broker of sender %s",
+                 env->hops[0], h->from_agency);
+        return R(NOT_AUTHORIZED);
+    }
+    if (h->kind == REFERRAL__V1__MESSAGE_KIND__MESSAGE_KIND_ALERT) {
+        snprintf(detail, dlen, "alerts between brokers travel as notices");
+        return R(NOT_AUTHORIZED);
+    }
+    return R(OK);
+}
+
+static Referral__V1__ResultCode check(broker *b, MDB_txn *txn, const ingress_from *by,
+                                      const Referral__V1__Envelope *env,
+                                      const Referral__V1__RoutingHeader *h,
+                                      const ingress_check *chk,
+                                      const uint8_t digest[DIGEST_BYTES], uint64_t now_ms,
+                                      bool *is_dup, char recipient[IDS_NAME_MAX + 1],
+                                      char *detail, size_t dlen, store_err *fault)
+{
+    Referral__V1__ResultCode code = by->sess != NULL
+                                        ? check_submitter(by->sess, env, h, detail, dlen)
+                                        : check_forwarder(b, by->peer, env, h, detail, dlen);
+    bool is_local = false;
     if (code == R(OK))
-        code = route_envelope(b, h, detail, dlen);
+        code = route_envelope(b, h, by->peer, &is_local, recipient, detail, dlen);
+    /* Verified where it is needed, once per process: where it is submitted
+     * and at the recipient's home broker (escalation trusts receipts
+     * there); a relay on the way trusts the hop. */
+    if (code == R(OK) && (by->sess != NULL || is_local))
+        code = verify_envelope(b, env, h, chk, detail, dlen);
     if (code != R(OK))
         return code;
     /* A known id first: the same content is answered OK whatever its age
@@ -308,7 +364,8 @@ static Referral__V1__ResultCode check(broker *b, MDB_txn *txn, const session *se
         return R(INTERNAL);
     }
     uint64_t skew = b->cfg.clock_skew_ms;
-    if (h->created_at_ms + skew < now_ms || h->created_at_ms > now_ms + skew) {
+    if (by->sess != NULL &&
+        (h->created_at_ms + skew < now_ms || h->created_at_ms > now_ms + skew)) {
         snprintf(detail, dlen, "created_at_ms is more than %" PRIu64 " ms from the broker's "
                  "clock (%" PRIu64 "); check the desk's clock", skew, now_ms);
         return R(REPLAY);
@@ -328,7 +385,7 @@ static Referral__V1__ResultCode check(broker *b, MDB_txn *txn, const session *se
             return R(LOOP);
         }
     }
-    if (env->n_hops >= h->hop_limit) {
+    if (env->n_hops + 1 > h->hop_limit) {
         snprintf(detail, dlen, "hop limit %u reached", h->hop_limit);
         return R(HOP_LIMIT);
     }
@@ -345,12 +402,107 @@ static Referral__V1__ResultCode check(broker *b, MDB_txn *txn, const session *se
     return R(OK);
 }
 
+/* Check env (from by) and store it in a child transaction of txn for its
+ * recipient queue. *code and detail get the answer; *is_dup is set for a
+ * known id with the same content. Returns a store fault only. */
+static store_err accept_envelope(broker *b, MDB_txn *txn, const ingress_from *by,
+                                 const Referral__V1__Envelope *env,
+                                 const Referral__V1__RoutingHeader *h, const ingress_check *chk,
+                                 uint64_t now_ms, Referral__V1__ResultCode *code, bool *is_dup,
+                                 char *detail, size_t dlen)
+{
+    uint8_t digest[DIGEST_BYTES];
+    char recipient[IDS_NAME_MAX + 1] = "";
+    store_err fault = STORE_OK;
+    *is_dup = false;
+    detail[0] = '\0';
+    if (!content_digest(env, digest)) {
+        *code = R(BUSY);
+        snprintf(detail, dlen, "out of memory; retry later");
+        return STORE_OK;
+    }
+    *code = check(b, txn, by, env, h, chk, digest, now_ms, is_dup, recipient, detail, dlen,
+                  &fault);
+    if (*code != R(OK) || *is_dup || fault != STORE_OK)
+        return fault;
+    size_t len;
+    uint8_t *payload = pack_with_hop(b, env, &len);
+    MDB_txn *child = NULL;
+    store_err e = payload == NULL ? STORE_FULL : store_begin_child(b->st, txn, &child);
+    if (e == STORE_OK) {
+        store_msg m;
+        memset(&m, 0, sizeof m);
+        memcpy(m.id, h->message_id.data, IDS_BYTES);
+        memcpy(m.referral_id, h->referral_id.data, IDS_BYTES);
+        memcpy(m.content_digest, digest, DIGEST_BYTES);
+        m.urgency = (uint8_t)h->urgency;
+        m.payload_kind = STORE_PAYLOAD_ENVELOPE;
+        m.created_at_ms = h->created_at_ms;
+        m.expires_at_ms = h->expires_at_ms;
+        snprintf(m.recipient, sizeof m.recipient, "%s", recipient);
+        snprintf(m.sender, sizeof m.sender, "%s", h->from_agency);
+        e = delivery_enqueue(&b->dc, child, &m, payload, len, now_ms);
+        if (e == STORE_OK)
+            e = record_binding(b, child, h);
+        if (e == STORE_OK)
+            e = store_err_from_mdb(mdb_txn_commit(child));
+        else
+            mdb_txn_abort(child);
+    }
+    free(payload);
+    if (e == STORE_FULL) {
+        *code = R(STORE_FULL);
+        snprintf(detail, dlen, "the store has no room for this message; retry later");
+        return STORE_OK;
+    }
+    return e;
+}
+
+static void log_outcome(const char *verb, const char *via, const Referral__V1__RoutingHeader *h,
+                        Referral__V1__ResultCode code, bool is_dup, const char *detail)
+{
+    char idhex[IDS_HEX_LEN + 1], rhex[IDS_HEX_LEN + 1];
+    ids_hex(h->message_id.data, IDS_BYTES, idhex);
+    if (code == R(OK))
+        log_info("ingress", "%s referral=%s msg=%s from=%s to=%s urgency=%d via=%s",
+                 is_dup ? "duplicate" : verb, ids_hex(h->referral_id.data, IDS_BYTES, rhex),
+                 idhex, h->from_agency, h->to_agency, (int)h->urgency, via);
+    else
+        log_warn("ingress", "refused msg=%s from=%s to=%s code=%d via=%s detail=%s", idhex,
+                 h->from_agency, h->to_agency, (int)code, via, detail);
+}
+
+store_err ingress_forward(broker *b, MDB_txn *txn, const char *peer,
+                          const Referral__V1__Envelope *env, const ingress_check *chk,
+                          uint64_t now_ms, ingress_answer *answer)
+{
+    Referral__V1__RoutingHeader *h = NULL;
+    memset(answer, 0, sizeof *answer);
+    wire_err we = wire_check_envelope(env, &b->limits, answer->detail, sizeof answer->detail);
+    if (we == WIRE_OK)
+        we = wire_decode_header(env, &b->limits, &h, answer->detail, sizeof answer->detail);
+    if (we != WIRE_OK) {
+        log_warn("ingress", "refused unreadable forward peer=%s code=%s detail=%s", peer,
+                 wire_strerror(we), answer->detail);
+        answer->code = wire_result_code(we);
+        return STORE_OK;
+    }
+    memcpy(answer->message_id, h->message_id.data, IDS_BYTES);
+    ingress_from by = {.sess = NULL, .peer = peer};
+    store_err fault = accept_envelope(b, txn, &by, env, h, chk, now_ms, &answer->code,
+                                      &answer->is_duplicate, answer->detail,
+                                      sizeof answer->detail);
+    if (fault == STORE_OK)
+        log_outcome("relayed-in", peer, h, answer->code, answer->is_duplicate, answer->detail);
+    wire_free(h);
+    return fault;
+}
+
 store_err ingress_submit(broker *b, MDB_txn *txn, const session *sess,
                          const Referral__V1__Submit *submit, const ingress_check *chk,
                          uint64_t now_ms)
 {
     char detail[WIRE_MAX_TEXT];
-    char idhex[IDS_HEX_LEN + 1];
     const Referral__V1__Envelope *env = submit->envelope;
     Referral__V1__RoutingHeader *h = NULL;
     wire_err we = wire_check_envelope(env, &b->limits, detail, sizeof detail);
@@ -362,68 +514,20 @@ store_err ingress_submit(broker *b, MDB_txn *txn, const session *sess,
         reply(b, sess, submit, NULL, wire_result_code(we), false, detail);
         return STORE_OK;
     }
-    const uint8_t *mid = h->message_id.data;
-    uint8_t digest[DIGEST_BYTES];
-    bool is_dup = false;
-    store_err fault = STORE_OK;
     Referral__V1__ResultCode code;
-    detail[0] = '\0';
-    if (!content_digest(env, digest)) {
-        code = R(BUSY);
-        snprintf(detail, sizeof detail, "out of memory; retry later");
-    } else {
-        code = check(b, txn, sess, env, h, chk, digest, now_ms, &is_dup, detail, sizeof detail,
-                     &fault);
-    }
-    if (code == R(OK) && !is_dup) {
-        size_t len;
-        uint8_t *payload = pack_with_hop(b, env, &len);
-        MDB_txn *child = NULL;
-        store_err e = payload == NULL ? STORE_FULL : store_begin_child(b->st, txn, &child);
-        if (e == STORE_OK) {
-            store_msg m;
-            memset(&m, 0, sizeof m);
-            memcpy(m.id, mid, IDS_BYTES);
-            memcpy(m.referral_id, h->referral_id.data, IDS_BYTES);
-            memcpy(m.content_digest, digest, DIGEST_BYTES);
-            m.urgency = (uint8_t)h->urgency;
-            m.payload_kind = STORE_PAYLOAD_ENVELOPE;
-            m.created_at_ms = h->created_at_ms;
-            m.expires_at_ms = h->expires_at_ms;
-            snprintf(m.recipient, sizeof m.recipient, "%s", h->to_agency);
-            snprintf(m.sender, sizeof m.sender, "%s", h->from_agency);
-            e = delivery_enqueue(&b->dc, child, &m, payload, len, now_ms);
-            if (e == STORE_OK)
-                e = record_binding(b, child, h);
-            if (e == STORE_OK)
-                e = store_err_from_mdb(mdb_txn_commit(child));
-            else
-                mdb_txn_abort(child);
-        }
-        free(payload);
-        if (e == STORE_FULL) {
-            code = R(STORE_FULL);
-            snprintf(detail, sizeof detail, "the store has no room for this submission; "
-                     "retry later");
-        } else if (e != STORE_OK) {
-            fault = e;
-        }
-    }
+    bool is_dup;
+    ingress_from by = {.sess = sess, .peer = NULL};
+    store_err fault = accept_envelope(b, txn, &by, env, h, chk, now_ms, &code, &is_dup, detail,
+                                      sizeof detail);
     if (fault != STORE_OK) {
         wire_free(h);
         return fault;
     }
-    if (code == R(OK))
-        log_info("ingress", "%s referral=%s msg=%s from=%s to=%s urgency=%d",
-                 is_dup ? "duplicate" : "accepted",
-                 ids_hex(h->referral_id.data, IDS_BYTES, (char[IDS_HEX_LEN + 1]){0}),
-                 ids_hex(mid, IDS_BYTES, idhex), h->from_agency, h->to_agency, (int)h->urgency);
-    else
-        log_warn("ingress", "refused msg=%s from=%s to=%s code=%d detail=%s",
-                 ids_hex(mid, IDS_BYTES, idhex), h->from_agency, h->to_agency, (int)code, detail);
+    log_outcome("accepted", "client", h, code, is_dup, detail);
     if (code == R(OK) && !is_dup)
         metrics_count_stored(h->kind, h->receipt_level);
-    reply(b, sess, submit, mid, code, is_dup, code == R(OK) && !is_dup ? "stored durably" : detail);
+    reply(b, sess, submit, h->message_id.data, code, is_dup,
+          code == R(OK) && !is_dup ? "stored durably" : detail);
     wire_free(h);
     return STORE_OK;
 }

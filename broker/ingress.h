@@ -20,10 +20,33 @@ typedef struct {
     uint8_t public_key[32];       /* the key it checked with */
 } ingress_check;
 
-/* The signing key to check submit's envelope with: its sender's key in the
- * current directory. False when the envelope cannot be read or its sender
- * is unknown (ingress_submit() then refuses it with the reason). */
-bool ingress_signer_key(const broker *b, const Referral__V1__Submit *submit, uint8_t key[32]);
+/* The signing key to check env with: its sender's key in the current
+ * directory. False when the envelope cannot be read, its sender is
+ * unknown (ingress then refuses it with the reason) or, for a forward
+ * (is_forward), when this broker is not the recipient's home (a relay
+ * trusts the hop and checks nothing). */
+bool ingress_signer_key(const broker *b, const Referral__V1__Envelope *env, bool is_forward,
+                        uint8_t key[32]);
+
+/* The answer to a forward, for the hop ack. */
+typedef struct {
+    uint8_t message_id[16];       /* zero when the envelope could not be read */
+    Referral__V1__ResultCode code;
+    bool is_duplicate;
+    char detail[512];
+} ingress_answer;
+
+/*
+ * Handle one envelope a peer broker forwarded (docs/federation.md): the
+ * peer may carry it (its hops), route it (this broker's queue for a local
+ * recipient, or the next hop's), verify it where it is needed (at the
+ * recipient's home), dedup, expiry, binding, room, store it in a child
+ * transaction. answer gets the hop ack's content, to be sent after the
+ * commit. Returns a store fault only.
+ */
+store_err ingress_forward(broker *b, MDB_txn *txn, const char *peer,
+                          const Referral__V1__Envelope *env, const ingress_check *chk,
+                          uint64_t now_ms, ingress_answer *answer);
 
 /*
  * Handle one Submit from session sess inside the turn's transaction: check

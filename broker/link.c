@@ -64,7 +64,8 @@ link_frame *link_queue(link *l, const uint8_t *rid, size_t rid_len, uint8_t *dat
     }
     link_frame *f = &l->out[l->n_out++];
     memset(f, 0, sizeof *f);
-    memcpy(f->rid, rid, rid_len);
+    if (rid_len > 0)
+        memcpy(f->rid, rid, rid_len);
     f->rid_len = rid_len;
     f->data = data;
     f->len = len;
@@ -109,8 +110,9 @@ static bool is_behind_held(const link *l, size_t kept, const link_frame *f)
 /* Try to send f; 0 sent, else the errno (EAGAIN: the peer's pipe is full). */
 static int send_frame(link *l, const link_frame *f)
 {
-    if (zmq_send(l->socket, f->rid, f->rid_len, ZMQ_SNDMORE | ZMQ_DONTWAIT) < 0 ||
-        zmq_send(l->socket, f->data, f->len, ZMQ_DONTWAIT) < 0)
+    if (f->rid_len > 0 && zmq_send(l->socket, f->rid, f->rid_len, ZMQ_SNDMORE | ZMQ_DONTWAIT) < 0)
+        return errno;
+    if (zmq_send(l->socket, f->data, f->len, ZMQ_DONTWAIT) < 0)
         return errno;
     return 0;
 }
@@ -154,6 +156,13 @@ void link_flush(link *l, uint64_t now_ms)
         if (l->out[k].data != NULL)
             l->out[n++] = l->out[k];
     l->n_out = n;
+}
+
+void link_clear(link *l)
+{
+    for (size_t i = 0; i < l->n_out; i++)
+        drop_frame(l, &l->out[i], false);
+    l->n_out = 0;
 }
 
 size_t link_held(const link *l)

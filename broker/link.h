@@ -1,7 +1,8 @@
 /*
- * link: one ZeroMQ ROUTER socket the broker talks to peers on (the client
- * socket now; a broker's peer links next), with the frames waiting for
- * the turn's commit and those held for a peer whose pipe is full.
+ * link: one ZeroMQ socket the broker sends on, with the frames waiting for
+ * the turn's commit and those held for a peer whose pipe is full: a ROUTER
+ * (the client socket, the peer socket; each frame names its peer's routing
+ * id) or a DEALER (the link to one peer broker; routing id empty).
  *
  * The loop queues frames during a turn (link_queue) and, after the commit
  * that makes them true, flushes every link (link_flush). Each link keeps
@@ -53,7 +54,7 @@ typedef struct {
 
 typedef struct {
     const char *name;             /* for logs: "clients", a peer broker's id */
-    void *socket;                 /* borrowed ROUTER (ZMQ_ROUTER_MANDATORY set) */
+    void *socket;                 /* borrowed ROUTER (ZMQ_ROUTER_MANDATORY set) or DEALER */
     uint32_t max_hold_ms;         /* a peer whose pipe stays full this long is gone */
     uint32_t max_held_frames;     /* ... or with this many frames held */
     link_ops ops;
@@ -78,6 +79,10 @@ link_frame *link_queue(link *l, const uint8_t *rid, size_t rid_len, uint8_t *dat
  * serial; freed without on_lost, since the session's owner takes them
  * back) and, when is_all (its connection is gone), every reply for rid. */
 void link_drop(link *l, const uint8_t *rid, size_t rid_len, bool is_all, uint64_t serial);
+
+/* Free every frame without telling the owner (it has taken their
+ * messages back already). */
+void link_clear(link *l);
 
 /* Send what can be sent now, in order (see the top of this file). */
 void link_flush(link *l, uint64_t now_ms);

@@ -38,6 +38,7 @@
 #include "ingress.h"
 #include "log.h"
 #include "metrics.h"
+#include "peer.h"
 #include "verify.h"
 #include "zap.h"
 
@@ -392,18 +393,24 @@ static store_err handle_frame(broker *b, MDB_txn *txn, held *hf, uint64_t now_ms
     return e;
 }
 
-static bool signer_key(const void *ctx, const Referral__V1__Submit *submit, uint8_t key[32])
+static bool signer_key(const void *ctx, const Referral__V1__Envelope *env, bool is_forward,
+                       uint8_t key[32])
 {
-    return ingress_signer_key(ctx, submit, key);
+    return ingress_signer_key(ctx, env, is_forward, key);
 }
 
 /* Read what arrived into the inbound ring and move the signature checks
  * along: hand new ones to the workers, take back their verdicts. */
-static void read_inbound(broker *b, bool is_readable)
+static void read_inbound(broker *b, bool is_readable, bool is_peer_readable)
 {
-    bool is_more = false;
+    bool is_more = false, is_peer_more = false;
     if (is_readable)
-        inbound_read(b->held, b->router, b->cfg.max_batch, &b->limits, signer_key, b, &is_more);
+        inbound_read(b->held, b->router, false, b->cfg.max_batch, &b->limits, signer_key, b,
+                     &is_more);
+    if (is_peer_readable)
+        inbound_read(b->held, peers_socket(b->peers), true, b->cfg.max_batch, &b->limits,
+                     signer_key, b, &is_peer_more);
+    is_more = is_more || is_peer_more;
     inbound_dispatch(b->held, b->verifier);
     inbound_collect(b->held, b->verifier);
     if (is_more)
@@ -423,7 +430,8 @@ static store_err handle_inbound(broker *b, MDB_txn *txn, uint64_t now_ms)
             return STORE_OK;
         if (n > 0 && n % 16 == 0 && clock_mono_ms() >= until_ms)
             break;
-        store_err e = handle_frame(b, txn, hf, now_ms);
+        store_err e = hf->is_peer ? peers_handle(b, txn, hf, now_ms)
+                                  : handle_frame(b, txn, hf, now_ms);
         inbound_pop(b->held);
         if (e != STORE_OK)
             return e;
@@ -559,6 +567,11 @@ static void remember_lost(broker *b, const uint8_t id[IDS_BYTES])
         b->cap_lost = cap;
     }
     memcpy(b->lost[b->n_lost++], id, IDS_BYTES);
+}
+
+void loop_return_later(broker *b, const uint8_t id[IDS_BYTES])
+{
+    remember_lost(b, id);
 }
 
 /* ---- the client link's view of its frames (link.h, link_ops) ---------- */
@@ -703,17 +716,24 @@ static int wait_ms(broker *b)
     if (b->next_due_ms <= now)
         return 0;
     uint64_t w = b->next_due_ms - now;
-    return w > MAX_WAIT_MS ? MAX_WAIT_MS : (int)w;
+    uint64_t max = peers_poll_count(b->peers) > 0 && b->cfg.heartbeat_ms / 2 < MAX_WAIT_MS
+                       ? b->cfg.heartbeat_ms / 2 : MAX_WAIT_MS;
+    return w > max ? (int)max : (int)w;
 }
 
 int loop_turn(broker *b)
 {
-    zmq_pollitem_t items[4] = {{.socket = b->router, .events = ZMQ_POLLIN},
-                               {.socket = b->zap, .events = ZMQ_POLLIN},
-                               {.socket = b->monitor, .events = ZMQ_POLLIN},
-                               {.socket = verifier_results_socket(b->verifier),
-                                .events = ZMQ_POLLIN}};
-    int rc = zmq_poll(items, 4, wait_ms(b));
+    zmq_pollitem_t items[4 + 1 + 2 * CONFIG_MAX_PEERS] = {
+        {.socket = b->router, .events = ZMQ_POLLIN},
+        {.socket = b->zap, .events = ZMQ_POLLIN},
+        {.socket = b->monitor, .events = ZMQ_POLLIN},
+        {.socket = verifier_results_socket(b->verifier), .events = ZMQ_POLLIN}};
+    size_t n_items = 4;
+    void *peer_socket = peers_socket(b->peers);
+    if (peer_socket != NULL)
+        items[n_items++] = (zmq_pollitem_t){.socket = peer_socket, .events = ZMQ_POLLIN};
+    peers_poll_items(b->peers, items, &n_items);
+    int rc = zmq_poll(items, (int)n_items, wait_ms(b));
     if (rc < 0 && errno != EINTR) {
         log_error("loop", "poll failed err=%s", zmq_strerror(errno));
         return BROKER_EXIT_TRANSPORT;
@@ -734,7 +754,8 @@ int loop_turn(broker *b)
     }
     if (items[1].revents & ZMQ_POLLIN)
         zap_handle(b->zap, b->dir);
-    read_inbound(b, (items[0].revents & ZMQ_POLLIN) != 0);
+    read_inbound(b, (items[0].revents & ZMQ_POLLIN) != 0,
+                 peer_socket != NULL && (items[4].revents & ZMQ_POLLIN) != 0);
     uint64_t now = clock_now_ms();
     MDB_txn *txn;
     store_err e = store_begin(b->st, &txn);
@@ -744,6 +765,8 @@ int loop_turn(broker *b)
     }
     e = count_sent(b, txn, now);
     if (e == STORE_OK)
+        e = peers_read(b, txn, now);
+    if (e == STORE_OK)
         e = handle_inbound(b, txn, now);
     if (e == STORE_OK)
         e = fire_deadlines(b, txn, now);
@@ -751,6 +774,8 @@ int loop_turn(broker *b)
         e = return_lost(b, txn, now);
     if (e == STORE_OK)
         e = deliver(b, txn, now);
+    if (e == STORE_OK)
+        e = peers_deliver(b, txn, now);
     if (e == STORE_OK) {
         uint64_t due;
         store_err d = deadline_next(b->st, txn, &due);
@@ -774,6 +799,7 @@ int loop_turn(broker *b)
     metrics_observe_commit(commit_start_us);
     read_disconnects(b);   /* the last word before sending: no frame to a closed session */
     end_gone_sessions(b);
+    peers_tick(b, clock_mono_ms());
     flush(b);
     session_expire_idle(&b->sessions, clock_mono_ms(), b->cfg.session_idle_ms);
     metrics_observe_turn(b->sessions.count, inbound_count(b->held),
@@ -802,6 +828,16 @@ int loop_open(broker *b)
               &client_link_ops, b);
     b->links[0] = &b->clients;
     b->n_links = 1;
+    char why[600];
+    b->peers = peers_open(b, why, sizeof why);
+    if (b->peers == NULL) {
+        log_error("peer", "cannot start federation: %s", why);
+        verifier_destroy(&b->verifier);
+        inbound_destroy(&b->held);
+        return BROKER_EXIT_TRANSPORT;
+    }
+    b->dc.route = peers_route_agency;
+    b->dc.route_ctx = b;
     if (!watch_connections(b)) {
         log_error("loop", "cannot monitor the client socket's connections err=%s; sessions "
                   "could outlive them, refusing to run (a libzmq with zmq_socket_monitor is "
@@ -816,6 +852,8 @@ void loop_close(broker *b)
     unwatch_connections(b);
     verifier_destroy(&b->verifier);   /* first: jobs borrow the held frames */
     inbound_destroy(&b->held);
+    peers_close(b, &b->peers);
+    b->n_links = 1;   /* the peers' links are gone with them */
     free(b->sent);
     b->sent = NULL;
     b->n_sent = b->cap_sent = 0;

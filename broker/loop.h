@@ -36,4 +36,8 @@ void loop_close(broker *b);
  * ownership of data). False when out of memory (data is freed then). */
 bool loop_queue_frame(broker *b, const uint8_t *rid, size_t rid_len, uint8_t *data, size_t len);
 
+/* Return message id to its queue at the next turn (a frame that will not
+ * be sent, a link that went down). */
+void loop_return_later(broker *b, const uint8_t id[IDS_BYTES]);
+
 #endif

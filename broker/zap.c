@@ -68,8 +68,41 @@ bool zap_is_still_valid(const directory *d, const char *agency, const uint8_t ke
     return memcmp(current, key_id, 16) == 0;
 }
 
+static void address_of(zmq_msg_t *part, char addr[64])
+{
+    size_t alen = zmq_msg_size(part) < 63 ? zmq_msg_size(part) : 63;
+    memcpy(addr, zmq_msg_data(part), alen);
+    addr[alen] = '\0';
+}
+
+/* The peer socket admits broker keys of the directory only, as identity
+ * "broker:ID#KEYID": a namespace no agency id can enter (':' is not in the
+ * id grammar), so a broker key never acts as an agency on the client
+ * socket, and an agency key never opens a peer link. */
+static void decide_peer(void *zap, zmq_msg_t *parts, const directory *d, const uint8_t *key)
+{
+    char z85[41], addr[64], hex[33], user_id[ZAP_USER_ID_MAX];
+    keys_to_z85(key, z85);
+    address_of(&parts[3], addr);
+    const Referral__V1__DirectoryBroker *br = directory_broker_by_curve(d, key);
+    uint8_t kid[16];
+    zap_curve_key_id(key, kid);
+    if (br == NULL || directory_is_revoked(d, kid)) {
+        log_warn("zap", "refused peer connection: %s CURVE key key=%s address=%s",
+                 br == NULL ? "not a broker's" : "revoked", z85, addr);
+        reply(zap, &parts[1], "400", br == NULL ? "not a broker key" : "revoked key", "");
+        return;
+    }
+    snprintf(user_id, sizeof user_id, "%s%s#%s", ZAP_BROKER_PREFIX, br->id,
+             ids_hex(kid, 16, hex));
+    log_info("zap", "admitted peer broker=%s address=%s", br->id, addr);
+    reply(zap, &parts[1], "200", "OK", user_id);
+}
+
 /* Decide one request: parts are version, request id, domain, address,
- * routing id, mechanism, then the mechanism's credentials. */
+ * routing id, mechanism, then the mechanism's credentials. The domain says
+ * which socket it is for: ZAP_DOMAIN_PEERS, or the client socket (any
+ * other, "" included), which admits agency keys only. */
 static void decide(void *zap, zmq_msg_t *parts, size_t n, const directory *d)
 {
     if (n < 2) {   /* REP must answer every request, even one it cannot read */
@@ -86,6 +119,10 @@ static void decide(void *zap, zmq_msg_t *parts, size_t n, const directory *d)
         return;
     }
     const uint8_t *key = zmq_msg_data(&parts[6]);
+    if (part_is(&parts[2], ZAP_DOMAIN_PEERS)) {
+        decide_peer(zap, parts, d, key);
+        return;
+    }
     char z85[41], addr[64];
     keys_to_z85(key, z85);
     size_t alen = zmq_msg_size(&parts[3]) < sizeof addr - 1 ? zmq_msg_size(&parts[3])
@@ -155,4 +192,21 @@ bool zap_parse_user_id(const char *user_id, char agency[IDS_NAME_MAX + 1], uint8
     memcpy(agency, user_id, (size_t)(hash - user_id));
     agency[hash - user_id] = '\0';
     return ids_is_valid_name(agency) && ids_from_hex_len(hash + 1, key_id, 16);
+}
+
+bool zap_parse_peer_id(const char *user_id, char broker[IDS_NAME_MAX + 1], uint8_t key_id[16])
+{
+    size_t n = strlen(ZAP_BROKER_PREFIX);
+    return user_id != NULL && strncmp(user_id, ZAP_BROKER_PREFIX, n) == 0 &&
+           zap_parse_user_id(user_id + n, broker, key_id);
+}
+
+bool zap_is_peer_still_valid(const directory *d, const char *broker, const uint8_t key_id[16])
+{
+    const Referral__V1__DirectoryBroker *br = directory_broker(d, broker);
+    if (br == NULL || directory_is_revoked(d, key_id))
+        return false;
+    uint8_t current[16];
+    zap_curve_key_id(br->curve_public.data, current);
+    return memcmp(current, key_id, 16) == 0;
 }

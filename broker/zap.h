@@ -6,7 +6,9 @@
  * any CURVE socket exists, and fails closed: a request it cannot read, a
  * key that is not in the directory or is revoked, gets status 400. The
  * admitted connection's User-Id is "AGENCY#KEYID" (the agency id and the
- * hex key id of its CURVE key); the loop reads it from every message and
+ * hex key id of its CURVE key) on the client socket, and "broker:ID#KEYID"
+ * on the peer socket (ZAP domain ZAP_DOMAIN_PEERS), which admits broker
+ * keys only; the loop reads it from every message and
  * re-checks it against the current directory, so a directory that revokes
  * or replaces a key cuts off connections already open.
  *
@@ -22,7 +24,9 @@
 #include "directory.h"
 #include "ids.h"
 
-#define ZAP_USER_ID_MAX (IDS_NAME_MAX + 1 + 32 + 1)
+#define ZAP_DOMAIN_PEERS "referral.peers"   /* ZMQ_ZAP_DOMAIN of the peer socket */
+#define ZAP_BROKER_PREFIX "broker:"          /* User-Id of a peer: "broker:ID#KEYID" */
+#define ZAP_USER_ID_MAX (sizeof ZAP_BROKER_PREFIX + IDS_NAME_MAX + 1 + 32 + 1)
 
 /* Create and bind the ZAP socket in zctx. NULL on failure (errno set). */
 void *zap_open(void *zctx);
@@ -36,6 +40,13 @@ bool zap_parse_user_id(const char *user_id, char agency[IDS_NAME_MAX + 1], uint8
 
 /* The key id of a CURVE public key: first 16 bytes of its SHA-256. */
 void zap_curve_key_id(const uint8_t curve_public[32], uint8_t key_id[16]);
+
+/* Split a peer's User-Id ("broker:ID#KEYID") into broker id and key id;
+ * false if it is not a peer's. */
+bool zap_parse_peer_id(const char *user_id, char broker[IDS_NAME_MAX + 1], uint8_t key_id[16]);
+
+/* Is the broker with this CURVE key id still admitted by d? */
+bool zap_is_peer_still_valid(const directory *d, const char *broker, const uint8_t key_id[16]);
 
 /* Is the agency with this CURVE key id still admitted by d? */
 bool zap_is_still_valid(const directory *d, const char *agency, const uint8_t key_id[16]);

@@ -119,12 +119,13 @@ class Trust:
     a root, brokers, the AGENCIES, and 'qd.outsider' (keys, not listed)."""
 
     def __init__(self, brokers=("broker.test", "broker.demo"), agencies=AGENCIES, version=1,
-                 valid_days=30, revoked=(), extra_agencies=()):
+                 valid_days=30, revoked=(), extra_agencies=(), homes=None):
         self.dir = tempfile.mkdtemp(prefix="referral-trust-")
         self.keydir = os.path.join(self.dir, "keys")
         os.mkdir(self.keydir)
         self.brokers = list(brokers)
         self.agencies = list(agencies)
+        self.homes = dict(homes or {})   # agency -> home broker (default: the first broker)
         for ident in ["root", "qd.outsider", *self.brokers, *self.agencies]:
             ctl("keygen", "--id", ident, "--dir", self.keydir)
         self.ids = {}
@@ -139,7 +140,8 @@ class Trust:
     def source(self, version, valid_days, revoked=(), extra_agencies=()):
         home = self.brokers[0]
         agencies = [{"id": a, "kind": "hotline_desk" if "12355" in a else "other",
-                     "region": "qingdao", "home_broker": home, "keys": f"keys/{a}.pub.json",
+                     "region": "qingdao", "home_broker": getattr(self, "homes", {}).get(a, home),
+                     "keys": f"keys/{a}.pub.json",
                      "emergency_contacts": [{"label": "police", "phone": "110"}]}
                     for a in self.agencies]
         agencies += list(extra_agencies)
@@ -206,7 +208,7 @@ class Broker:
         }
         for key, value in self.settings.items():
             section, name = key.split("__", 1)
-            sections[section][name] = str(value)
+            sections.setdefault(section, {})[name] = str(value)
         with open(self.config_path, "w") as f:
             for section, values in sections.items():
                 f.write(f"[{section}]\n")
@@ -285,6 +287,9 @@ class Broker:
 
     def cleanup(self):
         self.kill()
+        if os.environ.get("REFERRAL_KEEP_LOGS"):   # debugging aid: keep store and log
+            print(f"kept {self.id} in {self.dir}", flush=True)
+            return
         if self.owns_dir:
             shutil.rmtree(self.dir, ignore_errors=True)
 
