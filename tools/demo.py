@@ -1,26 +1,32 @@
 """A local demonstration of the referral federation, end to end, on 127.0.0.1.
 
-A hotline desk in Shanghai refers a crisis to the Qingdao youth league
-through one broker, using referral-desk (the command-line desk built on
-libreferral): the referral is signed and its case file sealed so that only
-the youth league can read it; the broker stores it durably (and keeps it
-across a restart), delivers the crisis before routine work, and the youth
-league's desk receives, opens and acknowledges it. The Shanghai desk sees
-every receipt come back, and is told about a referral nobody collected.
+Three brokers, each with its own store and keys: the Shanghai region, a
+national hub, and the Qingdao region. A hotline desk in Shanghai refers a
+crisis to the Qingdao youth league with referral-desk (the command-line
+desk built on libreferral): the referral is signed and its case file
+sealed so that only the youth league can read it; the Shanghai broker
+stores it durably and forwards it, store-and-forward, through the hub to
+Qingdao (each hop acknowledged after its own commit), even though the hub
+is killed with kill -9 on the way. The youth league's desk receives the
+crisis before the routine referral, opens and acknowledges it; the Shanghai
+desk sees every receipt come back through the hub, and a signed notice
+from the Qingdao broker about a referral nobody collected.
 
 It makes its own demo keys and directory (referralctl), starts its own
-broker, stops it by PID, and leaves nothing running or on disk. Run it
+brokers, stops them by PID, and leaves nothing running or on disk. Run it
 through tools/demo.sh, which builds first.
 """
 
 import json
 import sys
+import time
 
 import harness as h
 
 DESK = "sh.12355.desk"
 LEAGUE = "qd.youth-league"
 NOBODY = "qd.closed-office"
+SH, HUB, QD = "broker.shanghai", "broker.hub", "broker.qingdao"
 
 
 def say(text):
@@ -33,7 +39,8 @@ def show(prefix, desk, *args):
     events = [json.loads(line) for line in r.stdout.splitlines() if line.startswith("{")]
     for e in events:
         if e["event"] == "accepted":
-            say(f"{prefix} ACCEPTED by the broker (stored with fsync): message {e['message_id'][-10:]}")
+            say(f"{prefix} ACCEPTED by broker.shanghai (stored with fsync): message "
+                f"{e['message_id'][-10:]}")
         elif e["event"] == "referral":
             say(f"{prefix} received {e['urgency'].upper()} referral from {e['from']}, "
                 f"opened the sealed case file: \"{e['narrative']}\"")
@@ -47,17 +54,58 @@ def show(prefix, desk, *args):
     return events
 
 
+def wait_log(b, text, timeout_s=20):
+    deadline = time.monotonic() + timeout_s
+    while text not in b.read_log():
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{b.id} did not log {text!r}")
+        time.sleep(0.05)
+
+
+def federation(trust):
+    """Shanghai and Qingdao each linked to the hub, which links both."""
+    ports = {b: h.free_port() for b in (SH, HUB, QD)}
+
+    def ep(b):
+        return f"tcp://127.0.0.1:{ports[b]}"
+
+    fast = {"federation__heartbeat_ms": 300, "federation__peer_timeout_ms": 2000,
+            "delivery__ack_timeout_ms": 5000}
+    sh = h.Broker(SH, trust=trust, **{"federation__peer_listen": ep(SH),
+                                      f"peers__{HUB}": ep(HUB), "routes__default": HUB}, **fast)
+    hub = h.Broker(HUB, trust=trust, **{"federation__peer_listen": ep(HUB),
+                                        f"peers__{SH}": ep(SH), f"peers__{QD}": ep(QD)}, **fast)
+    qd = h.Broker(QD, trust=trust, **{"federation__peer_listen": ep(QD),
+                                      f"peers__{HUB}": ep(HUB), "routes__default": HUB}, **fast)
+    return sh, hub, qd
+
+
+def hops(b, message_id):
+    """The lines of broker b's log about message_id's hop."""
+    return [line.split(" ", 3)[-1] for line in b.read_log().splitlines()
+            if message_id in line and ("relayed-in" in line or "accepted referral" in line)]
+
+
 def main():
-    say("[setup]  referralctl keygen: a trust root, the broker and three agencies; "
-        "referralctl directory sign")
-    trust = h.Trust(brokers=("broker.demo",), agencies=[DESK, LEAGUE, NOBODY])
-    broker = h.Broker("broker.demo", trust=trust, delivery__ack_timeout_ms=5000)
+    say("[setup]  referralctl keygen: a trust root, three brokers and three agencies; "
+        "referralctl directory sign (Shanghai desk homed at broker.shanghai, the Qingdao "
+        "agencies at broker.qingdao)")
+    trust = h.Trust(brokers=(SH, HUB, QD), agencies=[DESK, LEAGUE, NOBODY],
+                    homes={DESK: SH, LEAGUE: QD, NOBODY: QD})
+    sh, hub, qd = federation(trust)
     desk = league = None
     try:
-        broker.start()
-        say(f"[broker] referrald started (pid {broker.proc.pid}) on {broker.endpoint}, "
-            "CURVE on every connection")
-        desk, league = h.Desk(broker, DESK), h.Desk(broker, LEAGUE)
+        for b in (sh, hub, qd):
+            b.start()
+            say(f"[{b.id}] referrald started (pid {b.proc.pid}), clients on {b.endpoint}, "
+                "CURVE on every connection")
+        for b, peer in ((sh, HUB), (qd, HUB)):
+            wait_log(b, f"link connected peer={peer}")
+        say("[links]  broker.shanghai <-> broker.hub <-> broker.qingdao connected")
+        desk, league = h.Desk(sh, DESK), h.Desk(qd, LEAGUE)
+
+        say("[hub]    kill -9 of the hub: the Shanghai broker keeps what it accepted")
+        hub.kill()
         show("[desk]  ", desk, "send", "--to", LEAGUE, "--urgency", "routine", "--category",
              "growth_difficulty", "--narrative", "Truancy for three weeks; parents unreachable.")
         sent = show("[desk]  ", desk, "send", "--to", LEAGUE, "--urgency", "crisis",
@@ -66,36 +114,46 @@ def main():
                     "life tonight; agreed to a call back.", "--action",
                     "call her back within 15 minutes; police informed")
         show("[desk]  ", desk, "send", "--to", NOBODY, "--urgency", "urgent", "--category",
-             "protection", "--narrative", "Neighbour reports a child left alone.", "--ttl-s", "3")
-        say(f"[desk]    (the urgent referral to {NOBODY} expires in 3 s: nobody collects it)")
-
-        say("[broker] restarting (SIGTERM, then start): queued referrals must survive")
-        assert broker.stop() == 0
-        broker.start()
-
-        say(f"[agency] {LEAGUE}: referral-desk listen --ack received --person 'Wang Li'")
-        show("[agency]", league, "listen", "--count", "2", "--timeout-s", "15", "--ack",
-             "received", "--person", "Wang Li")
+             "protection", "--narrative", "Neighbour reports a child left alone.", "--ttl-s", "4")
+        say(f"[desk]    (the urgent referral to {NOBODY} expires in 4 s: nobody collects it)")
+        hub.start()
+        say(f"[hub]    restarted (pid {hub.proc.pid}): the queued referrals now cross, "
+            "each hop acknowledged after its commit")
         crisis = sent[0]["message_id"]
+        wait_log(qd, f"msg={crisis}")
+        for b in (sh, hub, qd):
+            for line in hops(b, crisis):
+                say(f"[{b.id}] {line}")
+
+        say(f"[agency] {LEAGUE} at broker.qingdao: referral-desk listen --ack received "
+            "--person 'Wang Li'")
+        show("[agency]", league, "listen", "--count", "2", "--timeout-s", "20", "--ack",
+             "received", "--person", "Wang Li")
         league.run("ack", crisis, "--level", "accepted", "--person", "Wang Li")
         say(f"[agency] acknowledged {crisis[-10:]} as ACCEPTED_BY_AGENCY (Wang Li)")
 
-        say(f"[desk]   {DESK}: referral-desk listen (receipts and notices)")
-        show("[desk]  ", desk, "listen", "--count", "6", "--timeout-s", "20")
+        say(f"[desk]   {DESK} at broker.shanghai: referral-desk listen (receipts and notices "
+            "come back through the hub)")
+        show("[desk]  ", desk, "listen", "--count", "6", "--timeout-s", "30")
         state = desk.run("status", crisis).stdout.split()[1]
-        say(f"[desk]   status of the crisis referral at the broker: {state}")
-        say("[broker] stopping")
-        rc = broker.stop()
-        say(f"[broker] stopped with status {rc}; demo complete")
+        say(f"[desk]   state of the crisis referral at broker.shanghai: {state} "
+            "(handed on: RELAYED)")
+        for b in (qd, hub, sh):
+            rc = b.stop()
+            say(f"[{b.id}] stopped with status {rc}")
+        say("demo complete")
         return 0
-    except Exception as e:  # noqa: BLE001 - show the broker log on any failure
-        say(f"demo failed: {e}\n--- broker log ---\n{broker.read_log()[-4000:]}")
+    except Exception as e:  # noqa: BLE001 - show the brokers' logs on any failure
+        say(f"demo failed: {e}")
+        for b in (sh, hub, qd):
+            say(f"--- {b.id} log ---\n{b.read_log()[-3000:]}")
         return 1
     finally:
         for d in (desk, league):
             if d is not None:
                 d.cleanup()
-        broker.cleanup()
+        for b in (sh, hub, qd):
+            b.cleanup()
         trust.cleanup()
 
 
