@@ -44,8 +44,8 @@ typedef struct {
     delivery_ctx dc;
     wire_limits limits;
 
-    link clients;                 /* the client ROUTER's frames for after the commit */
-    link *links[BROKER_MAX_LINKS]; /* every link the loop serves: clients first, peers next */
+    broker_link clients;                 /* the client ROUTER's frames for after the commit */
+    broker_link *links[BROKER_MAX_LINKS]; /* every link the loop serves: clients first, peers next */
     size_t n_links;
     uint8_t (*lost)[IDS_BYTES];   /* deliveries whose send failed: return next turn */
     size_t n_lost, cap_lost;

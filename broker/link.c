@@ -15,7 +15,7 @@
 
 #include <zmq.h>
 
-void link_init(link *l, const char *name, void *socket, uint32_t max_hold_ms,
+void link_init(broker_link *l, const char *name, void *socket, uint32_t max_hold_ms,
                uint32_t max_held_frames, const link_ops *ops, void *ctx)
 {
     memset(l, 0, sizeof *l);
@@ -27,7 +27,7 @@ void link_init(link *l, const char *name, void *socket, uint32_t max_hold_ms,
     l->ctx = ctx;
 }
 
-static void drop_frame(link *l, link_frame *f, bool is_lost)
+static void drop_frame(broker_link *l, link_frame *f, bool is_lost)
 {
     if (f->data == NULL)
         return;
@@ -37,7 +37,7 @@ static void drop_frame(link *l, link_frame *f, bool is_lost)
     f->data = NULL;
 }
 
-void link_free(link *l)
+void link_free(broker_link *l)
 {
     for (size_t i = 0; i < l->n_out; i++)
         drop_frame(l, &l->out[i], true);
@@ -46,7 +46,8 @@ void link_free(link *l)
     l->n_out = l->cap_out = 0;
 }
 
-link_frame *link_queue(link *l, const uint8_t *rid, size_t rid_len, uint8_t *data, size_t len)
+link_frame *link_queue(broker_link *l, const uint8_t *rid, size_t rid_len, uint8_t *data,
+                       size_t len)
 {
     if (rid_len > LINK_RID_MAX) {
         free(data);
@@ -77,7 +78,7 @@ static bool is_for(const link_frame *f, const uint8_t *rid, size_t rid_len)
     return f->data != NULL && f->rid_len == rid_len && memcmp(f->rid, rid, rid_len) == 0;
 }
 
-void link_drop(link *l, const uint8_t *rid, size_t rid_len, bool is_all, uint64_t serial)
+void link_drop(broker_link *l, const uint8_t *rid, size_t rid_len, bool is_all, uint64_t serial)
 {
     for (size_t i = 0; i < l->n_out; i++) {
         link_frame *f = &l->out[i];
@@ -88,7 +89,7 @@ void link_drop(link *l, const uint8_t *rid, size_t rid_len, bool is_all, uint64_
 
 /* The peer rid is gone: drop every frame for it, held or not yet tried
  * (its deliveries through on_lost), then tell the owner. */
-static void give_up(link *l, const uint8_t *peer, size_t peer_len, const char *why)
+static void give_up(broker_link *l, const uint8_t *peer, size_t peer_len, const char *why)
 {
     uint8_t rid[LINK_RID_MAX];
     memcpy(rid, peer, peer_len);   /* peer points into a frame dropped below */
@@ -99,7 +100,7 @@ static void give_up(link *l, const uint8_t *peer, size_t peer_len, const char *w
 }
 
 /* Is an earlier frame for f's peer held (kept frames are out[0..kept))? */
-static bool is_behind_held(const link *l, size_t kept, const link_frame *f)
+static bool is_behind_held(const broker_link *l, size_t kept, const link_frame *f)
 {
     for (size_t k = 0; k < kept; k++)
         if (is_for(&l->out[k], f->rid, f->rid_len))
@@ -108,7 +109,7 @@ static bool is_behind_held(const link *l, size_t kept, const link_frame *f)
 }
 
 /* Try to send f; 0 sent, else the errno (EAGAIN: the peer's pipe is full). */
-static int send_frame(link *l, const link_frame *f)
+static int send_frame(broker_link *l, const link_frame *f)
 {
     if (f->rid_len > 0 && zmq_send(l->socket, f->rid, f->rid_len, ZMQ_SNDMORE | ZMQ_DONTWAIT) < 0)
         return errno;
@@ -117,7 +118,7 @@ static int send_frame(link *l, const link_frame *f)
     return 0;
 }
 
-void link_flush(link *l, uint64_t now_ms)
+void link_flush(broker_link *l, uint64_t now_ms)
 {
     size_t kept = 0;
     for (size_t i = 0; i < l->n_out; i++) {
@@ -158,14 +159,14 @@ void link_flush(link *l, uint64_t now_ms)
     l->n_out = n;
 }
 
-void link_clear(link *l)
+void link_clear(broker_link *l)
 {
     for (size_t i = 0; i < l->n_out; i++)
         drop_frame(l, &l->out[i], false);
     l->n_out = 0;
 }
 
-size_t link_held(const link *l)
+size_t link_held(const broker_link *l)
 {
     return l->n_out;
 }

@@ -61,33 +61,34 @@ typedef struct {
     void *ctx;                    /* passed to ops */
     link_frame *out;              /* owned: queued, then held frames, in order */
     size_t n_out, cap_out;
-} link;
+} broker_link;
 
 /* Set up l on socket (borrowed). No allocation until the first frame. */
-void link_init(link *l, const char *name, void *socket, uint32_t max_hold_ms,
+void link_init(broker_link *l, const char *name, void *socket, uint32_t max_hold_ms,
                uint32_t max_held_frames, const link_ops *ops, void *ctx);
 
 /* Free every frame still queued or held (deliveries through on_lost). */
-void link_free(link *l);
+void link_free(broker_link *l);
 
 /* Queue data (takes ownership) for the peer rid. Returns the frame, for
  * the caller to mark a delivery, valid until the next link call; NULL when
  * out of memory (data is freed then). */
-link_frame *link_queue(link *l, const uint8_t *rid, size_t rid_len, uint8_t *data, size_t len);
+link_frame *link_queue(broker_link *l, const uint8_t *rid, size_t rid_len, uint8_t *data,
+                       size_t len);
 
 /* A session on rid ended: drop its deliveries (those taken for session
  * serial; freed without on_lost, since the session's owner takes them
  * back) and, when is_all (its connection is gone), every reply for rid. */
-void link_drop(link *l, const uint8_t *rid, size_t rid_len, bool is_all, uint64_t serial);
+void link_drop(broker_link *l, const uint8_t *rid, size_t rid_len, bool is_all, uint64_t serial);
 
 /* Free every frame without telling the owner (it has taken their
  * messages back already). */
-void link_clear(link *l);
+void link_clear(broker_link *l);
 
 /* Send what can be sent now, in order (see the top of this file). */
-void link_flush(link *l, uint64_t now_ms);
+void link_flush(broker_link *l, uint64_t now_ms);
 
 /* Frames held for full pipes after the last flush. */
-size_t link_held(const link *l);
+size_t link_held(const broker_link *l);
 
 #endif

@@ -39,7 +39,7 @@ typedef struct {
     char id[IDS_NAME_MAX + 1];
     void *dealer;
     void *monitor;                /* the dealer's connection events */
-    link out;                     /* forwards, notices, heartbeats to this peer */
+    broker_link out;                     /* forwards, notices, heartbeats to this peer */
     bool is_connected;            /* the CURVE handshake succeeded, no disconnect since */
     bool is_up;                   /* connected and heard from within peer_timeout_ms */
     bool is_stalled;              /* reported; cleared by the next hop ack */
@@ -53,7 +53,7 @@ typedef struct {
 struct peer_set {
     broker *b;
     void *router;                 /* where peers forward to this broker */
-    link in;                      /* hop acks and heartbeat answers on the router */
+    broker_link in;                      /* hop acks and heartbeat answers on the router */
     peer_link *items;
     size_t n;
 };
@@ -151,7 +151,7 @@ static const link_ops answer_link_ops = {
 
 /* ---- frames --------------------------------------------------------------- */
 
-static link_frame *queue_peer_frame(link *l, const uint8_t *rid, size_t rid_len,
+static link_frame *queue_peer_frame(broker_link *l, const uint8_t *rid, size_t rid_len,
                                     Referral__V1__PeerFrame *f)
 {
     f->version = REFERRAL__V1__PROTOCOL_VERSION__PROTOCOL_VERSION_1;
@@ -160,7 +160,7 @@ static link_frame *queue_peer_frame(link *l, const uint8_t *rid, size_t rid_len,
     return buf != NULL ? link_queue(l, rid, rid_len, buf, len) : NULL;
 }
 
-static void send_heartbeat(peer_link *p, const uint8_t *rid, size_t rid_len, link *l)
+static void send_heartbeat(peer_link *p, const uint8_t *rid, size_t rid_len, broker_link *l)
 {
     Referral__V1__Heartbeat hb = REFERRAL__V1__HEARTBEAT__INIT;
     hb.now_ms = clock_now_ms();   /* the sender's wall clock, for operators */
