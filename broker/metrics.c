@@ -59,6 +59,25 @@ static struct {
     atomic_bool wants_queues;
 } m;
 
+/* Per peer link. Names are written once by the loop thread, then published
+ * by n_peers (release); the HTTP thread reads names below n_peers
+ * (acquire) and the counters as atomics. */
+typedef struct {
+    char id[IDS_NAME_MAX + 1];
+    atomic_bool is_up;
+    atomic_bool is_stalled;
+    counter in_flight;
+    counter downs;
+    counter stalls;
+    counter forwards;
+    counter hop_acks[N_RESULTS];
+} peer_figures;
+
+static struct {
+    peer_figures items[CONFIG_MAX_PEERS];
+    atomic_size_t n;
+} peers;
+
 /* The queue snapshot: written by the loop, read by the HTTP thread. */
 static struct {
     pthread_mutex_t lock;
@@ -119,6 +138,63 @@ void metrics_count_settle(Referral__V1__SettleVerb verb, Referral__V1__ResultCod
 void metrics_count_undeliverable(void)
 {
     bump(&m.undeliverable);
+}
+
+/* The figures of peer, or NULL (not added: too many peers). Loop thread. */
+static peer_figures *peer_find(const char *peer)
+{
+    size_t n = atomic_load_explicit(&peers.n, memory_order_relaxed);
+    for (size_t i = 0; i < n; i++)
+        if (strcmp(peers.items[i].id, peer) == 0)
+            return &peers.items[i];
+    return NULL;
+}
+
+void metrics_peer_add(const char *peer)
+{
+    size_t n = atomic_load_explicit(&peers.n, memory_order_relaxed);
+    if (peer_find(peer) != NULL || n == CONFIG_MAX_PEERS)
+        return;
+    snprintf(peers.items[n].id, sizeof peers.items[n].id, "%s", peer);
+    atomic_store_explicit(&peers.n, n + 1, memory_order_release);
+}
+
+void metrics_observe_peer(const char *peer, bool is_up, bool is_stalled, size_t in_flight)
+{
+    peer_figures *f = peer_find(peer);
+    if (f == NULL)
+        return;
+    atomic_store_explicit(&f->is_up, is_up, memory_order_relaxed);
+    atomic_store_explicit(&f->is_stalled, is_stalled, memory_order_relaxed);
+    atomic_store_explicit(&f->in_flight, in_flight, memory_order_relaxed);
+}
+
+void metrics_count_peer_down(const char *peer)
+{
+    peer_figures *f = peer_find(peer);
+    if (f != NULL)
+        bump(&f->downs);
+}
+
+void metrics_count_peer_stall(const char *peer)
+{
+    peer_figures *f = peer_find(peer);
+    if (f != NULL)
+        bump(&f->stalls);
+}
+
+void metrics_count_peer_forward(const char *peer)
+{
+    peer_figures *f = peer_find(peer);
+    if (f != NULL)
+        bump(&f->forwards);
+}
+
+void metrics_count_peer_hop_ack(const char *peer, Referral__V1__ResultCode code)
+{
+    peer_figures *f = peer_find(peer);
+    if (f != NULL && (unsigned)code < N_RESULTS)
+        bump(&f->hop_acks[code]);
 }
 
 uint64_t metrics_clock_us(void)
@@ -293,6 +369,85 @@ static void read_snapshot(uint64_t depth[N_URGENCIES], uint64_t oldest[N_URGENCI
     pthread_mutex_unlock(&snap.lock);
 }
 
+/* One family over every peer link: value(f) per peer. */
+static void put_peers(page *p, size_t n, const char *name, const char *type, const char *help,
+                      uint64_t (*value)(peer_figures *f))
+{
+    head(p, name, type, help);
+    for (size_t i = 0; i < n; i++)
+        put(p, "%s{peer=\"%s\"} %llu\n", name, peers.items[i].id,
+            (unsigned long long)value(&peers.items[i]));
+}
+
+static uint64_t peer_up(peer_figures *f)
+{
+    return atomic_load_explicit(&f->is_up, memory_order_relaxed);
+}
+
+static uint64_t peer_stalled(peer_figures *f)
+{
+    return atomic_load_explicit(&f->is_stalled, memory_order_relaxed);
+}
+
+static uint64_t peer_in_flight(peer_figures *f)
+{
+    return get(&f->in_flight);
+}
+
+static uint64_t peer_downs(peer_figures *f)
+{
+    return get(&f->downs);
+}
+
+static uint64_t peer_stalls(peer_figures *f)
+{
+    return get(&f->stalls);
+}
+
+static uint64_t peer_forwards(peer_figures *f)
+{
+    return get(&f->forwards);
+}
+
+/* The federation links' figures; nothing without federation. Hop acks:
+ * ok always, other codes once seen (a page of every code for every peer
+ * would be mostly zeros). */
+static void render_peers(page *p)
+{
+    size_t n = atomic_load_explicit(&peers.n, memory_order_acquire);
+    if (n == 0)
+        return;
+    char label[48];
+    put_peers(p, n, "referral_peer_up", "gauge",
+              "Link to the peer broker connected and heard from within peer_timeout_ms (1), or "
+              "not (0).", peer_up);
+    put_peers(p, n, "referral_peer_stalled", "gauge",
+              "Work waits for the peer and no hop ack came for stall_ms (1).", peer_stalled);
+    put_peers(p, n, "referral_peer_in_flight", "gauge",
+              "Forwards sent to the peer awaiting its hop ack (at most peer_window).",
+              peer_in_flight);
+    put_peers(p, n, "referral_peer_downs_total", "counter",
+              "Times the link went down (disconnected, or silent for peer_timeout_ms).",
+              peer_downs);
+    put_peers(p, n, "referral_peer_stalls_total", "counter",
+              "Times the stall detector fired for the link (logged `link stalled`).",
+              peer_stalls);
+    put_peers(p, n, "referral_peer_forwards_total", "counter",
+              "Stored messages (forwards, notices) sent on the link; resends count again.",
+              peer_forwards);
+    head(p, "referral_peer_hop_acks_total", "counter",
+         "Hop acks that settled a forward, by peer and code (ok: stored durably there).");
+    for (size_t i = 0; i < n; i++) {
+        peer_figures *f = &peers.items[i];
+        for (int c = 1; c < N_RESULTS; c++)
+            if ((c == REFERRAL__V1__RESULT_CODE__RESULT_OK || get(&f->hop_acks[c]) > 0) &&
+                enum_label(&referral__v1__result_code__descriptor, c, 7, label,
+                           sizeof label)[0])
+                put(p, "referral_peer_hop_acks_total{peer=\"%s\",code=\"%s\"} %llu\n", f->id,
+                    label, (unsigned long long)get(&f->hop_acks[c]));
+    }
+}
+
 static void render(page *p)
 {
     char label[48];
@@ -367,6 +522,8 @@ static void render(page *p)
     put(p, "referral_verify_pending_frames %llu\n", (unsigned long long)get(&m.checks_pending));
     head(p, "referral_verify_in_flight", "gauge", "Signature checks out at the worker threads.");
     put(p, "referral_verify_in_flight %llu\n", (unsigned long long)get(&m.checks_in_flight));
+
+    render_peers(p);
 
     uint64_t depth[N_URGENCIES], oldest[N_URGENCIES], in_flight, age_ms;
     bool is_taken;

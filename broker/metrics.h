@@ -17,10 +17,14 @@
  * broker, and the hooks stay one line wherever they are (no context to
  * pass). They start at 0 at each start of the process.
  *
+ * Federation links have figures per peer (metrics_peer_*), labelled with
+ * the peer's broker id from [peers]: checked as an id when the
+ * configuration loads ([a-z0-9._-], nothing to escape), and a fixed set
+ * once the broker runs (at most CONFIG_MAX_PEERS).
+ *
  * What must never happen here: a scrape that blocks the loop, a metric
- * that claims a feature not built (escalation and federation have none
- * yet), or a label value taken from outside (every label is one of a
- * fixed set).
+ * that claims a feature not built (escalation has none yet), or a label
+ * value taken from outside (every label is one of a fixed set).
  */
 #ifndef REF_BROKER_METRICS_H
 #define REF_BROKER_METRICS_H
@@ -85,6 +89,32 @@ void metrics_observe_commit(uint64_t started_us);
 /* End of a turn: sessions open, frames held for signature checks (the
  * inbound ring), and checks out at the worker threads. */
 void metrics_observe_turn(size_t sessions_open, size_t checks_pending, size_t checks_in_flight);
+
+/* ---- federation links (peer.c): one call where the thing happens ---- */
+
+/* A link to peer (a [peers] id, borrowed: copied) exists; its figures start
+ * at 0. Adding a peer already known does nothing; above CONFIG_MAX_PEERS
+ * peers the rest go uncounted. Call on the loop thread, before counting
+ * for that peer. */
+void metrics_peer_add(const char *peer);
+
+/* Each turn's tick, per link: is it up (connected and heard from within
+ * peer_timeout_ms), is it stalled (work waiting, no hop ack for stall_ms),
+ * and how many forwards await their hop ack. */
+void metrics_observe_peer(const char *peer, bool is_up, bool is_stalled, size_t in_flight);
+
+/* The link went down (a disconnect, or silence for peer_timeout_ms). */
+void metrics_count_peer_down(const char *peer);
+
+/* The stall detector fired for the link (logged `link stalled`). */
+void metrics_count_peer_stall(const char *peer);
+
+/* A stored message (a forward or a notice) was handed to the link; a
+ * resend after a link went down counts again. */
+void metrics_count_peer_forward(const char *peer);
+
+/* A hop ack with code settled a forward in flight on the link. */
+void metrics_count_peer_hop_ack(const char *peer, Referral__V1__ResultCode code);
 
 /* Has a scrape asked for a fresh queue snapshot? */
 bool metrics_wants_queues(void);

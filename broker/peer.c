@@ -24,6 +24,7 @@
 #include "ingress.h"
 #include "log.h"
 #include "loop.h"
+#include "metrics.h"
 #include "queue.h"
 #include "route.h"
 #include "wire.h"
@@ -85,6 +86,8 @@ static void link_down(broker *b, peer_link *p, const char *why)
 {
     if (p->is_up || p->n_flights > 0)
         log_warn("peer", "link down peer=%s why=%s returned=%zu", p->id, why, p->n_flights);
+    if (p->is_up)
+        metrics_count_peer_down(p->id);
     for (size_t i = 0; i < p->n_flights; i++)
         loop_return_later(b, p->flights[i]);
     p->n_flights = 0;
@@ -256,6 +259,7 @@ static bool open_link(broker *b, peer_link *p, const config_peer *cp, size_t ind
     }
     link_init(&p->out, p->id, p->dealer, b->cfg.max_hold_ms, b->cfg.max_held_frames,
               &peer_link_ops, p);
+    metrics_peer_add(p->id);
     return true;
 }
 
@@ -391,6 +395,7 @@ static store_err on_hop_ack(broker *b, MDB_txn *txn, peer_link *p, const Referra
     char hex[IDS_HEX_LEN + 1];
     if (a->message_id.len != IDS_BYTES || !flight_remove(p, a->message_id.data))
         return STORE_OK;   /* late, or for a flight returned already: the resend is answered */
+    metrics_count_peer_hop_ack(p->id, a->code);
     p->work_since_ms = clock_mono_ms();
     if (p->is_stalled) {
         log_info("peer", "link moving again peer=%s", p->id);
@@ -647,6 +652,7 @@ store_err peers_deliver(broker *b, MDB_txn *txn, uint64_t now_ms)
             lf->is_delivery = true;
             memcpy(lf->message_id, m.id, IDS_BYTES);
             memcpy(p->flights[p->n_flights++], m.id, IDS_BYTES);
+            metrics_count_peer_forward(p->id);
         }
         /* The stall clock runs while work waits: in flight, held, or queued. */
         uint8_t head[IDS_BYTES];
@@ -682,6 +688,8 @@ void peers_tick(broker *b, uint64_t now_ms)
                       "; check the peer broker and the network between", p->id,
                       p->is_up ? "yes" : "no", p->n_flights, now_ms - p->work_since_ms);
             p->is_stalled = true;
+            metrics_count_peer_stall(p->id);
         }
+        metrics_observe_peer(p->id, p->is_up, p->is_stalled, p->n_flights);
     }
 }

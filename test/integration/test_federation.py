@@ -15,6 +15,7 @@ import time
 
 import harness as h
 from harness import pb
+from test_metrics import parse, scrape
 
 SH, HUB, QD = "broker.shanghai", "broker.hub", "broker.qingdao"
 BJ = "broker.beijing"            # a fourth region, linked to Shanghai directly
@@ -453,7 +454,9 @@ def link_cut_heals_and_other_route_keeps_moving():
     direct link). During the cut nothing reaches Qingdao, Shanghai logs
     the hub link stalled, and Beijing's referrals keep arriving as fast as
     before; after the heal every referral Shanghai accepted reaches the
-    Qingdao agency application, once."""
+    Qingdao agency application, once. Shanghai's metrics count it all: the
+    hub link down and stalled during the cut, up after; one stall; every
+    forward settled by an ok hop ack."""
     t = h.Trust(brokers=(SH, HUB, QD, BJ), agencies=[DESK, LEAGUE, BJ_LEAGUE],
                 homes={DESK: SH, LEAGUE: QD, BJ_LEAGUE: BJ})
     ports = {b: h.free_port() for b in (SH, HUB, QD, BJ)}
@@ -462,9 +465,11 @@ def link_cut_heals_and_other_route_keeps_moving():
         return f"tcp://127.0.0.1:{port or ports[b]}"
 
     proxy = CutProxy(ports[HUB])
+    metrics_port = h.free_port()
     sh = h.Broker(SH, trust=t, **{"federation__peer_listen": ep(SH),
                                   f"peers__{HUB}": ep(HUB, proxy.port),
-                                  f"peers__{BJ}": ep(BJ), "routes__default": HUB}, **FAST)
+                                  f"peers__{BJ}": ep(BJ), "routes__default": HUB,
+                                  "metrics__listen": f"127.0.0.1:{metrics_port}"}, **FAST)
     hub = h.Broker(HUB, trust=t, **{"federation__peer_listen": ep(HUB), f"peers__{SH}": ep(SH),
                                     f"peers__{QD}": ep(QD)}, **FAST)
     qd = h.Broker(QD, trust=t, **{"federation__peer_listen": ep(QD), f"peers__{HUB}": ep(HUB),
@@ -505,6 +510,7 @@ def link_cut_heals_and_other_route_keeps_moving():
         marks["cut"] = time.monotonic()
         proxy.cut()
         refer(CUT_S, "cut")
+        in_cut = parse(scrape(metrics_port)[1])
         marks["heal"] = time.monotonic()
         qd_during_cut = set(agent.taken())
         proxy.heal()
@@ -553,6 +559,40 @@ def link_cut_heals_and_other_route_keeps_moving():
         # second (the cut lasts CUT_S), as before it.
         assert during[-1] < 1000, f"direct route slowed during the cut: {during[-1]:.0f} ms"
         wait_log(sh, f"link moving again peer={HUB}")
+
+        def fig(m, name, peer, code=None):
+            labels = f'{{peer="{peer}"' + (f',code="{code}"' if code else "") + "}"
+            return m[(name, labels)]
+
+        assert fig(in_cut, "referral_peer_up", HUB) == 0, in_cut
+        assert fig(in_cut, "referral_peer_up", BJ) == 1
+        assert fig(in_cut, "referral_peer_stalled", HUB) == 1
+        assert fig(in_cut, "referral_peer_stalls_total", HUB) == 1
+        assert fig(in_cut, "referral_peer_downs_total", HUB) >= 1
+        assert fig(in_cut, "referral_peer_in_flight", HUB) == 0   # returned to the queue
+        deadline = time.monotonic() + 10
+        while True:
+            end = parse(scrape(metrics_port)[1])
+            if fig(end, "referral_peer_in_flight", HUB) == 0 or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        print(" ".join(f"{name}{{peer={peer}}}={fig(end, name, peer):.0f}"
+                       for peer in (HUB, BJ) for name in
+                       ("referral_peer_up", "referral_peer_downs_total",
+                        "referral_peer_stalls_total", "referral_peer_forwards_total"))
+              + f" hop_acks_ok{{hub}}={fig(end, 'referral_peer_hop_acks_total', HUB, 'ok'):.0f}",
+              flush=True)
+        assert fig(end, "referral_peer_up", HUB) == 1
+        assert fig(end, "referral_peer_stalled", HUB) == 0
+        assert fig(end, "referral_peer_in_flight", HUB) == 0
+        assert fig(end, "referral_peer_stalls_total", HUB) == 1
+        assert fig(end, "referral_peer_hop_acks_total", HUB, "ok") == len(accepted[LEAGUE])
+        assert fig(end, "referral_peer_forwards_total", HUB) >= len(accepted[LEAGUE])
+        for name, want in (("referral_peer_stalls_total", 0), ("referral_peer_downs_total", 0),
+                           ("referral_peer_forwards_total", len(accepted[BJ_LEAGUE])),
+                           ("referral_peer_in_flight", 0)):
+            assert fig(end, name, BJ) == want, (name, fig(end, name, BJ))
+        assert fig(end, "referral_peer_hop_acks_total", BJ, "ok") == len(accepted[BJ_LEAGUE])
     finally:
         for x in (desk, receiver):
             if x is not None:
