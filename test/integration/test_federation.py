@@ -2,7 +2,9 @@
 national hub, the Qingdao region), each with its own store and keys,
 carrying referrals store-and-forward between them (docs/federation.md)."""
 
+import itertools
 import json
+import multiprocessing
 import os
 import shutil
 import signal
@@ -12,6 +14,7 @@ import subprocess
 import tempfile
 import threading
 import time
+from concurrent.futures import ProcessPoolExecutor
 
 import harness as h
 from harness import pb
@@ -301,53 +304,6 @@ class Agent:
         shutil.rmtree(self.state, ignore_errors=True)
 
 
-class Agent:
-    """lib_agent receiving as agency at broker b: the agency application,
-    which appends each referral's message id to a file once it has taken
-    it (after libreferral's durable hand-over and dedup)."""
-
-    def __init__(self, b, agency):
-        self.state = tempfile.mkdtemp(prefix="referral-fed-")
-        self.out = os.path.join(self.state, "taken.txt")
-        t = b.trust
-        env = dict(os.environ, REFERRAL_AGENCY=agency, REFERRAL_KEYS=t.keydir,
-                   REFERRAL_DIRECTORY=t.directory, REFERRAL_ROOT=t.root_pub(),
-                   REFERRAL_BROKER=b.id, REFERRAL_ENDPOINT=b.endpoint,
-                   REFERRAL_STATE=os.path.join(self.state, "lib"))
-        self.proc = subprocess.Popen([AGENT, "receive", self.out, "none", "1", "120000"],
-                                     env=env, stderr=subprocess.PIPE, text=True)
-
-    def taken(self):
-        """Message ids (hex) taken so far, in order, duplicates included."""
-        if not os.path.exists(self.out):
-            return []
-        with open(self.out) as f:
-            return f.read().split()
-
-    def wait_for(self, ids, timeout_s):
-        """Wait until every id of ids was taken (bounded); the ids taken."""
-        deadline = time.monotonic() + timeout_s
-        taken = self.taken()
-        while not ids <= set(taken) and time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"lib_agent exited {self.proc.returncode}: "
-                                     f"{self.proc.stderr.read()[-2000:]}")
-            time.sleep(0.2)
-            taken = self.taken()
-        return taken
-
-    def cleanup(self):
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.proc.stderr.close()
-        shutil.rmtree(self.state, ignore_errors=True)
-
-
 # How many referrals hub_killed_repeatedly_loses_nothing sends: issue 11's
 # 5,000, about 35 s under the sanitizers on 2 cores; REFERRAL_FED_KILL_COUNT
 # changes it for a longer or a quicker run (docs/testing.md).
@@ -377,33 +333,49 @@ def envelopes_made_aside(t, count, chunk=250):
 
 
 def hub_killed_repeatedly_loses_nothing():
-    """Referrals stream from Shanghai to Qingdao while the hub is killed
-    with SIGKILL and restarted several times: every referral the desk saw
-    ACCEPTED reaches the agency application, each once after its dedup."""
+    """KILL_COUNT referrals stream from Shanghai to Qingdao (pipelined,
+    SUBMIT_WINDOW outstanding) while the hub is killed with SIGKILL and
+    restarted HUB_KILLS times: every referral the desk saw ACCEPTED reaches
+    the agency application, each once after its dedup."""
     with Federation(trust()) as f:
         wait_log(f.sh, f"link connected peer={HUB}")
         t = f.trust
+        made = envelopes_made_aside(t, KILL_COUNT)   # the helper forks before any socket
+        first = next(made)
         agent = Agent(f.qd, LEAGUE)
         desk = h.Client(f.sh, DESK)
-        accepted, sent, kills = set(), 0, 0
+        accepted, outstanding, sent, kills = set(), {}, 0, 0
+        kill_at = {KILL_COUNT * (k + 1) // (HUB_KILLS + 1) for k in range(HUB_KILLS)}
+        started = time.monotonic()
+
+        def collect(block):
+            r = desk.recv_kind("submit_reply", timeout_s=30 if block else 0.001).submit_reply
+            mid = outstanding.pop(r.request_id)
+            if r.code == pb.RESULT_OK:
+                accepted.add(mid)
+
         try:
-            batch = [h.make_envelope(DESK, LEAGUE, trust=t) for _ in range(300)]
-            for i, e in enumerate(batch):
-                r = desk.submit(e)
+            for e in itertools.chain([first], made):
+                outstanding[desk.submit(e, wait=False)] = h.header_of(e).message_id.hex()
                 sent += 1
-                if r.code == pb.RESULT_OK:
-                    accepted.add(h.header_of(e).message_id.hex())
-                if i % 75 == 40:
+                while len(outstanding) >= SUBMIT_WINDOW:
+                    collect(block=True)
+                if sent in kill_at:
                     f.hub.kill()
                     kills += 1
                     time.sleep(0.3)      # the hub is down for a while: Shanghai holds on
                     f.hub.start()
-            taken = agent.wait_for(accepted, 90)
+            while outstanding:
+                collect(block=True)
+            submitted_s = time.monotonic() - started
+            taken = agent.wait_for(accepted, 60 + KILL_COUNT * 0.02)
             lost = accepted - set(taken)
             dups = len(taken) - len(set(taken))
             print(f"sent={sent} accepted={len(accepted)} delivered={len(set(taken) & accepted)} "
-                  f"lost={len(lost)} duplicates={dups} hub_kills={kills}")
-            assert kills >= 3
+                  f"lost={len(lost)} duplicates={dups} hub_kills={kills} "
+                  f"submitted_s={submitted_s:.1f} delivered_s={time.monotonic() - started:.1f}",
+                  flush=True)
+            assert kills == HUB_KILLS
             assert not lost, f"lost {len(lost)} accepted referrals"
             assert dups == 0, "the application saw a referral twice"
         finally:
