@@ -21,6 +21,7 @@
 
 #include "clock.h"
 #include "log.h"
+#include "retention.h"
 #include "zap.h"
 
 /* The flags stop and reload point at until the caller points them at its
@@ -165,9 +166,21 @@ int broker_open(broker *b, const config *cfg)
         .max_nak_delay_ms = b->cfg.max_nak_delay_ms,
         .clock_skew_ms = b->cfg.clock_skew_ms,
         .notice_ttl_ms = b->cfg.notice_ttl_ms,
+        .body_grace_ms = b->cfg.body_grace_ms,
         .sign_secret = b->keys.sign_secret,
         .sign_public = b->keys.sign_public,
     };
+    const retention_options ro = {
+        .keep_ms = b->cfg.keep_ms,
+        .body_grace_ms = b->cfg.body_grace_ms,
+        .clock_skew_ms = b->cfg.clock_skew_ms,
+        .max_per_turn = b->cfg.retention_max_per_turn,
+        .interval_ms = b->cfg.sweep_interval_ms,
+    };
+    if (rc == BROKER_EXIT_OK && (b->retention = retention_new(&ro)) == NULL) {
+        log_error("main", "out of memory for the retention sweep");
+        rc = BROKER_EXIT_USAGE;
+    }
     if (rc == BROKER_EXIT_OK && !session_table_init(&b->sessions, b->cfg.max_sessions)) {
         log_error("main", "out of memory for %u sessions", b->cfg.max_sessions);
         rc = BROKER_EXIT_USAGE;
@@ -200,4 +213,5 @@ void broker_close(broker *b)
     b->zctx = NULL;
     store_destroy(&b->st);
     session_table_free(&b->sessions);
+    retention_destroy(&b->retention);
 }

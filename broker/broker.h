@@ -58,6 +58,7 @@ typedef struct {
     struct verifier *verifier;    /* signature checks on worker threads (verify.h) */
     struct held_frames *held;     /* frames in arrival order, some awaiting checks (loop.c) */
     struct peer_set *peers;       /* links to peer brokers (peer.h); empty without federation */
+    struct retention *retention;  /* the background sweep (retention.h) */
 
     uint64_t next_due_ms;         /* earliest deadline, UINT64_MAX if none */
     bool is_busy;                 /* more work waits: poll without sleeping */

@@ -44,6 +44,10 @@ void config_defaults(config *cfg)
     cfg->max_nak_delay_ms = 3600000;
     cfg->notice_ttl_ms = 30ull * 24 * 3600 * 1000;
     cfg->max_deadlines_per_turn = 1024;
+    cfg->body_grace_ms = 0;   /* docs/operations.md "Retention": why 0 */
+    cfg->keep_ms = 183ull * 24 * 3600 * 1000;
+    cfg->retention_max_per_turn = 256;
+    cfg->sweep_interval_ms = 600000;
 }
 
 typedef struct {
@@ -125,6 +129,12 @@ static const key_spec keys[] = {
     {"delivery", "max_nak_delay_ms", K_U64, OFF(max_nak_delay_ms), 0, 0, 7 * DAY_MS, "0..604800000"},
     {"delivery", "notice_ttl_ms", K_U64, OFF(notice_ttl_ms), 0, 1000, 365 * DAY_MS, "1000..31536000000"},
     {"delivery", "max_deadlines_per_turn", K_U32, OFF(max_deadlines_per_turn), 0, 1, 1000000, "1..1000000"},
+    {"retention", "body_grace_ms", K_U64, OFF(body_grace_ms), 0, 0, 30 * DAY_MS, "0..2592000000"},
+    {"retention", "keep_ms", K_U64, OFF(keep_ms), 0, DAY_MS, 3650 * DAY_MS,
+     "86400000..315360000000 (six months or more where network logs must be kept)"},
+    {"retention", "max_per_turn", K_U32, OFF(retention_max_per_turn), 0, 1, 100000, "1..100000"},
+    {"retention", "sweep_interval_ms", K_U64, OFF(sweep_interval_ms), 0, 1000, DAY_MS,
+     "1000..86400000"},
     {"metrics", "listen", K_LISTEN, OFF(metrics_listen), sizeof ((config *)0)->metrics_listen, 0, 0,
      "empty (off), or a numeric address and port such as 127.0.0.1:9464 or [::1]:9464"},
     {"metrics", "allow_remote", K_BOOL, OFF(metrics_allow_remote), 0, 0, 0, "true or false"},

@@ -70,6 +70,12 @@ typedef struct {
     uint64_t notice_ttl_ms;           /* how long a notice to a sender is kept for delivery */
     uint32_t max_deadlines_per_turn;
 
+    /* [retention] (docs/operations.md "Retention") */
+    uint64_t body_grace_ms;           /* a final message's sealed body is kept this long */
+    uint64_t keep_ms;                 /* final records, trace, quarantine are kept this long */
+    uint32_t retention_max_per_turn;  /* the sweep removes at most this many items a turn */
+    uint64_t sweep_interval_ms;       /* a finished sweep pass starts again after this */
+
     /* [metrics] */
     char metrics_listen[64];          /* HTTP address:port for Prometheus; empty: off */
     bool metrics_allow_remote;        /* a non-loopback metrics_listen is refused without it */

@@ -50,7 +50,8 @@ store_err deadline_del(store *s, MDB_txn *txn, uint64_t due_ms, deadline_kind ki
 
 bool deadline_is_known_kind(int kind)
 {
-    return kind == DEADLINE_RETURN || kind == DEADLINE_EXPIRE || kind == DEADLINE_FORGET;
+    return kind == DEADLINE_RETURN || kind == DEADLINE_EXPIRE || kind == DEADLINE_FORGET ||
+           kind == DEADLINE_BODY;
 }
 
 /* Why the entry k -> v cannot be acted on, or NULL if it can. */

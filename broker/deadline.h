@@ -7,6 +7,10 @@
  * same whatever the backlog. Deadlines live in LMDB, so they survive a
  * restart; one that passed while the broker was down fires at start, once
  * (firing deletes it in the same transaction that acts on it).
+ *
+ * A release before DEADLINE_BODY sets such a deadline aside as of unknown
+ * kind (never fatal); the retention sweep then deletes the body with its
+ * message record after keep_ms instead.
  */
 #ifndef REF_BROKER_DEADLINE_H
 #define REF_BROKER_DEADLINE_H
@@ -16,7 +20,10 @@
 typedef enum {
     DEADLINE_RETURN = 1,   /* an in-flight delivery goes back to its queue */
     DEADLINE_EXPIRE = 2,   /* the message's expires_at: undeliverable if still here */
-    DEADLINE_FORGET = 3,   /* dedup entry and final-state record may be deleted */
+    DEADLINE_FORGET = 3,   /* expires_at + clock skew: the dedup entry of a message
+                              whose record is gone may go (retention.h keeps it
+                              while the record is kept) */
+    DEADLINE_BODY = 4,     /* body_grace_ms after a final state: the sealed body goes */
 } deadline_kind;
 
 /* Is kind one of the deadline_kind values above? Any other kind found in

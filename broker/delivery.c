@@ -57,7 +57,7 @@ static void set_state(store_msg *m, uint8_t to, uint64_t now_ms)
     m->updated_at_ms = now_ms;
 }
 
-static bool is_final(uint8_t state)
+bool delivery_is_final(uint8_t state)
 {
     return state == S_DELIVERED || state == S_REJECTED || state == S_UNDELIVERABLE ||
            state == S_QUARANTINED;
@@ -175,6 +175,7 @@ store_err delivery_enqueue(const delivery_ctx *dc, MDB_txn *txn, store_msg *m,
     TRY(queue_push(dc->st, txn, m));
     TRY(deadline_put(dc->st, txn, m->expires_at_ms, DEADLINE_EXPIRE, m->id));
     TRY(deadline_put(dc->st, txn, forget_at, DEADLINE_FORGET, m->id));
+    TRY(store_refmsg_put(dc->st, txn, m->referral_id, m->id));
     if (m->payload_kind == STORE_PAYLOAD_ENVELOPE) {
         TRY(store_dedup_put(dc->st, txn, m->id, m->content_digest, forget_at));
         TRY(delivery_trace(dc, txn, m, REFERRAL__V1__TRACE_EVENT_KIND__TRACE_EVENT_KIND_ACCEPTED,
@@ -183,7 +184,8 @@ store_err delivery_enqueue(const delivery_ctx *dc, MDB_txn *txn, store_msg *m,
     return STORE_OK;
 }
 
-/* Leave QUEUED or IN_FLIGHT for a final state: drop indexes and body. */
+/* Leave QUEUED or IN_FLIGHT for a final state: drop indexes; the body
+ * goes now (grace 0) or at its DEADLINE_BODY. */
 static store_err finish(const delivery_ctx *dc, MDB_txn *txn, store_msg *m, uint8_t to,
                         uint64_t now_ms)
 {
@@ -200,9 +202,14 @@ static store_err finish(const delivery_ctx *dc, MDB_txn *txn, store_msg *m, uint
     store_err e = deadline_del(dc->st, txn, m->expires_at_ms, DEADLINE_EXPIRE, m->id);
     if (e != STORE_OK && e != STORE_NOT_FOUND)
         return e;
-    e = store_body_del(dc->st, txn, m->id);
-    if (e != STORE_OK && e != STORE_NOT_FOUND)
-        return e;
+    if (dc->body_grace_ms == 0) {
+        e = store_body_del(dc->st, txn, m->id);
+        if (e != STORE_OK && e != STORE_NOT_FOUND)
+            return e;
+    } else {
+        uint64_t due = now_ms + dc->body_grace_ms;
+        TRY(deadline_put(dc->st, txn, due < now_ms ? UINT64_MAX : due, DEADLINE_BODY, m->id));
+    }
     m->due_at_ms = 0;
     set_state(m, to, now_ms);
     return store_msg_put(dc->st, txn, m);
@@ -323,7 +330,7 @@ store_err delivery_settle(const delivery_ctx *dc, MDB_txn *txn, const char *agen
     }
     if (e != STORE_OK)
         return e;
-    if (is_final(m.state)) {
+    if (delivery_is_final(m.state)) {
         bool is_repeat_ack = m.state == S_DELIVERED &&
                              settle->verb == REFERRAL__V1__SETTLE_VERB__SETTLE_VERB_ACK;
         *code = is_repeat_ack ? REFERRAL__V1__RESULT_CODE__RESULT_OK
@@ -414,13 +421,22 @@ store_err delivery_fire(const delivery_ctx *dc, MDB_txn *txn, deadline_kind kind
     store_msg m;
     store_err e = store_msg_get(dc->st, txn, id, &m);
     if (kind == DEADLINE_FORGET) {
-        /* The dedup entry goes whatever the record's fate. */
+        /* The dedup entry stays as long as the record (the retention sweep
+         * removes both); one whose record is gone (set aside) goes now. */
+        if (e != STORE_NOT_FOUND)
+            return e;
         store_err d = store_dedup_del(dc->st, txn, id);
-        if (d != STORE_OK && d != STORE_NOT_FOUND)
-            return d;
-        if (e == STORE_OK && is_final(m.state))
-            return store_msg_del(dc->st, txn, id);
-        return STORE_OK;
+        return d == STORE_NOT_FOUND ? STORE_OK : d;
+    }
+    if (kind == DEADLINE_BODY) {
+        /* The grace is over. A message no longer final (none today; an
+         * operator's requeue one day) keeps its body. */
+        if (e == STORE_OK && !delivery_is_final(m.state))
+            return STORE_OK;
+        if (e != STORE_OK && e != STORE_NOT_FOUND)
+            return e;
+        store_err d = store_body_del(dc->st, txn, id);
+        return d == STORE_NOT_FOUND ? STORE_OK : d;
     }
     if (e == STORE_NOT_FOUND)
         return STORE_OK;   /* already forgotten */

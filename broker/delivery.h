@@ -8,13 +8,19 @@
  *   IN_FLIGHT --return--> QUEUED               ack timeout, NAK delay over, session
  *                                              ended, send failed
  *   IN_FLIGHT --nak/in-progress--> IN_FLIGHT   new return deadline
- *   QUEUED|IN_FLIGHT --ack--> DELIVERED        final; body deleted
- *   QUEUED|IN_FLIGHT --reject--> REJECTED      final; body deleted; sender told
- *   QUEUED|IN_FLIGHT --expire--> UNDELIVERABLE final; body deleted; sender told
+ *   QUEUED|IN_FLIGHT --ack--> DELIVERED        final; body goes after the grace
+ *   QUEUED|IN_FLIGHT --reject--> REJECTED      final; body goes after the grace;
+ *                                              sender told
+ *   QUEUED|IN_FLIGHT --expire--> UNDELIVERABLE final; body goes after the grace;
+ *                                              sender told
  *   QUEUED --corrupt body--> QUARANTINED       final; body kept apart; sender told
  *
- * A final state's record stays until the message's dedup entry is
- * forgotten (expires_at + clock skew), so status queries and duplicate
+ * The grace is body_grace_ms: 0 deletes the body in the move's own
+ * transaction; otherwise a DEADLINE_BODY deadline deletes it then (durable:
+ * a restart in between keeps it until the deadline). A final state's
+ * record stays with its dedup entry until the retention sweep (retention.h)
+ * removes them, keep_ms after the final move and never before the dedup
+ * entry's expires_at + clock skew, so status queries and duplicate
  * submissions keep getting the right answer. delivery_assert_move() checks
  * each move against this table.
  *
@@ -37,6 +43,7 @@ typedef struct {
     uint64_t max_nak_delay_ms;
     uint64_t clock_skew_ms;
     uint64_t notice_ttl_ms;
+    uint64_t body_grace_ms;      /* [retention]: a final message's body is kept this long */
     const uint8_t *sign_secret;  /* borrowed: the broker's Ed25519 key, signs notices */
     const uint8_t *sign_public;  /* borrowed */
     /* The peer to send a notice through to an agency homed at another
@@ -48,13 +55,17 @@ typedef struct {
 /* Is from -> to one of the moves above (from 0: a new message)? */
 bool delivery_is_move_allowed(uint8_t from, uint8_t to);
 
+/* Is state one of the final states above (DELIVERED, REJECTED,
+ * UNDELIVERABLE, QUARANTINED)? */
+bool delivery_is_final(uint8_t state);
+
 /* Assert that from -> to is one of the moves above. */
 void delivery_assert_move(uint8_t from, uint8_t to);
 
 /* Store a new message: m's ids, recipient, sender, urgency, times and
  * payload_kind are set by the caller; seq, state and attempts are set here.
- * Writes the body, queue entry, expiry deadline, dedup entry (until
- * expires_at + skew) and a trace event. STORE_FULL means nothing was kept
+ * Writes the body, queue entry, expiry and forget deadlines, the refmsgs
+ * entry, dedup entry (forget_at expires_at + skew) and a trace event. STORE_FULL means nothing was kept
  * only if the caller runs this in a child transaction and aborts it. */
 store_err delivery_enqueue(const delivery_ctx *dc, MDB_txn *txn, store_msg *m,
                            const uint8_t *payload, size_t len, uint64_t now_ms);

@@ -11,6 +11,7 @@
  *     fire due deadlines                           (fire_deadlines)
  *     return deliveries whose send failed          (return_lost)
  *     hand queued messages to sessions with credit (deliver)
+ *     remove what retention no longer keeps         (sweep, retention.h)
  *   commit once, with fsync (group commit)
  *   send every reply and delivery of the turn      (flush)
  *
@@ -39,6 +40,7 @@
 #include "log.h"
 #include "metrics.h"
 #include "peer.h"
+#include "retention.h"
 #include "verify.h"
 #include "zap.h"
 
@@ -705,6 +707,23 @@ static void end_gone_sessions(broker *b)
     }
 }
 
+/* Remove what retention no longer keeps (retention.h): at most
+ * max_per_turn items and a quarter of max_turn_ms, after the turn's
+ * deliveries and deadlines, so it never holds them up. */
+static store_err sweep(broker *b, MDB_txn *txn, uint64_t now_ms)
+{
+    size_t n_removed;
+    bool has_more;
+    store_err e = retention_step(b->retention, b->st, txn, now_ms,
+                                 clock_mono_ms() + b->cfg.max_turn_ms / 4, &n_removed, &has_more);
+    if (has_more)
+        b->is_busy = true;
+    uint64_t next = retention_next_ms(b->retention);
+    if (next < b->next_due_ms)
+        b->next_due_ms = next;
+    return e;
+}
+
 static int wait_ms(broker *b)
 {
     if (b->is_busy || b->n_lost > 0 || b->sessions.n_orphans > 0 ||
@@ -781,6 +800,8 @@ int loop_turn(broker *b)
         store_err d = deadline_next(b->st, txn, &due);
         b->next_due_ms = d == STORE_OK ? due : UINT64_MAX;
     }
+    if (e == STORE_OK)
+        e = sweep(b, txn, now);
     if (e == STORE_OK && metrics_wants_queues())
         metrics_observe_queues(b->st, txn, now);
     if (e != STORE_OK) {

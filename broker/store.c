@@ -34,7 +34,7 @@
 
 static const char *const db_names[STORE_DB_COUNT] = {
     "meta", "msgs", "bodies", "queue", "inflight", "dedup", "deadlines", "quarantine", "trace",
-    "referrals", "levels",
+    "referrals", "levels", "refmsgs",
 };
 
 struct store {
@@ -305,6 +305,34 @@ static store_err build_referrals(store *s, MDB_txn *txn)
     return e;
 }
 
+/* A store made before the refmsgs database: note every message record
+ * under its referral, so that retention knows which referrals still have
+ * messages. Records that do not decode are left to store_msg_get. */
+static store_err build_refmsgs(store *s, MDB_txn *txn)
+{
+    MDB_cursor *c;
+    int rc = mdb_cursor_open(txn, s->dbi[STORE_DB_MSGS], &c);
+    if (rc != 0)
+        return store_err_from_mdb(rc);
+    MDB_val k, v;
+    store_err e = STORE_OK;
+    size_t n = 0;
+    while (e == STORE_OK && (rc = mdb_cursor_get(c, &k, &v, MDB_NEXT)) == 0) {
+        store_msg m;
+        char why[120];
+        if (k.mv_size != IDS_BYTES || !store_msg_decode(v.mv_data, v.mv_size, &m, why, sizeof why))
+            continue;
+        e = store_refmsg_put(s, txn, m.referral_id, m.id);
+        n++;
+    }
+    mdb_cursor_close(c);
+    if (e == STORE_OK && rc != 0 && rc != MDB_NOTFOUND)
+        e = store_err_from_mdb(rc);
+    if (e == STORE_OK && n > 0)
+        log_info("store", "noted the messages of each referral of an older store count=%zu", n);
+    return e;
+}
+
 /* The format named in meta: 0 if absent or not a number. */
 static unsigned long stored_format(store *s, MDB_txn *txn, char *text, size_t text_len)
 {
@@ -404,6 +432,18 @@ static store_err open_dbs(store *s, bool is_new, const char *broker_id, char *wh
             *migrated = n;
             is_migrated = true;
         }
+        if (meta_get(s, txn, "refmsgs_built", &v) == STORE_NOT_FOUND) {
+            store_err e = build_refmsgs(s, txn);
+            if (e == STORE_OK)
+                e = meta_put(s, txn, "refmsgs_built", "1", 1);
+            if (e != STORE_OK) {
+                snprintf(why, why_len, "cannot note the messages of each referral in store %s: "
+                         "%s%s", s->dir, store_strerror(e), e == STORE_FULL
+                             ? "; raise [store] map_size_bytes and start again" : "");
+                mdb_txn_abort(txn);
+                return e;
+            }
+        }
         if (meta_get(s, txn, "referrals_built", &v) == STORE_NOT_FOUND) {
             store_err e = build_referrals(s, txn);
             if (e == STORE_OK)
@@ -418,6 +458,8 @@ static store_err open_dbs(store *s, bool is_new, const char *broker_id, char *wh
     }
     if (is_new) {
         store_err e = meta_put(s, txn, "referrals_built", "1", 1);
+        if (e == STORE_OK)
+            e = meta_put(s, txn, "refmsgs_built", "1", 1);
         if (e != STORE_OK) {
             snprintf(why, why_len, "cannot initialise store %s: %s", s->dir, store_strerror(e));
             mdb_txn_abort(txn);
@@ -891,6 +933,19 @@ store_err store_quarantine(store *s, MDB_txn *txn, const uint8_t id[IDS_BYTES])
                               "stored body failed its digest check");
 }
 
+store_err store_is_set_aside(store *s, MDB_txn *txn, store_db which, const uint8_t *key,
+                             size_t key_len, bool *is_set_aside)
+{
+    uint8_t qkey[QUARANTINE_KEY_MAX];
+    size_t qlen = key_len < QUARANTINE_KEY_MAX - 1 ? key_len : QUARANTINE_KEY_MAX - 1;
+    qkey[0] = (uint8_t)which;
+    memcpy(qkey + 1, key, qlen);
+    MDB_val k = {.mv_size = qlen + 1, .mv_data = qkey}, v;
+    int rc = mdb_get(txn, s->dbi[STORE_DB_QUARANTINE], &k, &v);
+    *is_set_aside = rc == 0;
+    return rc == 0 || rc == MDB_NOTFOUND ? STORE_OK : store_err_from_mdb(rc);
+}
+
 uint64_t store_set_aside_count(store *s, MDB_txn *txn)
 {
     uint64_t n = 0;
@@ -972,6 +1027,130 @@ store_err store_dedup_del(store *s, MDB_txn *txn, const uint8_t id[IDS_BYTES])
 {
     MDB_val k = id_val(id);
     return store_err_from_mdb(del(s, txn, STORE_DB_DEDUP, &k));
+}
+
+/* ---- refmsgs and what retention deletes ------------------------------------
+ * refmsgs key: referral id (16) | message id (16); value [0] 1. */
+
+#define REFMSG_KEY (2 * IDS_BYTES)
+
+static MDB_val refmsg_key(const uint8_t referral_id[IDS_BYTES], const uint8_t message_id[IDS_BYTES],
+                          uint8_t key[REFMSG_KEY])
+{
+    memcpy(key, referral_id, IDS_BYTES);
+    memcpy(key + IDS_BYTES, message_id, IDS_BYTES);
+    MDB_val k = {.mv_size = REFMSG_KEY, .mv_data = key};
+    return k;
+}
+
+store_err store_refmsg_put(store *s, MDB_txn *txn, const uint8_t referral_id[IDS_BYTES],
+                           const uint8_t message_id[IDS_BYTES])
+{
+    uint8_t key[REFMSG_KEY], val[1] = {STORE_RECORD_V1};
+    MDB_val k = refmsg_key(referral_id, message_id, key);
+    MDB_val v = {.mv_size = sizeof val, .mv_data = val};
+    return store_err_from_mdb(put(s, txn, STORE_DB_REFMSGS, &k, &v, 0));
+}
+
+store_err store_refmsg_del(store *s, MDB_txn *txn, const uint8_t referral_id[IDS_BYTES],
+                           const uint8_t message_id[IDS_BYTES])
+{
+    uint8_t key[REFMSG_KEY];
+    MDB_val k = refmsg_key(referral_id, message_id, key);
+    return store_err_from_mdb(del(s, txn, STORE_DB_REFMSGS, &k));
+}
+
+/* Open a cursor on which at the first key starting with prefix; *k is that
+ * key, or rc MDB_NOTFOUND when there is none. */
+static int seek_prefix(store *s, MDB_txn *txn, store_db which, const uint8_t *prefix,
+                       size_t prefix_len, MDB_cursor **c, MDB_val *k)
+{
+    int rc = mdb_cursor_open(txn, s->dbi[which], c);
+    if (rc != 0) {
+        *c = NULL;
+        return rc;
+    }
+    MDB_val v;
+    k->mv_size = prefix_len;
+    k->mv_data = (void *)(uintptr_t)prefix;
+    rc = mdb_cursor_get(*c, k, &v, MDB_SET_RANGE);
+    if (rc == 0 && (k->mv_size < prefix_len || memcmp(k->mv_data, prefix, prefix_len) != 0))
+        rc = MDB_NOTFOUND;
+    return rc;
+}
+
+store_err store_referral_has_msgs(store *s, MDB_txn *txn, const uint8_t referral_id[IDS_BYTES],
+                                  bool *has_msgs)
+{
+    MDB_cursor *c;
+    MDB_val k;
+    int rc = seek_prefix(s, txn, STORE_DB_REFMSGS, referral_id, IDS_BYTES, &c, &k);
+    if (c != NULL)
+        mdb_cursor_close(c);
+    *has_msgs = rc == 0;
+    return rc == 0 || rc == MDB_NOTFOUND ? STORE_OK : store_err_from_mdb(rc);
+}
+
+store_err store_referral_del(store *s, MDB_txn *txn, const uint8_t referral_id[IDS_BYTES])
+{
+    MDB_val k = {.mv_size = IDS_BYTES, .mv_data = (void *)(uintptr_t)referral_id};
+    return store_err_from_mdb(del(s, txn, STORE_DB_REFERRALS, &k));
+}
+
+/* Delete up to max records of which whose key starts with prefix (the
+ * first each time: deleting moves the cursor on). */
+static store_err del_prefix(store *s, MDB_txn *txn, store_db which, const uint8_t *prefix,
+                            size_t prefix_len, size_t max, size_t *n_deleted, bool *is_done)
+{
+    *n_deleted = 0;
+    *is_done = false;
+    while (*n_deleted < max) {
+        MDB_cursor *c;
+        MDB_val k;
+        int rc = seek_prefix(s, txn, which, prefix, prefix_len, &c, &k);
+        if (rc == 0) {
+            s->has_writes = true;
+            rc = mdb_cursor_del(c, 0);
+        }
+        if (c != NULL)
+            mdb_cursor_close(c);
+        if (rc == MDB_NOTFOUND) {
+            *is_done = true;
+            return STORE_OK;
+        }
+        if (rc != 0)
+            return store_err_from_mdb(rc);
+        (*n_deleted)++;
+    }
+    /* As many as allowed: done only if nothing is left. */
+    MDB_cursor *c;
+    MDB_val k;
+    int rc = seek_prefix(s, txn, which, prefix, prefix_len, &c, &k);
+    if (c != NULL)
+        mdb_cursor_close(c);
+    *is_done = rc == MDB_NOTFOUND;
+    return rc == 0 || rc == MDB_NOTFOUND ? STORE_OK : store_err_from_mdb(rc);
+}
+
+store_err store_levels_del(store *s, MDB_txn *txn, const uint8_t message_id[IDS_BYTES],
+                           size_t *n_deleted)
+{
+    bool is_done;
+    return del_prefix(s, txn, STORE_DB_LEVELS, message_id, IDS_BYTES, SIZE_MAX, n_deleted,
+                      &is_done);
+}
+
+store_err store_trace_del(store *s, MDB_txn *txn, const uint8_t referral_id[IDS_BYTES],
+                          size_t max, size_t *n_deleted, bool *is_done)
+{
+    return del_prefix(s, txn, STORE_DB_TRACE, referral_id, IDS_BYTES, max, n_deleted, is_done);
+}
+
+store_err store_del(store *s, MDB_txn *txn, store_db which, const uint8_t *key, size_t key_len)
+{
+    assert(which > STORE_DB_META && which < STORE_DB_COUNT);
+    MDB_val k = {.mv_size = key_len, .mv_data = (void *)(uintptr_t)key};
+    return store_err_from_mdb(del(s, txn, which, &k));
 }
 
 /* ---- trace ---------------------------------------------------------------- */

@@ -19,14 +19,19 @@
  *                 [112] recipient [len][bytes] | sender [len][bytes]
  *               (114..242 bytes; nothing may follow the sender)
  *   bodies      message id (16) -> [0] 1 | [1] SHA-256 of payload (32) |
- *               [33] payload (immutable; deleted when the message reaches a
- *               final state)
+ *               [33] payload (immutable; deleted [retention] body_grace_ms
+ *               after the message reaches a final state: at once for 0,
+ *               else by a DEADLINE_BODY deadline)
  *   queue       recipient \0 rank seq u64 -> [0] 1 | [1] message id (16)
  *               (queue.c)
  *   inflight    message id (16) -> [0] 1 | [1] due time of its return u64
  *               (queue.c)
  *   dedup       message id (16) -> [0] 1 | [1] content digest (32) |
- *               [33] forget_at_ms u64 (kept after the message)
+ *               [33] forget_at_ms u64 (expires_at + clock skew). Kept at
+ *               least until forget_at_ms, and as long as the message's
+ *               record is kept (so an id this store remembers is never
+ *               accepted twice); removed with the record by the retention
+ *               sweep, or at forget_at_ms when the record is already gone
  *   deadlines   due_ms u64 | kind (1) | message id (16) -> [0] 1
  *               (deadline.c)
  *   quarantine  what (1) | the key the record had -> [0] 1 |
@@ -44,6 +49,18 @@
  *   levels      message id, agency -> the highest receipt level that agency
  *               asserted for that message (levels only move forward).
  *               [0] 1 | [1] level
+ *   refmsgs     referral id (16) | message id (16) -> [0] 1: every message
+ *               record kept for a referral (envelopes, copies, notices),
+ *               written with the record and deleted with it, so a
+ *               referral whose range here is empty has no message left
+ *               (retention.h). Built from msgs at the first open of a
+ *               store made before it (meta "refmsgs_built").
+ *
+ * Retention (retention.h, docs/operations.md "Retention"): a final
+ * message's record, dedup entry, levels and refmsgs entry go together once
+ * it has been final for keep_ms and its forget_at_ms has passed; a
+ * referral's trace and referrals record go once its refmsgs range is
+ * empty; quarantine entries go after keep_ms (bodies after body_grace_ms).
  *
  * Formats: format 1 (releases up to 698cd3b) kept message records as a raw
  * C struct behind the host-order magic "RMF1", bodies behind the same
@@ -113,6 +130,7 @@ typedef enum {
     STORE_DB_TRACE,
     STORE_DB_REFERRALS,     /* added after format 1's first release: created at open */
     STORE_DB_LEVELS,        /* likewise */
+    STORE_DB_REFMSGS,       /* likewise (retention) */
     STORE_DB_COUNT
 } store_db;
 
@@ -287,6 +305,10 @@ store_err store_quarantine(store *s, MDB_txn *txn, const uint8_t id[IDS_BYTES]);
 store_err store_set_aside(store *s, MDB_txn *txn, store_db which, const uint8_t *key,
                           size_t key_len, const char *reason);
 
+/* Is the record under key of which in quarantine (set aside)? */
+store_err store_is_set_aside(store *s, MDB_txn *txn, store_db which, const uint8_t *key,
+                             size_t key_len, bool *is_set_aside);
+
 /* Records set aside since the store was made (meta "set_aside"); 0 if none. */
 uint64_t store_set_aside_count(store *s, MDB_txn *txn);
 
@@ -327,6 +349,33 @@ store_err store_level_get(store *s, MDB_txn *txn, const uint8_t message_id[IDS_B
                           const char *agency, uint32_t *level);
 store_err store_level_put(store *s, MDB_txn *txn, const uint8_t message_id[IDS_BYTES],
                           const char *agency, uint32_t level);
+
+/* Note (put) or forget (del) that message_id is a message of referral_id
+ * (refmsgs); del reports STORE_NOT_FOUND if it was not noted. */
+store_err store_refmsg_put(store *s, MDB_txn *txn, const uint8_t referral_id[IDS_BYTES],
+                           const uint8_t message_id[IDS_BYTES]);
+store_err store_refmsg_del(store *s, MDB_txn *txn, const uint8_t referral_id[IDS_BYTES],
+                           const uint8_t message_id[IDS_BYTES]);
+
+/* Does referral_id have a message noted in refmsgs? */
+store_err store_referral_has_msgs(store *s, MDB_txn *txn, const uint8_t referral_id[IDS_BYTES],
+                                  bool *has_msgs);
+
+/* Delete the referral record of referral_id (STORE_NOT_FOUND if none). */
+store_err store_referral_del(store *s, MDB_txn *txn, const uint8_t referral_id[IDS_BYTES]);
+
+/* Delete every level record of message_id; *n_deleted counts them. */
+store_err store_levels_del(store *s, MDB_txn *txn, const uint8_t message_id[IDS_BYTES],
+                           size_t *n_deleted);
+
+/* Delete the oldest trace events of referral_id, at most max; *n_deleted
+ * counts them and *is_done is true when none is left. */
+store_err store_trace_del(store *s, MDB_txn *txn, const uint8_t referral_id[IDS_BYTES],
+                          size_t max, size_t *n_deleted, bool *is_done);
+
+/* Delete the record under key in which, for the retention sweep's
+ * leftovers (quarantine entries); STORE_NOT_FOUND if there is none. */
+store_err store_del(store *s, MDB_txn *txn, store_db which, const uint8_t *key, size_t key_len);
 
 /* Append a packed TraceEvent under referral_id. */
 store_err store_trace_put(store *s, MDB_txn *txn, const uint8_t referral_id[IDS_BYTES],

@@ -128,8 +128,9 @@ static void deadline_is_key_plus_versioned_value(void **state)
     assert_int_equal(((const uint8_t *)v.mv_data)[0], STORE_RECORD_V1);
     assert_true(deadline_is_known_kind(DEADLINE_RETURN));
     assert_true(deadline_is_known_kind(DEADLINE_FORGET));
+    assert_true(deadline_is_known_kind(DEADLINE_BODY));
     assert_false(deadline_is_known_kind(0));
-    assert_false(deadline_is_known_kind(4));
+    assert_false(deadline_is_known_kind(5));
     fixture_commit(f, txn);
 }
 
