@@ -495,13 +495,18 @@ static store_err on_notice(broker *b, MDB_txn *txn, const Referral__V1__SignedNo
         return STORE_OK;
     }
     memcpy(notice_id, n->notice_id.data, IDS_BYTES);
-    uint8_t seen[DIGEST_BYTES];
     store_msg about, m;
-    store_err e = store_dedup_get(b->st, txn, n->notice_id.data, seen);
+    /* A notice a peer sends again (its hop ack was lost) is known here by
+     * its record: notices have no dedup entry, their id is their record. */
+    store_err e = store_msg_get(b->st, txn, n->notice_id.data, &m);
     if (e == STORE_OK) {
         wire_free(n);
         *detail = "already stored";
         return STORE_OK;
+    }
+    if (e != STORE_NOT_FOUND) {
+        wire_free(n);
+        return e;
     }
     e = store_msg_get(b->st, txn, n->message_id.data, &about);
     if (e == STORE_NOT_FOUND) {

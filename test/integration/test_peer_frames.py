@@ -1,0 +1,107 @@
+"""What a peer broker sends, frame by frame: one real referrald (Qingdao)
+and a fake peer (Shanghai) written here in Python from the schema, as a
+peer implementation in another language would be."""
+
+import time
+
+import zmq
+
+import harness as h
+from harness import pb
+
+SH, QD = "broker.shanghai", "broker.qingdao"
+DESK = "qd.12355.desk"          # homed at Qingdao
+AGENCY = "sh.youth-league"      # homed at Shanghai
+
+
+def signed_notice(trust, signer, about_mid, about_rid, detail):
+    n = pb.Notice(notice_id=h.new_id(), kind=pb.NOTICE_KIND_UNDELIVERABLE,
+                  referral_id=about_rid, message_id=about_mid, broker_id=signer,
+                  about_agency=AGENCY, at_ms=h.now_ms(), code=pb.RESULT_UNDELIVERABLE,
+                  detail=detail).SerializeToString()
+    key = trust.identity(signer)
+    return pb.SignedNotice(notice=n, signer_key_id=h.key_id(key.sign_public),
+                           signature=key.sign_key.sign(b"referral.v1 notice\x00" + n))
+
+
+def a_notice_sent_twice_by_a_peer_is_delivered_once():
+    """A peer that sends a notice again (its hop ack was lost) gets "already
+    stored" and the sender receives the notice once."""
+    t = h.Trust(brokers=(SH, QD), agencies=[DESK, AGENCY], homes={DESK: QD, AGENCY: SH})
+    ctx = zmq.Context.instance()
+    fake_in = ctx.socket(zmq.ROUTER)          # the fake Shanghai's peer socket
+    fake_in.setsockopt(zmq.LINGER, 0)
+    me = t.identity(SH)
+    fake_in.curve_server = True
+    fake_in.curve_secretkey = me.curve_secret
+    fake_in.curve_publickey = me.curve_public
+    sh_port = fake_in.bind_to_random_port("tcp://127.0.0.1")
+    qd_peer_port = h.free_port()
+    b = h.Broker(QD, trust=t, **{"federation__peer_listen": f"tcp://127.0.0.1:{qd_peer_port}",
+                                 f"peers__{SH}": f"tcp://127.0.0.1:{sh_port}",
+                                 "federation__heartbeat_ms": 200})
+    out = None
+    try:
+        b.start()
+        desk = h.Client(b, DESK)
+        desk.credit(10)
+        env = h.make_envelope(DESK, AGENCY, trust=t)
+        assert desk.submit(env).code == pb.RESULT_OK
+        # Qingdao forwards it to the fake Shanghai; take it (no hop ack: it
+        # stays in flight there, which is all this test needs).
+        deadline = time.monotonic() + 15
+        forwarded = None
+        while forwarded is None and time.monotonic() < deadline:
+            if not fake_in.poll(200):
+                continue
+            rid, data = fake_in.recv_multipart()
+            f = pb.PeerFrame()
+            f.ParseFromString(data)
+            if f.WhichOneof("body") == "heartbeat":
+                fake_in.send_multipart([rid, pb.PeerFrame(
+                    version=h.V1, heartbeat=pb.Heartbeat(now_ms=h.now_ms())).SerializeToString()])
+            elif f.WhichOneof("body") == "forward":
+                forwarded = f.forward.envelope
+        assert forwarded is not None, b.read_log()[-2000:]
+        hdr = h.header_of(forwarded)
+        assert list(forwarded.hops) == [QD], forwarded.hops
+        # The fake Shanghai sends a notice back, twice, as after a lost ack.
+        out = ctx.socket(zmq.DEALER)
+        out.setsockopt(zmq.LINGER, 0)
+        out.curve_secretkey = me.curve_secret
+        out.curve_publickey = me.curve_public
+        out.curve_serverkey = t.identity(QD).curve_public
+        out.connect(f"tcp://127.0.0.1:{qd_peer_port}")
+        sn = signed_notice(t, SH, hdr.message_id, hdr.referral_id, "nobody collected it")
+        acks = []
+        for _ in range(2):
+            out.send(pb.PeerFrame(version=h.V1, notice=sn).SerializeToString())
+            while True:
+                assert out.poll(10000), "no hop ack for the notice"
+                f = pb.PeerFrame()
+                f.ParseFromString(out.recv())
+                if f.WhichOneof("body") == "hop_ack":
+                    acks.append(f.hop_ack)
+                    break
+        assert [a.code for a in acks] == [pb.RESULT_OK, pb.RESULT_OK], acks
+        assert acks[1].detail == "already stored", acks[1]
+        got = desk.deliveries(1, timeout_s=10)
+        inner = pb.Notice()
+        inner.ParseFromString(got[0].notice.notice)
+        assert inner.message_id == hdr.message_id and inner.broker_id == SH, inner
+        try:
+            extra = desk.recv_kind("delivery", timeout_s=1.5)
+            raise AssertionError(f"the notice came twice: {extra}")
+        except TimeoutError:
+            pass
+        desk.close()
+    finally:
+        if out is not None:
+            out.close(0)
+        fake_in.close(0)
+        b.cleanup()
+        t.cleanup()
+
+
+if __name__ == "__main__":
+    h.run([a_notice_sent_twice_by_a_peer_is_delivered_once])
