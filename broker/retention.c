@@ -269,14 +269,16 @@ static store_err judge_referral(retention *r, store *s, MDB_txn *txn, const item
 }
 
 /* A quarantine entry: [0] 1 | [1] set_aside_at_ms; the key's first byte
- * names the database it came from. */
+ * names the database it came from. Everything set aside, bodies included,
+ * is kept keep_ms for operators: a body set aside with an unreadable
+ * record may be the only copy of an accepted referral, so body_grace_ms
+ * (for bodies of final messages) does not apply here. */
 static store_err judge_quarantine(retention *r, store *s, MDB_txn *txn, const item *it,
                                   uint64_t now_ms, size_t *removed)
 {
     if (it->key_len < 1 || it->val_len < 9 || it->val[0] != STORE_RECORD_V1)
         return STORE_OK;
-    uint64_t keep = it->key[0] == STORE_DB_BODIES ? r->opt.body_grace_ms : r->opt.keep_ms;
-    if (now_ms < add_sat(store_get_u64(it->val + 1), keep))
+    if (now_ms < add_sat(store_get_u64(it->val + 1), r->opt.keep_ms))
         return STORE_OK;
     TRY(store_del(s, txn, STORE_DB_QUARANTINE, it->key, it->key_len));
     r->counts.quarantine++;
