@@ -38,6 +38,7 @@
 #include "inbound.h"
 #include "ingress.h"
 #include "log.h"
+#include "monitor.h"
 #include "metrics.h"
 #include "peer.h"
 #include "retention.h"
@@ -664,29 +665,11 @@ static void unwatch_connections(broker *b)
 /* End the sessions of the connections the monitor reports closed. */
 static void read_disconnects(broker *b)
 {
-    for (;;) {
-        zmq_msg_t part;
-        zmq_msg_init(&part);
-        if (zmq_msg_recv(&part, b->monitor, ZMQ_DONTWAIT) < 0) {
-            zmq_msg_close(&part);
-            return;
-        }
-        uint16_t event = 0;
-        uint32_t fd = 0;
-        bool is_event = zmq_msg_size(&part) == 6;   /* event number, value (the fd) */
-        if (is_event) {
-            memcpy(&event, zmq_msg_data(&part), sizeof event);
-            memcpy(&fd, (const uint8_t *)zmq_msg_data(&part) + 2, sizeof fd);
-        }
-        while (zmq_msg_more(&part)) {   /* the endpoint address: not needed */
-            zmq_msg_close(&part);
-            zmq_msg_init(&part);
-            if (zmq_msg_recv(&part, b->monitor, 0) < 0)
-                break;
-        }
-        zmq_msg_close(&part);
-        session *s = is_event && event == ZMQ_EVENT_DISCONNECTED
-                         ? session_find_fd(&b->sessions, (int)fd) : NULL;
+    uint16_t event;
+    uint32_t fd;
+    while (monitor_next(b->monitor, &event, &fd)) {
+        session *s = event == ZMQ_EVENT_DISCONNECTED ? session_find_fd(&b->sessions, (int)fd)
+                                                     : NULL;
         if (s != NULL && !s->is_gone) {
             s->is_gone = true;   /* no more deliveries; ended by end_gone_sessions() */
             s->credit = 0;

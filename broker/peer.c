@@ -23,6 +23,7 @@
 #include "delivery.h"
 #include "ingress.h"
 #include "log.h"
+#include "monitor.h"
 #include "loop.h"
 #include "metrics.h"
 #include "queue.h"
@@ -351,23 +352,9 @@ const char *peers_route_agency(const void *ctx, const char *agency)
 
 static void read_events(broker *b, peer_link *p)
 {
-    for (;;) {
-        zmq_msg_t m;
-        zmq_msg_init(&m);
-        if (zmq_msg_recv(&m, p->monitor, ZMQ_DONTWAIT) < 0) {
-            zmq_msg_close(&m);
-            return;
-        }
-        uint16_t event = 0;
-        if (zmq_msg_size(&m) >= 2)
-            memcpy(&event, zmq_msg_data(&m), 2);
-        while (zmq_msg_more(&m)) {
-            zmq_msg_close(&m);
-            zmq_msg_init(&m);
-            if (zmq_msg_recv(&m, p->monitor, 0) < 0)
-                break;
-        }
-        zmq_msg_close(&m);
+    uint16_t event;
+    uint32_t value;
+    while (monitor_next(p->monitor, &event, &value)) {
         if (event == ZMQ_EVENT_HANDSHAKE_SUCCEEDED) {
             log_info("peer", "link connected peer=%s", p->id);
             p->is_connected = true;

@@ -43,6 +43,7 @@
 
 #include "client_impl.h"
 #include "clock.h"
+#include "monitor.h"
 #include "envelope.h"
 #include "ref_version.h"
 #include "sign.h"
@@ -258,24 +259,9 @@ static void session_lost(ref_client *c, const char *why)
  * the first is a new connection, which the broker does not know yet. */
 static void read_monitor(ref_client *c)
 {
-    for (;;) {
-        zmq_msg_t m;
-        zmq_msg_init(&m);
-        if (zmq_msg_recv(&m, c->monitor, ZMQ_DONTWAIT) < 0) {
-            zmq_msg_close(&m);
-            return;
-        }
-        uint16_t event = 0;
-        bool is_first = zmq_msg_more(&m) && zmq_msg_size(&m) >= 2;
-        if (is_first)
-            memcpy(&event, zmq_msg_data(&m), 2);
-        while (zmq_msg_more(&m)) {   /* the endpoint part */
-            zmq_msg_close(&m);
-            zmq_msg_init(&m);
-            if (zmq_msg_recv(&m, c->monitor, 0) < 0)
-                break;
-        }
-        zmq_msg_close(&m);
+    uint16_t event;
+    uint32_t value;
+    while (monitor_next(c->monitor, &event, &value)) {
         if (event == ZMQ_EVENT_HANDSHAKE_SUCCEEDED && ++c->handshakes > 1)
             session_lost(c, "reconnected");
         else if (event == ZMQ_EVENT_DISCONNECTED && c->session == SESSION_OPEN)
