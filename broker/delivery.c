@@ -572,3 +572,21 @@ store_err delivery_relayed(const delivery_ctx *dc, MDB_txn *txn, const char *pee
     return delivery_trace(dc, txn, &m, REFERRAL__V1__TRACE_EVENT_KIND__TRACE_EVENT_KIND_RELAYED,
                           REFERRAL__V1__RESULT_CODE__RESULT_OK, detail, now_ms);
 }
+
+store_err delivery_enqueue_alone(const delivery_ctx *dc, MDB_txn *txn, store_msg *m,
+                                 const uint8_t *payload, size_t len, uint64_t now_ms,
+                                 store_err (*also)(void *ctx, MDB_txn *child), void *ctx)
+{
+    MDB_txn *child = NULL;
+    store_err e = payload == NULL ? STORE_FULL : store_begin_child(dc->st, txn, &child);
+    if (e != STORE_OK)
+        return e;
+    e = delivery_enqueue(dc, child, m, payload, len, now_ms);
+    if (e == STORE_OK && also != NULL)
+        e = also(ctx, child);
+    if (e != STORE_OK) {
+        mdb_txn_abort(child);
+        return e;
+    }
+    return store_err_from_mdb(mdb_txn_commit(child));
+}

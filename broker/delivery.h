@@ -70,6 +70,14 @@ void delivery_assert_move(uint8_t from, uint8_t to);
 store_err delivery_enqueue(const delivery_ctx *dc, MDB_txn *txn, store_msg *m,
                            const uint8_t *payload, size_t len, uint64_t now_ms);
 
+/* delivery_enqueue() in a child transaction of txn, with also(ctx, child)
+ * when it is not NULL (more records of the same message), so that a full
+ * map refuses this message alone (STORE_FULL: nothing of it was kept; the
+ * turn goes on). payload NULL (out of memory) is STORE_FULL too. */
+store_err delivery_enqueue_alone(const delivery_ctx *dc, MDB_txn *txn, store_msg *m,
+                                 const uint8_t *payload, size_t len, uint64_t now_ms,
+                                 store_err (*also)(void *ctx, MDB_txn *child), void *ctx);
+
 /* Take the head of agency's queue into flight. On STORE_OK m holds the
  * record and *payload its body (valid until the next write in txn: pack it
  * into the outgoing frame at once). STORE_NOT_FOUND: nothing queued.

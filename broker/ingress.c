@@ -261,6 +261,17 @@ static store_err record_binding(broker *b, MDB_txn *txn, const Referral__V1__Rou
     return store_referral_put(b->st, txn, h->referral_id.data, &r);
 }
 
+typedef struct {
+    broker *b;
+    const Referral__V1__RoutingHeader *h;
+} binding_ctx;
+
+static store_err record_binding_in(void *ctx, MDB_txn *child)
+{
+    binding_ctx *bc = ctx;
+    return record_binding(bc->b, child, bc->h);
+}
+
 /* Who handed the envelope over: an agency's session (a submission) or a
  * peer broker (a forward). */
 typedef struct {
@@ -427,28 +438,20 @@ static store_err accept_envelope(broker *b, MDB_txn *txn, const ingress_from *by
         return fault;
     size_t len;
     uint8_t *payload = pack_with_hop(b, env, &len);
-    MDB_txn *child = NULL;
-    store_err e = payload == NULL ? STORE_FULL : store_begin_child(b->st, txn, &child);
-    if (e == STORE_OK) {
-        store_msg m;
-        memset(&m, 0, sizeof m);
-        memcpy(m.id, h->message_id.data, IDS_BYTES);
-        memcpy(m.referral_id, h->referral_id.data, IDS_BYTES);
-        memcpy(m.content_digest, digest, DIGEST_BYTES);
-        m.urgency = (uint8_t)h->urgency;
-        m.payload_kind = STORE_PAYLOAD_ENVELOPE;
-        m.created_at_ms = h->created_at_ms;
-        m.expires_at_ms = h->expires_at_ms;
-        snprintf(m.recipient, sizeof m.recipient, "%s", recipient);
-        snprintf(m.sender, sizeof m.sender, "%s", h->from_agency);
-        e = delivery_enqueue(&b->dc, child, &m, payload, len, now_ms);
-        if (e == STORE_OK)
-            e = record_binding(b, child, h);
-        if (e == STORE_OK)
-            e = store_err_from_mdb(mdb_txn_commit(child));
-        else
-            mdb_txn_abort(child);
-    }
+    store_msg m;
+    memset(&m, 0, sizeof m);
+    memcpy(m.id, h->message_id.data, IDS_BYTES);
+    memcpy(m.referral_id, h->referral_id.data, IDS_BYTES);
+    memcpy(m.content_digest, digest, DIGEST_BYTES);
+    m.urgency = (uint8_t)h->urgency;
+    m.payload_kind = STORE_PAYLOAD_ENVELOPE;
+    m.created_at_ms = h->created_at_ms;
+    m.expires_at_ms = h->expires_at_ms;
+    snprintf(m.recipient, sizeof m.recipient, "%s", recipient);
+    snprintf(m.sender, sizeof m.sender, "%s", h->from_agency);
+    binding_ctx bc = {b, h};
+    store_err e = delivery_enqueue_alone(&b->dc, txn, &m, payload, len, now_ms,
+                                         record_binding_in, &bc);
     free(payload);
     if (e == STORE_FULL) {
         *code = R(STORE_FULL);

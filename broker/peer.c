@@ -520,15 +520,7 @@ static store_err on_notice(broker *b, MDB_txn *txn, const Referral__V1__SignedNo
     wire_free(n);
     size_t len;
     uint8_t *payload = wire_pack(sn, &len);
-    MDB_txn *child = NULL;
-    e = payload == NULL ? STORE_FULL : store_begin_child(b->st, txn, &child);
-    if (e == STORE_OK) {
-        e = delivery_enqueue(&b->dc, child, &m, payload, len, now_ms);
-        if (e == STORE_OK)
-            e = store_err_from_mdb(mdb_txn_commit(child));
-        else
-            mdb_txn_abort(child);
-    }
+    e = delivery_enqueue_alone(&b->dc, txn, &m, payload, len, now_ms, NULL, NULL);
     free(payload);
     if (e == STORE_FULL) {
         *code = R(STORE_FULL);
