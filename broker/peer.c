@@ -71,7 +71,6 @@ static bool flight_remove(peer_link *p, const uint8_t id[IDS_BYTES])
 {
     for (size_t i = 0; i < p->n_flights; i++) {
         if (memcmp(p->flights[i], id, IDS_BYTES) == 0) {
-            p->flights[i][0] = p->flights[p->n_flights - 1][0];
             memcpy(p->flights[i], p->flights[p->n_flights - 1], IDS_BYTES);
             p->n_flights--;
             return true;
@@ -467,8 +466,8 @@ store_err peers_read(broker *b, MDB_txn *txn, uint64_t now_ms)
 /* A notice travelling back to the sender of a message that passed through
  * here: queued for that sender if homed here, else for the next hop. Its
  * signature is the signing broker's, checked by the sender's library. */
-static store_err on_notice(broker *b, MDB_txn *txn, const Referral__V1__SignedNotice *sn,
-                           uint64_t now_ms, Referral__V1__ResultCode *code, const char **detail,
+static store_err on_notice(broker *b, MDB_txn *txn, const char *peer,
+                           const Referral__V1__SignedNotice *sn, uint64_t now_ms, Referral__V1__ResultCode *code, const char **detail,
                            uint8_t notice_id[IDS_BYTES])
 {
     Referral__V1__Notice *n = NULL;
@@ -505,6 +504,16 @@ static store_err on_notice(broker *b, MDB_txn *txn, const Referral__V1__SignedNo
     if (e != STORE_OK) {
         wire_free(n);
         return e;
+    }
+    /* A peer may carry back only notices about what this broker forwarded
+     * to it: the message's queue here was that peer's. */
+    if (about.payload_kind != STORE_PAYLOAD_ENVELOPE || strcmp(about.recipient, peer) != 0) {
+        log_warn("peer", "refused a notice about a message not forwarded to peer=%s",
+                 peer);
+        wire_free(n);
+        *code = R(NOT_AUTHORIZED);
+        *detail = "a notice about a message this broker did not forward to you";
+        return STORE_OK;
     }
     const char *via = peers_route_agency(b, about.sender);
     memset(&m, 0, sizeof m);
@@ -563,7 +572,7 @@ store_err peers_handle(broker *b, MDB_txn *txn, held *hf, uint64_t now_ms)
         Referral__V1__ResultCode code;
         const char *detail;
         uint8_t id[IDS_BYTES] = {0};
-        e = on_notice(b, txn, f->notice, now_ms, &code, &detail, id);
+        e = on_notice(b, txn, peer, f->notice, now_ms, &code, &detail, id);
         if (e == STORE_OK)
             send_hop_ack(ps, rid, rid_len, id, 0, code, detail);
         break;

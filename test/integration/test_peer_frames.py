@@ -12,6 +12,7 @@ from harness import pb
 SH, QD = "broker.shanghai", "broker.qingdao"
 DESK = "qd.12355.desk"          # homed at Qingdao
 AGENCY = "sh.youth-league"      # homed at Shanghai
+POLICE = "qd.police"            # homed at Qingdao
 
 
 def signed_notice(trust, signer, about_mid, about_rid, detail):
@@ -103,5 +104,59 @@ def a_notice_sent_twice_by_a_peer_is_delivered_once():
         t.cleanup()
 
 
+def a_peer_cannot_forge_a_notice_about_what_it_did_not_carry():
+    """A peer may carry back only notices about messages forwarded to it: a
+    notice from Shanghai about a referral that stayed in Qingdao (desk to
+    Qingdao police) is refused with RESULT_NOT_AUTHORIZED and never reaches
+    the desk; the referral is still delivered."""
+    t = h.Trust(brokers=(SH, QD), agencies=[DESK, AGENCY, POLICE],
+                homes={DESK: QD, AGENCY: SH, POLICE: QD})
+    ctx = zmq.Context.instance()
+    me = t.identity(SH)
+    qd_peer_port = h.free_port()
+    b = h.Broker(QD, trust=t, **{"federation__peer_listen": f"tcp://127.0.0.1:{qd_peer_port}",
+                                 f"peers__{SH}": f"tcp://127.0.0.1:{h.free_port()}"})
+    out = None
+    try:
+        b.start()
+        desk = h.Client(b, DESK)
+        desk.credit(10)
+        env = h.make_envelope(DESK, POLICE, trust=t)
+        assert desk.submit(env).code == pb.RESULT_OK
+        hdr = h.header_of(env)
+        out = ctx.socket(zmq.DEALER)
+        out.setsockopt(zmq.LINGER, 0)
+        out.curve_secretkey = me.curve_secret
+        out.curve_publickey = me.curve_public
+        out.curve_serverkey = t.identity(QD).curve_public
+        out.connect(f"tcp://127.0.0.1:{qd_peer_port}")
+        sn = signed_notice(t, SH, hdr.message_id, hdr.referral_id, "forged: call nobody")
+        out.send(pb.PeerFrame(version=h.V1, notice=sn).SerializeToString())
+        ack = None
+        while ack is None:
+            assert out.poll(10000), "no hop ack for the notice"
+            f = pb.PeerFrame()
+            f.ParseFromString(out.recv())
+            if f.WhichOneof("body") == "hop_ack":
+                ack = f.hop_ack
+        assert ack.code == pb.RESULT_NOT_AUTHORIZED, ack
+        try:
+            extra = desk.recv_kind("delivery", timeout_s=1.5)
+            raise AssertionError(f"a forged notice reached the desk: {extra}")
+        except TimeoutError:
+            pass
+        police = h.Client(b, POLICE)
+        police.credit(5)
+        assert police.deliveries(1)[0].message_id == hdr.message_id
+        police.close()
+        desk.close()
+    finally:
+        if out is not None:
+            out.close(0)
+        b.cleanup()
+        t.cleanup()
+
+
 if __name__ == "__main__":
-    h.run([a_notice_sent_twice_by_a_peer_is_delivered_once])
+    h.run([a_notice_sent_twice_by_a_peer_is_delivered_once,
+           a_peer_cannot_forge_a_notice_about_what_it_did_not_carry])
