@@ -157,6 +157,64 @@ def a_peer_cannot_forge_a_notice_about_what_it_did_not_carry():
         t.cleanup()
 
 
+def a_peer_forward_with_forged_hops_is_refused():
+    """A forward is accepted only when its hops start at the sender's home
+    broker and end with the peer that sends it; anything else is refused
+    with RESULT_NOT_AUTHORIZED and never reaches the recipient. The genuine
+    forward is stored and delivered."""
+    t = h.Trust(brokers=(SH, QD, "broker.beijing"), agencies=[DESK, AGENCY],
+                homes={DESK: QD, AGENCY: SH})
+    ctx = zmq.Context.instance()
+    me = t.identity(SH)
+    qd_peer_port = h.free_port()
+    b = h.Broker(QD, trust=t, **{"federation__peer_listen": f"tcp://127.0.0.1:{qd_peer_port}",
+                                 f"peers__{SH}": f"tcp://127.0.0.1:{h.free_port()}"})
+    out = None
+    try:
+        b.start()
+        out = ctx.socket(zmq.DEALER)
+        out.setsockopt(zmq.LINGER, 0)
+        out.curve_secretkey = me.curve_secret
+        out.curve_publickey = me.curve_public
+        out.curve_serverkey = t.identity(QD).curve_public
+        out.connect(f"tcp://127.0.0.1:{qd_peer_port}")
+
+        def forward(hops):
+            env = h.make_envelope(AGENCY, DESK, trust=t, hops=hops)
+            out.send(pb.PeerFrame(version=h.V1, forward=pb.Forward(
+                sequence=1, envelope=env)).SerializeToString())
+            while True:
+                assert out.poll(10000), "no hop ack"
+                f = pb.PeerFrame()
+                f.ParseFromString(out.recv())
+                if f.WhichOneof("body") == "hop_ack":
+                    return env, f.hop_ack
+
+        for hops in (["broker.beijing"], [SH, "broker.beijing"], [QD, SH], []):
+            _, ack = forward(hops)
+            assert ack.code == pb.RESULT_NOT_AUTHORIZED, (hops, ack)
+            assert ack.detail, ack
+        genuine, ack = forward([SH])
+        assert ack.code == pb.RESULT_OK, ack
+        desk = h.Client(b, DESK)
+        desk.credit(10)
+        got = desk.deliveries(1, timeout_s=10)
+        assert got[0].message_id == h.header_of(genuine).message_id
+        assert list(got[0].envelope.hops) == [SH, QD], got[0].envelope.hops
+        try:
+            extra = desk.recv_kind("delivery", timeout_s=1.5)
+            raise AssertionError(f"a forged forward was delivered: {extra}")
+        except TimeoutError:
+            pass
+        desk.close()
+    finally:
+        if out is not None:
+            out.close(0)
+        b.cleanup()
+        t.cleanup()
+
+
 if __name__ == "__main__":
     h.run([a_notice_sent_twice_by_a_peer_is_delivered_once,
-           a_peer_cannot_forge_a_notice_about_what_it_did_not_carry])
+           a_peer_cannot_forge_a_notice_about_what_it_did_not_carry,
+           a_peer_forward_with_forged_hops_is_refused])
