@@ -27,6 +27,7 @@
 #define S_REJECTED REFERRAL__V1__MESSAGE_STATE__MESSAGE_STATE_REJECTED
 #define S_UNDELIVERABLE REFERRAL__V1__MESSAGE_STATE__MESSAGE_STATE_UNDELIVERABLE
 #define S_QUARANTINED REFERRAL__V1__MESSAGE_STATE__MESSAGE_STATE_QUARANTINED
+#define S_WITHDRAWN REFERRAL__V1__MESSAGE_STATE__MESSAGE_STATE_WITHDRAWN
 
 #define TRY(expr) do { store_err e_ = (expr); if (e_ != STORE_OK) return e_; } while (0)
 
@@ -38,7 +39,8 @@ bool delivery_is_move_allowed(uint8_t from, uint8_t to)
     case S_DELIVERED:
     case S_REJECTED:
     case S_UNDELIVERABLE: return from == S_QUEUED || from == S_IN_FLIGHT;
-    case S_QUARANTINED: return from == S_QUEUED;
+    case S_QUARANTINED:
+    case S_WITHDRAWN: return from == S_QUEUED;
     default: return false;
     }
 }
@@ -60,7 +62,16 @@ static void set_state(store_msg *m, uint8_t to, uint64_t now_ms)
 bool delivery_is_final(uint8_t state)
 {
     return state == S_DELIVERED || state == S_REJECTED || state == S_UNDELIVERABLE ||
-           state == S_QUARANTINED;
+           state == S_QUARANTINED || state == S_WITHDRAWN;
+}
+
+wire_payload delivery_payload_of(const store_msg *m)
+{
+    switch (m->payload_kind) {
+    case STORE_PAYLOAD_NOTICE: return WIRE_PAYLOAD_NOTICE;
+    case STORE_PAYLOAD_COPY: return WIRE_PAYLOAD_COPY;
+    default: return WIRE_PAYLOAD_ENVELOPE;
+    }
 }
 
 store_err delivery_trace(const delivery_ctx *dc, MDB_txn *txn, const store_msg *m,

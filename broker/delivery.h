@@ -14,6 +14,8 @@
  *   QUEUED|IN_FLIGHT --expire--> UNDELIVERABLE final; body goes after the grace;
  *                                              sender told
  *   QUEUED --corrupt body--> QUARANTINED       final; body kept apart; sender told
+ *   QUEUED --withdraw--> WITHDRAWN             final; an escalation attempt another
+ *                                              agency made moot (escalate.h)
  *
  * The grace is body_grace_ms: 0 deletes the body in the move's own
  * transaction; otherwise a DEADLINE_BODY deadline deletes it then (durable:
@@ -35,6 +37,7 @@
 #include "deadline.h"
 #include "referral.pb-c.h"
 #include "store.h"
+#include "wire.h"
 
 typedef struct {
     store *st;                   /* borrowed */
@@ -56,8 +59,11 @@ typedef struct {
 bool delivery_is_move_allowed(uint8_t from, uint8_t to);
 
 /* Is state one of the final states above (DELIVERED, REJECTED,
- * UNDELIVERABLE, QUARANTINED)? */
+ * UNDELIVERABLE, QUARANTINED, WITHDRAWN)? */
 bool delivery_is_final(uint8_t state);
+
+/* What a Delivery frame of m carries (its payload_kind on the wire). */
+wire_payload delivery_payload_of(const store_msg *m);
 
 /* Assert that from -> to is one of the moves above. */
 void delivery_assert_move(uint8_t from, uint8_t to);

@@ -537,8 +537,7 @@ static store_err deliver(broker *b, MDB_txn *txn, uint64_t now_ms)
             size_t flen;
             uint32_t attempt = m.attempts + 1;   /* counted once it has left */
             uint8_t *frame = wire_pack_delivery(m.id, attempt, m.urgency,
-                                                m.payload_kind == STORE_PAYLOAD_NOTICE, payload,
-                                                len, &flen);
+                                                delivery_payload_of(&m), payload, len, &flen);
             link_frame *o = frame != NULL ? link_queue(&b->clients, s->rid, s->rid_len, frame,
                                                        flen) : NULL;
             if (o == NULL)

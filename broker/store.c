@@ -34,7 +34,7 @@
 
 static const char *const db_names[STORE_DB_COUNT] = {
     "meta", "msgs", "bodies", "queue", "inflight", "dedup", "deadlines", "quarantine", "trace",
-    "referrals", "levels", "refmsgs",
+    "referrals", "levels", "refmsgs", "escalations",
 };
 
 struct store {
@@ -802,8 +802,8 @@ bool store_msg_decode(const uint8_t *p, size_t len, store_msg *m, char *why, siz
     if (!get_name(p, len, &at, m->recipient) || !get_name(p, len, &at, m->sender) || at != len)
         return bad(why, why_len, "message", p, len);
     /* States 1..6 (MessageState), urgency 1..4, a known payload kind. */
-    if (m->state < 1 || m->state > 6 || m->urgency < 1 || m->urgency > 4 ||
-        (m->payload_kind != STORE_PAYLOAD_ENVELOPE && m->payload_kind != STORE_PAYLOAD_NOTICE) ||
+    if (m->state < 1 || m->state > 8 || m->state == 7 || m->urgency < 1 || m->urgency > 4 ||
+        m->payload_kind < STORE_PAYLOAD_ENVELOPE || m->payload_kind > STORE_PAYLOAD_COPY ||
         m->recipient[0] == '\0') {
         snprintf(why, why_len, "message record with a field out of range (state %u, urgency "
                  "%u, payload kind %u)", m->state, m->urgency, m->payload_kind);

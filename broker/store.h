@@ -55,6 +55,12 @@
  *               referral whose range here is empty has no message left
  *               (retention.h). Built from msgs at the first open of a
  *               store made before it (meta "refmsgs_built").
+ *   escalations the escalation of each referral message homed here, and the
+ *               origin's watchdogs, in three key spaces (escalate.h gives
+ *               the layouts): 'E' message id -> the escalation record;
+ *               'A' attempt message id -> the message id it is an attempt
+ *               of; 'D' urgency rank, due_ms, message id -> [0] 1 (when it
+ *               next acts, crisis first).
  *
  * Retention (retention.h, docs/operations.md "Retention"): a final
  * message's record, dedup entry, levels and refmsgs entry go together once
@@ -131,13 +137,15 @@ typedef enum {
     STORE_DB_REFERRALS,     /* added after format 1's first release: created at open */
     STORE_DB_LEVELS,        /* likewise */
     STORE_DB_REFMSGS,       /* likewise (retention) */
+    STORE_DB_ESCALATIONS,   /* likewise (escalate.h) */
     STORE_DB_COUNT
 } store_db;
 
 /* What a stored record carries. */
 typedef enum {
     STORE_PAYLOAD_ENVELOPE = 1,   /* a packed Envelope addressed to recipient */
-    STORE_PAYLOAD_NOTICE = 2,     /* a packed SignedNotice for recipient (a sender) */
+    STORE_PAYLOAD_NOTICE = 2,     /* a packed SignedNotice for recipient */
+    STORE_PAYLOAD_COPY = 3,       /* a packed AttemptCopy: an escalation's copy for recipient */
 } store_payload_kind;
 
 /* The fixed part of a message record. States are MessageState values of

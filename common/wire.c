@@ -543,6 +543,19 @@ static wire_err check_trace_reply(const Referral__V1__TraceReply *r, char *why, 
     return WIRE_OK;
 }
 
+/* An escalation copy: the sender's envelope, and the broker's labels. */
+static wire_err check_copy(const Referral__V1__AttemptCopy *c, const wire_limits *limits,
+                           char *why, size_t why_len)
+{
+    TRY(check_id(&c->attempt_id, "copy attempt_id", false, why, why_len));
+    if (c->envelope == NULL)
+        return fail(why, why_len, WIRE_INVALID, "copy has no envelope");
+    TRY(wire_check_envelope(c->envelope, limits, why, why_len));
+    TRY(check_name(c->broker_id, "copy broker_id", false, why, why_len));
+    TRY(check_name(c->original_recipient, "copy original_recipient", false, why, why_len));
+    return check_text(c->reason, WIRE_MAX_TEXT, "copy reason", why, why_len);
+}
+
 static wire_err check_broker_frame(const Referral__V1__BrokerFrame *f,
                                    const wire_limits *limits, char *why, size_t why_len)
 {
@@ -567,6 +580,8 @@ static wire_err check_broker_frame(const Referral__V1__BrokerFrame *f,
             return wire_check_envelope(d->envelope, limits, why, why_len);
         if (d->payload_case == REFERRAL__V1__DELIVERY__PAYLOAD_NOTICE)
             return check_signed_notice(d->notice, why, why_len);
+        if (d->payload_case == REFERRAL__V1__DELIVERY__PAYLOAD_COPY)
+            return check_copy(d->copy, limits, why, why_len);
         return fail(why, why_len, WIRE_INVALID, "delivery has no payload");
     }
     case REFERRAL__V1__BROKER_FRAME__BODY_SETTLE_REPLY:
@@ -654,6 +669,34 @@ wire_err wire_decode_peer_frame(const uint8_t *buf, size_t len, const wire_limit
 
 /* ---- notices and plaintexts ---------------------------------------------- */
 
+#define MAX_ALERT_CONTACTS 16u
+#define MAX_ALERT_COPIES 16u
+
+/* An escalation alert inside a notice: what a desk shows a person. */
+static wire_err check_alert(const Referral__V1__Alert *a, char *why, size_t why_len)
+{
+    TRY(check_id(&a->referral_id, "alert referral_id", false, why, why_len));
+    TRY(check_id(&a->message_id, "alert message_id", false, why, why_len));
+    TRY(check_enum(&referral__v1__alert_kind__descriptor, (int)a->kind, "alert kind", why,
+                   why_len));
+    TRY(check_text(a->policy_id, IDS_NAME_MAX, "alert policy_id", why, why_len));
+    TRY(check_name(a->broker_id, "alert broker_id", false, why, why_len));
+    TRY(check_text(a->detail, WIRE_MAX_TEXT, "alert detail", why, why_len));
+    TRY(check_enum(&referral__v1__urgency__descriptor, (int)a->urgency, "alert urgency", why,
+                   why_len));
+    TRY(check_name(a->to_agency, "alert to_agency", true, why, why_len));
+    if (a->n_emergency_contacts > MAX_ALERT_CONTACTS || a->n_copied_to > MAX_ALERT_COPIES)
+        return fail(why, why_len, WIRE_INVALID, "alert names at most %u contacts and %u copies",
+                    MAX_ALERT_CONTACTS, MAX_ALERT_COPIES);
+    for (size_t i = 0; i < a->n_emergency_contacts; i++) {
+        TRY(check_text(a->emergency_contacts[i]->label, 128, "contact label", why, why_len));
+        TRY(check_text(a->emergency_contacts[i]->phone, 64, "contact phone", why, why_len));
+    }
+    for (size_t i = 0; i < a->n_copied_to; i++)
+        TRY(check_name(a->copied_to[i], "alert copied_to", false, why, why_len));
+    return WIRE_OK;
+}
+
 static wire_err check_notice(const Referral__V1__Notice *n, char *why, size_t why_len)
 {
     TRY(check_id(&n->notice_id, "notice_id", false, why, why_len));
@@ -663,7 +706,8 @@ static wire_err check_notice(const Referral__V1__Notice *n, char *why, size_t wh
     TRY(check_id(&n->message_id, "notice message_id", false, why, why_len));
     TRY(check_name(n->broker_id, "notice broker_id", false, why, why_len));
     TRY(check_name(n->about_agency, "notice about_agency", true, why, why_len));
-    return check_text(n->detail, WIRE_MAX_TEXT, "notice detail", why, why_len);
+    TRY(check_text(n->detail, WIRE_MAX_TEXT, "notice detail", why, why_len));
+    return n->alert != NULL ? check_alert(n->alert, why, why_len) : WIRE_OK;
 }
 
 static wire_err check_notice_msg(const void *m, const wire_limits *l, char *why, size_t n)
@@ -862,10 +906,10 @@ static uint8_t *put_varint(uint8_t *p, uint64_t v)
 #define TAG(num, type) ((uint8_t)((num) << 3 | (type)))
 
 uint8_t *wire_pack_delivery(const uint8_t message_id[16], uint32_t attempt, uint32_t urgency,
-                            bool is_notice, const uint8_t *payload, size_t payload_len,
+                            wire_payload kind, const uint8_t *payload, size_t payload_len,
                             size_t *len)
 {
-    /* Delivery: 1 message_id, 2 attempt, 3 urgency, 4 envelope | 5 notice.
+    /* Delivery: 1 message_id, 2 attempt, 3 urgency, 4 envelope | 5 notice | 6 copy.
      * Zero-valued scalars are omitted, as proto3 encoders do. */
     size_t inner = 1 + 1 + 16;
     if (attempt != 0)
@@ -893,7 +937,7 @@ uint8_t *wire_pack_delivery(const uint8_t message_id[16], uint32_t attempt, uint
         *p++ = TAG(3, 0);
         p = put_varint(p, urgency);
     }
-    *p++ = is_notice ? TAG(5, 2) : TAG(4, 2);
+    *p++ = TAG((unsigned)kind, 2);
     p = put_varint(p, payload_len);
     if (payload_len > 0)
         memcpy(p, payload, payload_len);

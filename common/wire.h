@@ -140,15 +140,22 @@ void wire_free(void *msg);
  * size. Returns NULL only when out of memory. */
 uint8_t *wire_pack(const void *msg, size_t *len);
 
+/* What a Delivery carries: the payload's field number in the schema. */
+typedef enum {
+    WIRE_PAYLOAD_ENVELOPE = 4,    /* an Envelope addressed to the agency */
+    WIRE_PAYLOAD_NOTICE = 5,      /* a SignedNotice */
+    WIRE_PAYLOAD_COPY = 6,        /* an AttemptCopy made by escalation */
+} wire_payload;
+
 /*
  * Pack a BrokerFrame{version 1, delivery{message_id, attempt, urgency,
- * payload}} whose payload is already serialised (an Envelope, or a
- * SignedNotice when is_notice), without decoding it again. The result is
+ * payload}} whose payload is already serialised (as kind says), without
+ * decoding it again. The result is
  * the canonical encoding protobuf-c would produce. Returns a new buffer
  * (caller frees with free()) and its size in *len; NULL when out of memory.
  */
 uint8_t *wire_pack_delivery(const uint8_t message_id[16], uint32_t attempt, uint32_t urgency,
-                            bool is_notice, const uint8_t *payload, size_t payload_len,
+                            wire_payload kind, const uint8_t *payload, size_t payload_len,
                             size_t *len);
 
 #endif

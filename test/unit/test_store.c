@@ -104,7 +104,7 @@ static void msg_decoder_refuses_unknown_versions_and_bad_records(void **state)
     snprintf(expect, sizeof expect, "malformed message record (%zu bytes)", len + 1);
     assert_string_equal(why, expect);
     struct { size_t at; uint8_t v; } fields[] = {
-        {1, 0}, {1, 7}, {2, 0}, {2, 5}, {3, 0}, {3, 3},   /* state, urgency, kind */
+        {1, 0}, {1, 7}, {1, 9}, {2, 0}, {2, 5}, {3, 0}, {3, 4},   /* state, urgency, kind */
         {113, 0},                                          /* a NUL inside a name */
         {112, IDS_NAME_MAX + 1},                           /* a name too long */
         {112, 0},                                          /* an empty recipient */

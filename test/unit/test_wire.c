@@ -262,6 +262,7 @@ static const ProtobufCMessageDescriptor *const schema_messages[] = {
     &referral__v1__welcome__descriptor,
     &referral__v1__submit_reply__descriptor,
     &referral__v1__delivery__descriptor,
+    &referral__v1__attempt_copy__descriptor,
     &referral__v1__settle_reply__descriptor,
     &referral__v1__status_reply__descriptor,
     &referral__v1__trace_reply__descriptor,
@@ -1260,7 +1261,9 @@ static void pack_delivery_matches_protobuf_c(void **state)
                                              : wire_pack(d->envelope, &payload_len);
                 uint8_t *want = wire_pack(f, &want_len);
                 uint8_t *got = wire_pack_delivery(d->message_id.data, attempts[a], urgencies[u],
-                                                  is_notice, payload, payload_len, &got_len);
+                                                  is_notice ? WIRE_PAYLOAD_NOTICE
+                                                            : WIRE_PAYLOAD_ENVELOPE,
+                                                  payload, payload_len, &got_len);
                 assert_non_null(payload);
                 assert_non_null(want);
                 assert_non_null(got);

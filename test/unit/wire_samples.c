@@ -406,6 +406,35 @@ static uint8_t *pack_broker_delivery_notice(size_t *len)
     return out;
 }
 
+static uint8_t *pack_broker_delivery_copy(size_t *len)
+{
+    size_t header_len;
+    uint8_t *header = pack_header(&header_len);
+    if (header == NULL)
+        return NULL;
+    Referral__V1__Envelope env;
+    fill_envelope(&env, header, header_len, true);
+    Referral__V1__AttemptCopy copy = REFERRAL__V1__ATTEMPT_COPY__INIT;
+    copy.attempt_id = bin(notice_id, sizeof notice_id);
+    copy.envelope = &env;
+    copy.broker_id = "broker.qingdao";
+    copy.original_recipient = "qd.youth-league";
+    copy.step = 1;
+    copy.reason = "crisis v1 step 1: qd.youth-league did not receive it within 300 s";
+    Referral__V1__Delivery delivery = REFERRAL__V1__DELIVERY__INIT;
+    delivery.message_id = bin(message_id, sizeof message_id);
+    delivery.attempt = 1;
+    delivery.urgency = REFERRAL__V1__URGENCY__URGENCY_CRISIS;
+    delivery.payload_case = REFERRAL__V1__DELIVERY__PAYLOAD_COPY;
+    delivery.copy = &copy;
+    Referral__V1__BrokerFrame f;
+    init_broker(&f, REFERRAL__V1__BROKER_FRAME__BODY_DELIVERY);
+    f.delivery = &delivery;
+    uint8_t *out = wire_pack(&f, len);
+    free(header);
+    return out;
+}
+
 static uint8_t *pack_broker_settle_reply(size_t *len)
 {
     Referral__V1__SettleReply reply = REFERRAL__V1__SETTLE_REPLY__INIT;
@@ -704,6 +733,7 @@ const sample samples[] = {
     {"broker-submit-reply", SAMPLE_BROKER_FRAME, true, pack_broker_submit_reply},
     {"broker-delivery-envelope", SAMPLE_BROKER_FRAME, true, pack_broker_delivery_envelope},
     {"broker-delivery-notice", SAMPLE_BROKER_FRAME, true, pack_broker_delivery_notice},
+    {"broker-delivery-copy", SAMPLE_BROKER_FRAME, false, pack_broker_delivery_copy},
     {"broker-settle-reply", SAMPLE_BROKER_FRAME, true, pack_broker_settle_reply},
     {"broker-status", SAMPLE_BROKER_FRAME, true, pack_broker_status},
     {"broker-trace", SAMPLE_BROKER_FRAME, true, pack_broker_trace},
