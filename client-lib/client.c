@@ -303,6 +303,8 @@ static void on_frame(ref_client *c, batch *b, const Referral__V1__BrokerFrame *f
     case REFERRAL__V1__BROKER_FRAME__BODY_DELIVERY:
         if (f->delivery->payload_case == REFERRAL__V1__DELIVERY__PAYLOAD_ENVELOPE)
             on_envelope(c, b, f->delivery);
+        else if (f->delivery->payload_case == REFERRAL__V1__DELIVERY__PAYLOAD_COPY)
+            on_copy(c, b, f->delivery);
         else
             on_notice(c, b, f->delivery);
         break;

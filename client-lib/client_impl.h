@@ -37,10 +37,11 @@
 #define R(x) REFERRAL__V1__RESULT_CODE__RESULT_##x
 
 struct ref_delivery {
-    uint8_t wire_id[16];            /* the Delivery's message id: the inbox key */
+    uint8_t wire_id[16];            /* the Delivery's message id: the inbox key (a copy's own
+                                       id for an escalation copy) */
     bool is_from_broker;            /* arrived in this process: its credit is given back */
     ref_delivery_kind kind;
-    char message_id[REF_ID_HEX_LEN + 1];
+    char message_id[REF_ID_HEX_LEN + 1];    /* a copy: the sender's message id */
     char referral_id[REF_ID_HEX_LEN + 1];
     char in_reply_to[REF_ID_HEX_LEN + 1];   /* a receipt: the message it answers */
     char from[IDS_NAME_MAX + 1];
@@ -49,6 +50,14 @@ struct ref_delivery {
     int level;
     char *narrative, *requested_action, *pseudonym, *detail;
     uint32_t age;
+    /* an escalation copy (kind REFERRAL) */
+    bool is_copy;
+    char original_recipient[IDS_NAME_MAX + 1];
+    /* an alert or a stand-down */
+    const char *alert_kind;         /* static: "NOT_RECEIVED", ...; "" without an alert */
+    char about_agency[IDS_NAME_MAX + 1];
+    uint32_t alert_step, alert_round;
+    char *contacts, *copied_to;     /* "label phone; ..." and "a, b" */
 };
 
 typedef enum {
@@ -141,6 +150,7 @@ void batch_write(ref_client *c, batch *b, int rc, const char *what);
 ref_err batch_finish(ref_client *c, batch *b);
 void on_envelope(ref_client *c, batch *b, const Referral__V1__Delivery *dl);
 void on_notice(ref_client *c, batch *b, const Referral__V1__Delivery *dl);
+void on_copy(ref_client *c, batch *b, const Referral__V1__Delivery *dl);
 ref_delivery *delivery_local(const uint8_t wire_id[16], const char *text);
 void keep_ready(ref_client *c, ref_delivery *d);
 /* state_inbox_each callback: hand again an inbox entry (ctx: the client). */
@@ -149,10 +159,12 @@ void reload_one(const uint8_t id[16], const state_inbox_entry *e, void *ctx);
 /* send.c: outbox answers, referrals, receipts */
 void on_submit_reply(ref_client *c, batch *b, const Referral__V1__SubmitReply *r);
 void resend_due(ref_client *c);
-/* Compose a receipt of level for the received message mid (seen says who
- * sent it). *env (free()) and rmid get the receipt. */
+/* Compose a receipt of level for the received message mid (the sender's
+ * message id; seen says who sent it). attempt_id: NULL, or the 16-byte
+ * attempt id of the escalation copy it was received as. *env (free()) and
+ * rmid get the receipt. */
 ref_err compose_receipt(ref_client *c, const uint8_t mid[16], const state_seen *seen,
-                        ref_level level, const char *person, const char *reason,
-                        uint8_t **env, size_t *len, uint8_t rmid[16]);
+                        const uint8_t *attempt_id, ref_level level, const char *person,
+                        const char *reason, uint8_t **env, size_t *len, uint8_t rmid[16]);
 
 #endif

@@ -5,7 +5,10 @@
  * referral, its DELIVERED receipt in the outbox, all in the pump's one
  * commit (batch_finish); only after that commit is it settled with the
  * broker. ref_delivery_done() removes it from the inbox; until then every
- * start hands it again (reload_one).
+ * start hands it again (reload_one). An escalation copy is verified as a
+ * referral, but accepted because the sender sealed the body for this
+ * agency, and kept under the copy's own id; alerts and stand-downs are
+ * notices, accepted from any broker of the directory for any agency.
  *
  * It must never settle what is not stored, hand over what it did not
  * verify, or drop a delivery without a trace (an entry that can no longer
@@ -40,6 +43,8 @@ void ref_delivery_destroy(ref_delivery **dp)
     free(d->requested_action);
     free(d->pseudonym);
     free(d->detail);
+    free(d->contacts);
+    free(d->copied_to);
     free(d);
     *dp = NULL;
 }
@@ -63,8 +68,11 @@ static ref_delivery *delivery_new(ref_delivery_kind kind, const uint8_t wire_id[
     d->detail = dup_text(detail);
     d->requested_action = dup_text("");
     d->pseudonym = dup_text("");
+    d->contacts = dup_text("");
+    d->copied_to = dup_text("");
+    d->alert_kind = "";
     if (d->narrative == NULL || d->detail == NULL || d->requested_action == NULL ||
-        d->pseudonym == NULL)
+        d->pseudonym == NULL || d->contacts == NULL || d->copied_to == NULL)
         ref_delivery_destroy(&d);
     return d;
 }
@@ -73,6 +81,106 @@ const char *enum_name(const ProtobufCEnumDescriptor *desc, int value)
 {
     const ProtobufCEnumValue *v = protobuf_c_enum_descriptor_get_value(desc, value);
     return v != NULL ? v->name : "?";
+}
+
+/* The name of an alert kind without its prefix ("NOT_RECEIVED"); "" for
+ * none. Static. */
+static const char *alert_kind_name(Referral__V1__AlertKind kind)
+{
+    static const char prefix[] = "ALERT_KIND_";
+    const ProtobufCEnumValue *v =
+        protobuf_c_enum_descriptor_get_value(&referral__v1__alert_kind__descriptor, (int)kind);
+    if (kind == REFERRAL__V1__ALERT_KIND__ALERT_KIND_UNSPECIFIED || v == NULL ||
+        strncmp(v->name, prefix, sizeof prefix - 1) != 0)
+        return "";
+    return v->name + sizeof prefix - 1;
+}
+
+/* Append s to the text at *buf (size *cap, used *len), with sep before it
+ * unless it is the first. False when out of memory. */
+static bool text_append(char **buf, size_t *len, size_t *cap, const char *sep, const char *s)
+{
+    size_t add = (*len > 0 ? strlen(sep) : 0) + strlen(s);
+    if (*len + add + 1 > *cap) {
+        size_t cap2 = (*len + add + 1) * 2;
+        char *p = realloc(*buf, cap2);
+        if (p == NULL)
+            return false;
+        *buf = p;
+        *cap = cap2;
+    }
+    *len += (size_t)sprintf(*buf + *len, "%s%s", *len > 0 ? sep : "", s);
+    return true;
+}
+
+/* Fill d's alert fields from a (checked) alert: contacts as "label phone;
+ * label phone", copies as "a, b". */
+static bool fill_from_alert(ref_delivery *d, const Referral__V1__Alert *a)
+{
+    d->alert_kind = alert_kind_name(a->kind);
+    d->alert_step = a->step;
+    d->alert_round = a->round;
+    char *contacts = NULL, *copied = NULL;
+    size_t n1 = 0, cap1 = 0, n2 = 0, cap2 = 0;
+    bool is_ok = text_append(&contacts, &n1, &cap1, "", "") &&
+                 text_append(&copied, &n2, &cap2, "", "");
+    for (size_t i = 0; is_ok && i < a->n_emergency_contacts; i++) {
+        const Referral__V1__EmergencyContact *ec = a->emergency_contacts[i];
+        char one[200];
+        snprintf(one, sizeof one, "%s%s%s", ec->label, ec->label[0] && ec->phone[0] ? " " : "",
+                 ec->phone);
+        is_ok = text_append(&contacts, &n1, &cap1, "; ", one);
+    }
+    for (size_t i = 0; is_ok && i < a->n_copied_to; i++)
+        is_ok = text_append(&copied, &n2, &cap2, ", ", a->copied_to[i]);
+    if (!is_ok) {
+        free(contacts);
+        free(copied);
+        return false;
+    }
+    free(d->contacts);
+    free(d->copied_to);
+    d->contacts = contacts;
+    d->copied_to = copied;
+    return true;
+}
+
+/* Make the delivery of a verified notice n: an alert or a stand-down for
+ * any agency of the directory (a supervisor desk may never have seen the
+ * referral), any other notice as before. */
+static ref_delivery *delivery_of_notice(const uint8_t wire_id[16], const Referral__V1__Notice *n)
+{
+    bool is_alert = n->kind == REFERRAL__V1__NOTICE_KIND__NOTICE_KIND_ALERT;
+    bool is_stand_down = n->kind == REFERRAL__V1__NOTICE_KIND__NOTICE_KIND_STAND_DOWN;
+    const Referral__V1__Alert *a = n->alert;
+    char text[700];
+    if (is_alert || is_stand_down)
+        snprintf(text, sizeof text, "%s", n->detail[0] || a == NULL ? n->detail : a->detail);
+    else
+        snprintf(text, sizeof text, "%s: %s (about %s)",
+                 enum_name(&referral__v1__notice_kind__descriptor, (int)n->kind), n->detail,
+                 n->about_agency);
+    ref_delivery_kind kind = is_alert ? REF_DELIVERY_ALERT
+                           : is_stand_down ? REF_DELIVERY_STAND_DOWN : REF_DELIVERY_NOTICE;
+    ref_delivery *d = delivery_new(kind, wire_id, "", text);
+    if (d == NULL)
+        return NULL;
+    ids_hex(n->message_id.data, 16, d->message_id);
+    ids_hex(n->message_id.data, 16, d->in_reply_to);
+    if (n->referral_id.len == 16)
+        ids_hex(n->referral_id.data, 16, d->referral_id);
+    else if (a != NULL && a->referral_id.len == 16)
+        ids_hex(a->referral_id.data, 16, d->referral_id);
+    snprintf(d->from, sizeof d->from, "%s", n->broker_id);
+    d->level = n->kind == REFERRAL__V1__NOTICE_KIND__NOTICE_KIND_ACK_LEVEL ? (int)n->level : 0;
+    if (is_alert || is_stand_down) {
+        const char *about = is_alert && a != NULL && a->to_agency[0] ? a->to_agency
+                                                                     : n->about_agency;
+        snprintf(d->about_agency, sizeof d->about_agency, "%s", about);
+        if (a != NULL && !fill_from_alert(d, a))
+            ref_delivery_destroy(&d);
+    }
+    return d;
 }
 
 /* Verify a notice's signature (by a broker of the directory: it may tell
@@ -100,20 +208,7 @@ static ref_err delivery_from_notice(ref_client *c, const uint8_t wire_id[16],
         wire_free(n);
         return REF_E_PROTOCOL;
     }
-    char text[700];
-    snprintf(text, sizeof text, "%s: %s (about %s)",
-             enum_name(&referral__v1__notice_kind__descriptor, (int)n->kind), n->detail,
-             n->about_agency);
-    ref_delivery *d = delivery_new(REF_DELIVERY_NOTICE, wire_id, "", text);
-    if (d != NULL) {
-        ids_hex(n->message_id.data, 16, d->message_id);
-        ids_hex(n->message_id.data, 16, d->in_reply_to);
-        if (n->referral_id.len == 16)
-            ids_hex(n->referral_id.data, 16, d->referral_id);
-        snprintf(d->from, sizeof d->from, "%s", n->broker_id);
-        d->level = n->kind == REFERRAL__V1__NOTICE_KIND__NOTICE_KIND_ACK_LEVEL ? (int)n->level
-                                                                              : 0;
-    }
+    ref_delivery *d = delivery_of_notice(wire_id, n);
     wire_free(n);
     *out = d;
     return d != NULL ? REF_OK : REF_E_NO_MEMORY;
@@ -159,9 +254,11 @@ static bool fill_from_body(ref_delivery *d, const Referral__V1__BodyPlaintext *p
 }
 
 /* A receipt counts only when it is bound to what this agency recorded when
- * it sent the referral: it answers a message sent from here, its signer
- * was addressed by it (recipient or backup), the body's agency is the
- * signer, and body and header agree on message, referral and level. */
+ * it sent the referral: it answers a message sent from here, its signer is
+ * an agency the referral's body was sealed for (recipient, backup, or an
+ * agency of the recipient's escalation chain that received it as a copy),
+ * the body's agency is the signer, and body and header agree on message,
+ * referral and level. */
 static bool is_receipt_bound(ref_client *c, const Referral__V1__RoutingHeader *h,
                              const Referral__V1__Receipt *r, char *why, size_t why_len)
 {
@@ -178,8 +275,8 @@ static bool is_receipt_bound(ref_client *c, const Referral__V1__RoutingHeader *h
     for (size_t i = 0; i < sent.n && !is_addressed; i++)
         is_addressed = strcmp(sent.agencies[i], h->from_agency) == 0;
     if (!is_addressed) {
-        snprintf(why, why_len, "receipt signed by %s, which the referral was not addressed to",
-                 h->from_agency);
+        snprintf(why, why_len, "receipt signed by %s, which the referral was not addressed "
+                 "or sealed to", h->from_agency);
         return false;
     }
     if (strcmp(r->agency_id, h->from_agency) != 0 || r->message_id.len != 16 ||
@@ -193,29 +290,49 @@ static bool is_receipt_bound(ref_client *c, const Referral__V1__RoutingHeader *h
     return true;
 }
 
-/* Verify and open an envelope addressed to this agency and make its
+/* Mark d an escalation copy of the referral whose (verified) header is h:
+ * the original recipient is the one the sender signed, and the detail the
+ * broker's reason. The broker's own label of the original recipient is
+ * only a label: the signed header says whom the sender addressed. */
+static bool fill_copy(ref_delivery *d, const Referral__V1__RoutingHeader *h,
+                      const state_copy_labels *copy)
+{
+    d->is_copy = true;
+    snprintf(d->original_recipient, sizeof d->original_recipient, "%s", h->to_agency);
+    free(d->detail);
+    d->detail = dup_text(copy->reason);
+    return d->detail != NULL;
+}
+
+/* Verify and open an envelope addressed to this agency, or (copy not
+ * NULL) one delivered as an escalation copy with these labels, and make its
  * delivery; seen gets what a receipt to its sender needs. */
 static ref_err delivery_from_envelope(ref_client *c, const uint8_t wire_id[16],
-                                      const Referral__V1__Envelope *env, ref_delivery **out,
+                                      const Referral__V1__Envelope *env,
+                                      const state_copy_labels *copy, ref_delivery **out,
                                       state_seen *seen, char *why, size_t why_len)
 {
     *out = NULL;
     Referral__V1__RoutingHeader *h = NULL;
     Referral__V1__BodyPlaintext *p = NULL;
-    ref_err e = (ref_err)envelope_open(&c->keys, c->dir, env, &h, &p, why, why_len);
+    ref_err e = (ref_err)(copy != NULL
+                              ? envelope_open_copy(&c->keys, c->dir, env, &h, &p, why, why_len)
+                              : envelope_open(&c->keys, c->dir, env, &h, &p, why, why_len));
     if (e != REF_OK)
         return e;
     bool is_receipt = p->body_case == REFERRAL__V1__BODY_PLAINTEXT__BODY_RECEIPT;
-    if (is_receipt ? !is_receipt_bound(c, h, p->receipt, why, why_len)
+    if (is_receipt ? copy != NULL || !is_receipt_bound(c, h, p->receipt, why, why_len)
                    : h->kind == REFERRAL__V1__MESSAGE_KIND__MESSAGE_KIND_RECEIPT) {
         if (!is_receipt)
             snprintf(why, why_len, "a receipt envelope without a receipt body");
+        else if (copy != NULL)
+            snprintf(why, why_len, "an escalation copy with a receipt body");
         wire_free(h);
         wire_free(p);
         return REF_E_PROTOCOL;
     }
     ref_delivery *d = delivery_new(REF_DELIVERY_REFERRAL, wire_id, "", "");
-    if (d != NULL && fill_from_body(d, p)) {
+    if (d != NULL && fill_from_body(d, p) && (copy == NULL || fill_copy(d, h, copy))) {
         ids_hex(h->message_id.data, 16, d->message_id);
         ids_hex(h->referral_id.data, 16, d->referral_id);
         if (h->in_reply_to.len == 16)
@@ -345,16 +462,21 @@ ref_err batch_finish(ref_client *c, batch *b)
 }
 
 /* Step 1 of the hand-over, in batch b: the whole delivery (packed, len
- * bytes: its envelope or signed notice) into the inbox and its seen record,
- * for d, which arrived in dl. Returns the batch's transaction, NULL (and
+ * bytes: its envelope or signed notice, with the labels of an escalation
+ * copy) into the inbox and its seen record, for d, which arrived in dl. Returns the batch's transaction, NULL (and
  * the batch failed) when it cannot be written. */
 static state_txn *store_arrival(ref_client *c, batch *b, const Referral__V1__Delivery *dl,
                                 state_inbox_kind kind, const uint8_t *packed, size_t len,
-                                const state_seen *seen, ref_delivery *d)
+                                const state_copy_labels *copy, const state_seen *seen,
+                                ref_delivery *d)
 {
     d->attempt = dl->attempt;
     d->is_from_broker = true;
-    state_inbox_entry entry = {kind, (uint8_t)d->urgency, dl->attempt, packed, len};
+    state_inbox_entry entry = {.kind = kind, .urgency = (uint8_t)d->urgency,
+                               .attempt = dl->attempt, .payload = packed, .len = len,
+                               .is_copy = copy != NULL};
+    if (copy != NULL)
+        entry.copy = *copy;
     state_txn *txn = batch_txn(c, b);
     if (packed == NULL || txn == NULL) {
         b->is_failed = true;
@@ -387,19 +509,27 @@ void on_notice(ref_client *c, batch *b, const Referral__V1__Delivery *dl)
     seen.forget_at_ms = clock_now_ms() + SEEN_KEEP_MS;
     size_t len;
     uint8_t *packed = wire_pack(dl->notice, &len);
-    store_arrival(c, b, dl, STATE_INBOX_NOTICE, packed, len, &seen, d);
+    store_arrival(c, b, dl, STATE_INBOX_NOTICE, packed, len, NULL, &seen, d);
     free(packed);
     b->arrived[b->n_arrived++] = d;
     batch_ack(b, mid);
 }
 
-void on_envelope(ref_client *c, batch *b, const Referral__V1__Delivery *dl)
+/* A referral or receipt in an envelope that arrived in dl (env: the
+ * envelope itself or the one inside an escalation copy with labels copy):
+ * verify, open, store and answer DELIVERED, in batch b. A copy is kept
+ * under its own id (dl's message id), so that the original and each copy
+ * are distinct, and its DELIVERED receipt answers the sender's message id
+ * with the copy's attempt id. */
+static void on_case(ref_client *c, batch *b, const Referral__V1__Delivery *dl,
+                    const Referral__V1__Envelope *env, const state_copy_labels *copy)
 {
     char why[300] = "";
     const uint8_t *mid = dl->message_id.data;
     char hex[REF_ID_HEX_LEN + 1];
     ids_hex(mid, 16, hex);
-    say(c, REF_LOG_DEBUG, "delivery arrived msg=%s attempt=%u", hex, dl->attempt);
+    say(c, REF_LOG_DEBUG, "delivery arrived msg=%s attempt=%u copy=%s", hex, dl->attempt,
+        copy != NULL ? "yes" : "no");
     state_seen seen;
     int got = state_seen_get(c->st, batch_txn(c, b), mid, &seen);
     if (got == REF_OK || got == REF_E_PROTOCOL) {
@@ -408,7 +538,7 @@ void on_envelope(ref_client *c, batch *b, const Referral__V1__Delivery *dl)
         return;
     }
     ref_delivery *d = NULL;
-    ref_err e = delivery_from_envelope(c, mid, dl->envelope, &d, &seen, why, sizeof why);
+    ref_err e = delivery_from_envelope(c, mid, env, copy, &d, &seen, why, sizeof why);
     if (e == REF_E_NO_MEMORY)
         return;   /* not settled: the broker delivers it again */
     if (e != REF_OK) {
@@ -416,18 +546,30 @@ void on_envelope(ref_client *c, batch *b, const Referral__V1__Delivery *dl)
         send_settle(c, mid, REFERRAL__V1__SETTLE_VERB__SETTLE_VERB_REJECT, why);
         return;
     }
+    if (copy != NULL && strcmp(copy->original_recipient, d->original_recipient) != 0)
+        say(c, REF_LOG_WARN, "escalation copy labelled for another recipient than its sender "
+            "addressed; the signed one is shown msg=%s referral=%s label=%s signed=%s", hex,
+            d->referral_id, copy->original_recipient, d->original_recipient);
+    uint8_t env_mid[16];
+    ids_from_hex(d->message_id, env_mid);
     size_t len;
-    uint8_t *packed = wire_pack(dl->envelope, &len);
-    state_txn *txn = store_arrival(c, b, dl, STATE_INBOX_ENVELOPE, packed, len, &seen, d);
+    uint8_t *packed = wire_pack(env, &len);
+    state_txn *txn = store_arrival(c, b, dl, STATE_INBOX_ENVELOPE, packed, len, copy, &seen, d);
     free(packed);
+    if (copy != NULL && txn != NULL) {
+        state_copy_ref ref = {.forget_at_ms = seen.forget_at_ms};
+        memcpy(ref.copy_id, mid, 16);
+        memcpy(ref.attempt_id, copy->attempt_id, 16);
+        batch_write(c, b, state_copy_ref_put(txn, env_mid, &ref), "copies");
+    }
     /* A referral (not a receipt) is answered DELIVERED: the receipt goes
      * through the outbox in the same commit, so it is never lost either. */
     if (d->kind == REF_DELIVERY_REFERRAL && !b->is_failed) {
         uint8_t rmid[16];
         uint8_t *renv = NULL;
         size_t rlen = 0;
-        if (compose_receipt(c, mid, &seen, REF_LEVEL_DELIVERED, "", "", &renv, &rlen, rmid) ==
-            REF_OK) {
+        if (compose_receipt(c, env_mid, &seen, copy != NULL ? copy->attempt_id : NULL,
+                            REF_LEVEL_DELIVERED, "", "", &renv, &rlen, rmid) == REF_OK) {
             batch_write(c, b, state_outbox_put(txn, rmid, renv, rlen), "outbox");
             b->receipt[b->n_receipt].env = renv;
             b->receipt[b->n_receipt].len = rlen;
@@ -438,10 +580,26 @@ void on_envelope(ref_client *c, batch *b, const Referral__V1__Delivery *dl)
                 c->last_detail);
         }
     }
-    say(c, REF_LOG_DEBUG, "verified and opened msg=%s referral=%s from=%s", d->message_id,
-        d->referral_id, d->from);
+    say(c, REF_LOG_DEBUG, "verified and opened msg=%s referral=%s from=%s copy_of=%s", hex,
+        d->referral_id, d->from, copy != NULL ? d->message_id : "");
     b->arrived[b->n_arrived++] = d;
     batch_ack(b, mid);
+}
+
+void on_envelope(ref_client *c, batch *b, const Referral__V1__Delivery *dl)
+{
+    on_case(c, b, dl, dl->envelope, NULL);
+}
+
+void on_copy(ref_client *c, batch *b, const Referral__V1__Delivery *dl)
+{
+    const Referral__V1__AttemptCopy *cp = dl->copy;
+    state_copy_labels copy = {.step = cp->step, .round = cp->round};
+    memcpy(copy.attempt_id, cp->attempt_id.data, 16);   /* 16 bytes: checked by wire.c */
+    snprintf(copy.original_recipient, sizeof copy.original_recipient, "%s",
+             cp->original_recipient);
+    snprintf(copy.reason, sizeof copy.reason, "%s", cp->reason);
+    on_case(c, b, dl, cp->envelope, &copy);
 }
 
 /* Hand again what the inbox holds: deliveries the application has not
@@ -468,7 +626,8 @@ void reload_one(const uint8_t id[16], const state_inbox_entry *e, void *ctx)
         Referral__V1__Envelope *env = NULL;
         state_seen seen;
         if (wire_decode_envelope(e->payload, e->len, NULL, &env, why, sizeof why) == WIRE_OK)
-            r = delivery_from_envelope(c, id, env, &d, &seen, why, sizeof why);
+            r = delivery_from_envelope(c, id, env, e->is_copy ? &e->copy : NULL, &d, &seen,
+                                       why, sizeof why);
         wire_free(env);
     }
     if (r != REF_OK) {
@@ -585,17 +744,35 @@ ref_err ref_delivery_done(ref_client *c, const ref_delivery *d)
 
 /* ---- accessors ------------------------------------------------------------ */
 
-ref_delivery_kind ref_delivery_kind_of(const ref_delivery *d) { return d->kind; }
-const char *ref_delivery_message_id(const ref_delivery *d) { return d->message_id; }
-const char *ref_delivery_referral_id(const ref_delivery *d) { return d->referral_id; }
-const char *ref_delivery_from(const ref_delivery *d) { return d->from; }
-ref_urgency ref_delivery_urgency(const ref_delivery *d) { return d->urgency; }
-const char *ref_delivery_narrative(const ref_delivery *d) { return d->narrative; }
-const char *ref_delivery_requested_action(const ref_delivery *d) { return d->requested_action; }
-const char *ref_delivery_subject_pseudonym(const ref_delivery *d) { return d->pseudonym; }
-uint32_t ref_delivery_subject_age(const ref_delivery *d) { return d->age; }
-int ref_delivery_level(const ref_delivery *d) { return d->level; }
-const char *ref_delivery_detail(const ref_delivery *d) { return d->detail; }
-uint32_t ref_delivery_attempt(const ref_delivery *d) { return d->attempt; }
-const char *ref_delivery_in_reply_to(const ref_delivery *d) { return d->in_reply_to; }
+/* Every accessor takes NULL: "" or 0. */
+#define GET(type, name, field, none)                       \
+    type ref_delivery_##name(const ref_delivery *d)        \
+    {                                                      \
+        return d != NULL ? d->field : none;                \
+    }
 
+ref_delivery_kind ref_delivery_kind_of(const ref_delivery *d)
+{
+    return d != NULL ? d->kind : (ref_delivery_kind)0;
+}
+
+GET(const char *, message_id, message_id, "")
+GET(const char *, referral_id, referral_id, "")
+GET(const char *, from, from, "")
+GET(ref_urgency, urgency, urgency, (ref_urgency)0)
+GET(const char *, narrative, narrative, "")
+GET(const char *, requested_action, requested_action, "")
+GET(const char *, subject_pseudonym, pseudonym, "")
+GET(uint32_t, subject_age, age, 0)
+GET(int, level, level, 0)
+GET(const char *, detail, detail, "")
+GET(uint32_t, attempt, attempt, 0)
+GET(const char *, in_reply_to, in_reply_to, "")
+GET(bool, is_copy, is_copy, false)
+GET(const char *, original_recipient, original_recipient, "")
+GET(const char *, alert_kind, alert_kind, "")
+GET(const char *, about_agency, about_agency, "")
+GET(uint32_t, alert_step, alert_step, 0)
+GET(uint32_t, alert_round, alert_round, 0)
+GET(const char *, contacts, contacts, "")
+GET(const char *, copied_to, copied_to, "")

@@ -1,7 +1,9 @@
 /*
  * envelope: composing and opening envelopes for libreferral (envelope.h).
  * It must never return a body whose signature it did not verify against
- * the directory, nor sign a header it did not build itself.
+ * the directory, nor sign a header it did not build itself, nor open for an
+ * agency a body its header does not address to it, except an escalation
+ * copy whose sender sealed the body for that agency.
  */
 #include "envelope.h"
 
@@ -104,6 +106,24 @@ static int readers_collect(reader_set *rs, const directory *dir, const envelope_
     return rc;
 }
 
+int envelope_readers(const directory *dir, const envelope_spec *spec,
+                     const char *ids[SEAL_MAX_RECIPIENTS], size_t *n, char *why,
+                     size_t why_len)
+{
+    reader_set rs;
+    *n = 0;
+    if (spec->n_backups > 16) {
+        snprintf(why, why_len, "at most 16 backup agencies");
+        return REF_E_INVALID;
+    }
+    int rc = readers_collect(&rs, dir, spec, why, why_len);
+    for (size_t i = 0; rc == REF_OK && i < rs.n; i++)
+        ids[i] = rs.r[i].agency_id;
+    if (rc == REF_OK)
+        *n = rs.n;
+    return rc;
+}
+
 int envelope_compose(const keys_identity *me, const directory *dir, const envelope_spec *spec,
                      uint8_t **out, size_t *out_len, uint8_t message_id[16],
                      uint8_t referral_id[16], char *why, size_t why_len)
@@ -186,9 +206,12 @@ int envelope_compose(const keys_identity *me, const directory *dir, const envelo
     return *out != NULL ? REF_OK : REF_E_NO_MEMORY;
 }
 
-int envelope_open(const keys_identity *me, const directory *dir,
-                  const Referral__V1__Envelope *env, Referral__V1__RoutingHeader **header,
-                  Referral__V1__BodyPlaintext **plain, char *why, size_t why_len)
+/* Open env for me. is_copy: an escalation copy, accepted when its body was
+ * sealed for me (envelope_open_copy) rather than when its header names me. */
+static int open_checked(const keys_identity *me, const directory *dir,
+                        const Referral__V1__Envelope *env, bool is_copy,
+                        Referral__V1__RoutingHeader **header,
+                        Referral__V1__BodyPlaintext **plain, char *why, size_t why_len)
 {
     *header = NULL;
     *plain = NULL;
@@ -204,7 +227,15 @@ int envelope_open(const keys_identity *me, const directory *dir,
     bool is_mine = strcmp(h->to_agency, me->id) == 0;
     for (size_t i = 0; !is_mine && i < h->n_backup_recipients; i++)
         is_mine = strcmp(h->backup_recipients[i], me->id) == 0;
-    if (!is_mine) {
+    bool is_case = h->kind == REFERRAL__V1__MESSAGE_KIND__MESSAGE_KIND_REFERRAL ||
+                   h->kind == REFERRAL__V1__MESSAGE_KIND__MESSAGE_KIND_UPDATE;
+    if (is_copy && !is_case) {
+        const ProtobufCEnumValue *k = protobuf_c_enum_descriptor_get_value(
+            &referral__v1__message_kind__descriptor, (int)h->kind);
+        snprintf(why, why_len, "an escalation copy must carry a referral or an update, not "
+                 "a message of kind %s", k != NULL ? k->name : "?");
+        rc = REF_E_PROTOCOL;
+    } else if (!is_copy && !is_mine) {
         snprintf(why, why_len, "envelope is addressed to %s, not to %s", h->to_agency, me->id);
         rc = REF_E_PROTOCOL;
     } else if (from == NULL || directory_is_revoked(dir, env->signer_key_id.data) ||
@@ -222,8 +253,14 @@ int envelope_open(const keys_identity *me, const directory *dir,
     size_t len = 0;
     if (rc == REF_OK) {
         digest_sha256(env->header.data, env->header.len, digest);
-        if (seal_open(env->sealed_body.data, env->sealed_body.len, digest, me->id,
-                      me->seal_secret, me->seal_public, &bytes, &len, why, why_len) != SEAL_OK)
+        seal_err se = seal_open(env->sealed_body.data, env->sealed_body.len, digest, me->id,
+                                me->seal_secret, me->seal_public, &bytes, &len, why, why_len);
+        if (se == SEAL_NOT_FOR_US && is_copy)
+            snprintf(why, why_len, "escalation copy of a referral from %s to %s whose body "
+                     "%s did not seal for %s: a copy is accepted only by an agency its "
+                     "sender sealed the body for", h->from_agency, h->to_agency,
+                     h->from_agency, me->id);
+        if (se != SEAL_OK)
             rc = REF_E_PROTOCOL;
     }
     if (rc == REF_OK && wire_decode_plaintext(bytes, len, NULL, plain, why, why_len) != WIRE_OK)
@@ -234,4 +271,18 @@ int envelope_open(const keys_identity *me, const directory *dir,
         *header = NULL;
     }
     return rc;
+}
+
+int envelope_open(const keys_identity *me, const directory *dir,
+                  const Referral__V1__Envelope *env, Referral__V1__RoutingHeader **header,
+                  Referral__V1__BodyPlaintext **plain, char *why, size_t why_len)
+{
+    return open_checked(me, dir, env, false, header, plain, why, why_len);
+}
+
+int envelope_open_copy(const keys_identity *me, const directory *dir,
+                       const Referral__V1__Envelope *env, Referral__V1__RoutingHeader **header,
+                       Referral__V1__BodyPlaintext **plain, char *why, size_t why_len)
+{
+    return open_checked(me, dir, env, true, header, plain, why, why_len);
 }

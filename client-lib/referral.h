@@ -28,7 +28,9 @@
  *      handed again, even if the broker delivers it again.
  * So a delivery can reach the application more than once (after a crash
  * between 3 and 4): deduplicate by ref_delivery_message_id(). It is never
- * lost.
+ * lost. (An escalation copy of a referral is a delivery of its own, handed
+ * even when the referral itself was handed here before; it carries the
+ * referral's message id, so that deduplication shows it once.)
  *
  * The session keeps itself alive: call ref_receive() or ref_pump() at
  * least once a second (or whenever ref_client_fd() is readable and at
@@ -239,12 +241,57 @@ REF_API ref_err ref_pump(ref_client *client);
 
 /* What a delivery is. */
 typedef enum {
-    REF_DELIVERY_REFERRAL = 1,   /* a referral addressed to this agency */
+    REF_DELIVERY_REFERRAL = 1,   /* a referral addressed to this agency, or an escalation
+                                    copy of one (ref_delivery_is_copy()) */
     REF_DELIVERY_RECEIPT = 2,    /* an agency's receipt for a referral this agency sent */
     REF_DELIVERY_NOTICE = 3,     /* the broker's notice about a referral this agency sent, or
                                     (from "libreferral") a referral sent from the outbox or
                                     with ref_send_async() that the broker refused for good */
+    REF_DELIVERY_ALERT = 4,      /* a broker's escalation alert: an agency did not answer a
+                                    referral in time (see "Alerts and stand-downs") */
+    REF_DELIVERY_STAND_DOWN = 5, /* another agency accepted a referral this agency received
+                                    (stand down), or the end of a partition alert */
 } ref_delivery_kind;
+
+/*
+ * Escalation copies. When the recipient of a referral does not acknowledge
+ * it in time, the broker copies the sender's envelope, unchanged, to an
+ * agency of the recipient's escalation chain (its backup agencies,
+ * supervisor desk, regional centre). The library accepts such a copy only
+ * when the sender's signature verifies against the directory and the
+ * sender sealed the body for this agency (the signature covers the list of
+ * readers: it is the sender's own authorisation); the broker's labels do
+ * not decide it. A copy is handed as REF_DELIVERY_REFERRAL with
+ *   ref_delivery_is_copy()              true
+ *   ref_delivery_original_recipient()   the agency the sender addressed
+ *   ref_delivery_detail()               the broker's reason, a sentence
+ *   ref_delivery_message_id()           the referral's message id (the
+ *                                       sender's), as for the referral
+ *                                       itself: pass it to ref_acknowledge()
+ * and every other accessor as for a referral. The library keeps the copy
+ * under the broker's own id for it, settles it under that id and sends its
+ * DELIVERED receipt to the sender; ref_acknowledge() with the message id
+ * answers the sender for this agency, naming the copy's attempt.
+ *
+ * Alerts and stand-downs. A broker of the directory signs them; the
+ * library verifies that signature and hands them to any agency they are
+ * delivered to (a supervisor desk or regional centre may never have seen
+ * the referral). Accessors, besides the common ones:
+ *   ref_delivery_referral_id()   the referral concerned
+ *   ref_delivery_message_id()    the message concerned (also
+ *                                ref_delivery_in_reply_to())
+ *   ref_delivery_from()          the broker that made it
+ *   ref_delivery_detail()        the broker's sentence
+ *   ref_delivery_alert_kind()    what happened ("NOT_RECEIVED", ...)
+ *   ref_delivery_about_agency()  an alert: the agency that did not
+ *                                respond; a stand-down: the agency that
+ *                                accepted the referral
+ *   ref_delivery_alert_step(), ref_delivery_alert_round()
+ *   ref_delivery_contacts()      whom to phone: "label phone; label phone"
+ *   ref_delivery_copied_to()     agencies this step copied the referral to
+ * An alert means a person should act now: phone the numbers in
+ * ref_delivery_contacts(). The library never replaces that call.
+ */
 
 typedef struct ref_delivery ref_delivery;
 
@@ -281,8 +328,14 @@ REF_API ref_err ref_delivery_done(ref_client *client, const ref_delivery *d);
 
 REF_API void ref_delivery_destroy(ref_delivery **delivery);
 
-/* Accessors (borrowed strings; "" when absent). */
+/* Accessors (borrowed strings, living as long as d; "" when absent). Every
+ * accessor accepts d NULL and then returns "", 0 or false
+ * (ref_delivery_kind_of: 0, no kind). */
 REF_API ref_delivery_kind ref_delivery_kind_of(const ref_delivery *d);
+/* The message id (REF_ID_HEX_LEN hex digits): of a referral or receipt,
+ * its own; of an escalation copy, the referral's (the sender's), not the
+ * broker's id for the copy; of a notice, alert or stand-down, the message
+ * it is about. */
 REF_API const char *ref_delivery_message_id(const ref_delivery *d);
 REF_API const char *ref_delivery_referral_id(const ref_delivery *d);
 REF_API const char *ref_delivery_from(const ref_delivery *d);
@@ -298,15 +351,55 @@ REF_API int ref_delivery_level(const ref_delivery *d);
 REF_API uint32_t ref_delivery_attempt(const ref_delivery *d);
 /* For a receipt: the message id of the referral it acknowledges ("" for
  * others). A receipt is only returned when its signer is an agency that
- * referral was addressed to (recipient or backup) and its body agrees with
- * its signed header; any other is refused at the broker and never shown. */
+ * referral's body was sealed for (recipient, backup, or an agency of the
+ * recipient's escalation chain, which may have received it as a copy) and
+ * its body agrees with its signed header; any other is refused at the
+ * broker and never shown. */
 REF_API const char *ref_delivery_in_reply_to(const ref_delivery *d);
+/* A sentence: for a receipt what the agency said, for a notice what the
+ * broker said, for an alert or stand-down the broker's detail, for an
+ * escalation copy the broker's reason for copying it here; "" for a
+ * referral. */
 REF_API const char *ref_delivery_detail(const ref_delivery *d);
+
+/* true when d is a referral delivered as an escalation copy (see
+ * "Escalation copies" above), false otherwise. */
+REF_API bool ref_delivery_is_copy(const ref_delivery *d);
+/* For an escalation copy: the agency the sender addressed the referral to,
+ * as the sender signed it; "" for anything else. */
+REF_API const char *ref_delivery_original_recipient(const ref_delivery *d);
+
+/* For an alert (and a stand-down that ends a partition alert): the alert's
+ * kind, a static string: "NOT_DELIVERED" (a delivery deadline passed),
+ * "NOT_RECEIVED" (nobody picked it up in time), "NOT_ACCEPTED",
+ * "REJECTED", "FATAL_ERROR", "PARTITION" (the sending side lost sight of
+ * the referral), "UNDELIVERABLE" or "REROUTED" (a rejection or fatal error
+ * moved the referral on); "" for other deliveries. */
+REF_API const char *ref_delivery_alert_kind(const ref_delivery *d);
+/* For an alert: the agency that did not respond; for a stand-down: the
+ * agency that accepted the referral (or, ending a partition alert, the
+ * agency it was about); "" for other deliveries. */
+REF_API const char *ref_delivery_about_agency(const ref_delivery *d);
+/* For an alert: the escalation policy's step that fired (0-based) and the
+ * repetition of the chain (0 for the first); 0 otherwise. */
+REF_API uint32_t ref_delivery_alert_step(const ref_delivery *d);
+REF_API uint32_t ref_delivery_alert_round(const ref_delivery *d);
+/* For an alert: the emergency contacts from the directory, one string
+ * "label phone; label phone" (e.g. "Qingdao 110 110; duty supervisor
+ * 0532-8000"); "" when none. */
+REF_API const char *ref_delivery_contacts(const ref_delivery *d);
+/* For an alert: the agencies this step copied the referral to, "a, b";
+ * "" when none. */
+REF_API const char *ref_delivery_copied_to(const ref_delivery *d);
 
 /*
  * Acknowledge a referral this agency received, at a level above
  * DELIVERED: a receipt signed by this agency and sealed for the sender,
- * who sees it as a REF_DELIVERY_RECEIPT (level and text). person: who
+ * who sees it as a REF_DELIVERY_RECEIPT (level and text).
+ * referral_message_id_hex: ref_delivery_message_id() of the referral; for
+ * an escalation copy that is the sender's message id, and the receipt
+ * answers it (in_reply_to) naming the copy's attempt, so the sender and
+ * the brokers see this agency's answer to the referral itself. person: who
  * (required from RECEIVED on). reason: free text, required for REJECTED
  * (why; the sender re-routes), for CLOSED the outcome, for ACTION_TAKEN
  * what was done; may be NULL otherwise. Waits for the broker's ACCEPTED of

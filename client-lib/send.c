@@ -43,8 +43,8 @@ static void refused_in_background(ref_client *c, batch *b, const Referral__V1__S
         ref_delivery_destroy(&d);
         return;
     }
-    state_inbox_entry entry = {STATE_INBOX_LOCAL, REF_URGENCY_URGENT, 0, (const uint8_t *)text,
-                               strlen(text)};
+    state_inbox_entry entry = {.kind = STATE_INBOX_LOCAL, .urgency = REF_URGENCY_URGENT,
+                               .payload = (const uint8_t *)text, .len = strlen(text)};
     batch_write(c, b, state_inbox_put(txn, r->message_id.data, &entry), "inbox");
     b->arrived[b->n_arrived++] = d;
 }
@@ -179,18 +179,25 @@ static ref_err seal_and_sign(ref_client *c, const Referral__V1__BodyPlaintext *p
 }
 
 /* Seal, sign and hand over a referral (waiting for the answer if wait),
- * remembering whom it was addressed to: only their receipts are shown. */
+ * remembering whom its body was sealed for (recipient, backups and the
+ * recipient's escalation chain, which escalation may copy it to): only
+ * their receipts are shown. */
 static ref_err send_body(ref_client *c, const Referral__V1__BodyPlaintext *p,
                          envelope_spec *spec, bool wait, uint8_t mid[16], uint8_t rid[16])
 {
     uint8_t *env = NULL;
-    size_t len = 0;
+    size_t len = 0, n = 0;
+    const char *readers[SEAL_MAX_RECIPIENTS];
+    char why[300] = "";
+    ref_err e = (ref_err)envelope_readers(c->dir, spec, readers, &n, why, sizeof why);
+    if (e != REF_OK) {
+        set_detail(c, why);
+        return e;
+    }
     state_sent sent = {.forget_at_ms = clock_now_ms() + spec->ttl_ms + SEEN_KEEP_MS, .n = 0};
-    snprintf(sent.agencies[sent.n++], sizeof sent.agencies[0], "%s", spec->to_agency);
-    for (size_t i = 0; i < spec->n_backups && sent.n < STATE_SENT_MAX; i++)
-        snprintf(sent.agencies[sent.n++], sizeof sent.agencies[0], "%s",
-                 spec->backups[i] != NULL ? spec->backups[i] : "");
-    ref_err e = seal_and_sign(c, p, spec, &env, &len, mid, rid);
+    for (size_t i = 0; i < n && sent.n < STATE_SENT_MAX; i++)
+        snprintf(sent.agencies[sent.n++], sizeof sent.agencies[0], "%s", readers[i]);
+    e = seal_and_sign(c, p, spec, &env, &len, mid, rid);
     if (e == REF_OK)
         e = hand_over(c, env, len, mid, &sent, wait);
     free(env);
@@ -261,10 +268,12 @@ ref_err ref_send_async(ref_client *c, const ref_referral *r, char *mid_hex, char
 }
 
 ref_err compose_receipt(ref_client *c, const uint8_t mid[16], const state_seen *seen,
-                               ref_level level, const char *person, const char *reason,
-                               uint8_t **env, size_t *len, uint8_t rmid[16])
+                        const uint8_t *attempt_id, ref_level level, const char *person,
+                        const char *reason, uint8_t **env, size_t *len, uint8_t rmid[16])
 {
     Referral__V1__Receipt rc = REFERRAL__V1__RECEIPT__INIT;
+    if (attempt_id != NULL)
+        rc.attempt_id = (ProtobufCBinaryData){16, (uint8_t *)(uintptr_t)attempt_id};
     rc.referral_id = (ProtobufCBinaryData){16, (uint8_t *)(uintptr_t)seen->referral_id};
     rc.message_id = (ProtobufCBinaryData){16, (uint8_t *)(uintptr_t)mid};
     rc.level = (Referral__V1__AckLevel)level;
@@ -314,14 +323,24 @@ ref_err ref_acknowledge(ref_client *c, const char *mid_hex, ref_level level, con
         return REF_E_INVALID;
     if (!is_text_ok(person) || !is_text_ok(reason) || strnlen(person ? person : "", 200) >= 200)
         return REF_E_TOO_LARGE;
+    /* Received as the referral itself, or else as an escalation copy: its
+     * seen record is under the copy's id, and the receipt names the copy's
+     * attempt. Either way the receipt answers the sender's message id. */
     state_seen seen;
+    state_copy_ref copy;
+    const uint8_t *attempt_id = NULL;
     if (state_seen_get(c->st, NULL, mid, &seen) != REF_OK) {
-        set_detail(c, "no referral with this message id was received here");
-        return REF_E_INVALID;
+        if (state_copy_ref_get(c->st, mid, &copy) != REF_OK ||
+            state_seen_get(c->st, NULL, copy.copy_id, &seen) != REF_OK) {
+            set_detail(c, "no referral with this message id was received here");
+            return REF_E_INVALID;
+        }
+        attempt_id = copy.attempt_id;
     }
     uint8_t *env = NULL, rmid[16];
     size_t len = 0;
-    ref_err e = compose_receipt(c, mid, &seen, level, person, reason, &env, &len, rmid);
+    ref_err e = compose_receipt(c, mid, &seen, attempt_id, level, person, reason, &env, &len,
+                                rmid);
     if (e == REF_OK)
         e = hand_over(c, env, len, rmid, NULL, true);
     free(env);

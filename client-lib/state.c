@@ -4,17 +4,29 @@
  * broker. Nothing read back from LMDB is trusted: every record is decoded
  * with its length checked, and an unreadable one is reported, not used.
  *
- * Record layouts (format 2; integers little-endian):
+ * Record layouts (format 3; integers little-endian):
  *   seen   [0] version 1 | [1..8] forget_at_ms | [9..24] referral id |
  *          [25] urgency | [26] n = length of from (<= 64) | [27..] from
- *   inbox  [0] version 1 | [1] kind | [2] urgency | [3..6] attempt |
- *          [7..] payload
- *   sent   [0] version 1 | [1..8] forget_at_ms | [9] n (1..17) | n times:
- *          [0] length (<= 64) | the agency id
+ *   inbox  [0] version 2 | [1] kind | [2] urgency | [3..6] attempt |
+ *          [7] flags (bit 0: an escalation copy; no other bit) |
+ *          only for a copy: [+0..15] attempt id | [+16..19] step |
+ *          [+20..23] round | [+24] n (<= 64) | n bytes original recipient |
+ *          2 bytes m (<= 512) | m bytes reason |
+ *          then the payload
+ *          (version 1, formats 2 and earlier: [0] 1 | [1] kind | [2]
+ *          urgency | [3..6] attempt | [7..] payload; still read, never
+ *          written: it is not a copy)
+ *   sent   [0] version 1 | [1..8] forget_at_ms | [9] n (1..32; 1..17
+ *          before format 3) | n times: [0] length (<= 64) | the agency id
+ *   copies [0] version 1 | [1..8] forget_at_ms | [9..24] copy id |
+ *          [25..40] attempt id
  *   outbox a packed Envelope (protobuf: versioned by its schema)
  * Format 1 (libreferral 0.1.0, no "format" key) stored seen as the raw
  * C struct of x86-64 (96 bytes: u64, 16 bytes, char[65], u8, padding); it
- * is converted at open.
+ * is converted at open. Format 2 needs no conversion (its records are all
+ * still read); the format key is raised to 3 so that an older library,
+ * which would set inbox records of version 2 aside, refuses the directory
+ * instead.
  */
 #include "state.h"
 
@@ -31,14 +43,20 @@
 #define SENT_V1 1
 #define SEEN_V1 1
 #define INBOX_V1 1
+#define INBOX_V2 2
+#define COPY_V1 1
 #define SEEN_HEAD 27
-#define INBOX_HEAD 7
+#define INBOX_V1_HEAD 7
+#define INBOX_V2_HEAD 8
+#define INBOX_FLAG_COPY 0x01u
+#define INBOX_COPY_MAX (16 + 4 + 4 + 1 + STATE_NAME_MAX + 2 + STATE_REASON_MAX)
+#define COPY_BYTES 41
 #define LEGACY_SEEN_BYTES 96
 #define MAX_FROM 64
 
 struct state {
     MDB_env *env;
-    MDB_dbi outbox, inbox, seen, sent, meta;
+    MDB_dbi outbox, inbox, seen, sent, copies, meta;
 };
 
 struct state_txn {
@@ -134,16 +152,94 @@ static bool sent_decode(const uint8_t *p, size_t len, state_sent *s)
     return at == len;
 }
 
+/* A string of n bytes at p into out (size n + 1): no NUL inside. */
+static bool text_decode(const uint8_t *p, size_t n, char *out)
+{
+    if (memchr(p, '\0', n) != NULL)
+        return false;
+    memcpy(out, p, n);
+    out[n] = '\0';
+    return true;
+}
+
+/* The copy labels of an inbox record of version 2 at p (len bytes left);
+ * *used gets their size. */
+static bool copy_labels_decode(const uint8_t *p, size_t len, state_copy_labels *l, size_t *used)
+{
+    size_t at = 16 + 4 + 4;
+    if (len < at + 1 || p[at] > STATE_NAME_MAX || len < at + 1 + p[at] + 2)
+        return false;
+    memcpy(l->attempt_id, p, 16);
+    l->step = (uint32_t)get_le(p + 16, 4);
+    l->round = (uint32_t)get_le(p + 20, 4);
+    size_t n = p[at];
+    if (!text_decode(p + at + 1, n, l->original_recipient))
+        return false;
+    at += 1 + n;
+    size_t m = (size_t)get_le(p + at, 2);
+    at += 2;
+    if (m > STATE_REASON_MAX || len < at + m || !text_decode(p + at, m, l->reason))
+        return false;
+    *used = at + m;
+    return true;
+}
+
+static size_t copy_labels_encode(const state_copy_labels *l, uint8_t out[INBOX_COPY_MAX])
+{
+    size_t n = strnlen(l->original_recipient, STATE_NAME_MAX);
+    size_t m = strnlen(l->reason, STATE_REASON_MAX);
+    memcpy(out, l->attempt_id, 16);
+    put_le(out + 16, l->step, 4);
+    put_le(out + 20, l->round, 4);
+    out[24] = (uint8_t)n;
+    memcpy(out + 25, l->original_recipient, n);
+    put_le(out + 25 + n, m, 2);
+    memcpy(out + 27 + n, l->reason, m);
+    return 27 + n + m;
+}
+
 static bool inbox_decode(const uint8_t *p, size_t len, state_inbox_entry *e)
 {
-    if (len < INBOX_HEAD || p[0] != INBOX_V1 || p[1] < STATE_INBOX_ENVELOPE ||
-        p[1] > STATE_INBOX_LOCAL)
+    memset(e, 0, sizeof *e);
+    if (len < INBOX_V1_HEAD || (p[0] != INBOX_V1 && p[0] != INBOX_V2) ||
+        p[1] < STATE_INBOX_ENVELOPE || p[1] > STATE_INBOX_LOCAL)
         return false;
     e->kind = (state_inbox_kind)p[1];
     e->urgency = p[2];
     e->attempt = (uint32_t)get_le(p + 3, 4);
-    e->payload = p + INBOX_HEAD;
-    e->len = len - INBOX_HEAD;
+    size_t head = INBOX_V1_HEAD;
+    if (p[0] == INBOX_V2) {
+        if (len < INBOX_V2_HEAD || (p[7] & ~INBOX_FLAG_COPY) != 0)
+            return false;
+        head = INBOX_V2_HEAD;
+        e->is_copy = (p[7] & INBOX_FLAG_COPY) != 0;
+        size_t used = 0;
+        if (e->is_copy && (e->kind != STATE_INBOX_ENVELOPE ||
+                           !copy_labels_decode(p + head, len - head, &e->copy, &used)))
+            return false;
+        head += used;
+    }
+    e->payload = p + head;
+    e->len = len - head;
+    return true;
+}
+
+static void copy_ref_encode(const state_copy_ref *r, uint8_t out[COPY_BYTES])
+{
+    out[0] = COPY_V1;
+    put_le(out + 1, r->forget_at_ms, 8);
+    memcpy(out + 9, r->copy_id, 16);
+    memcpy(out + 25, r->attempt_id, 16);
+}
+
+static bool copy_ref_decode(const uint8_t *p, size_t len, state_copy_ref *r)
+{
+    memset(r, 0, sizeof *r);
+    if (len != COPY_BYTES || p[0] != COPY_V1)
+        return false;
+    r->forget_at_ms = get_le(p + 1, 8);
+    memcpy(r->copy_id, p + 9, 16);
+    memcpy(r->attempt_id, p + 25, 16);
     return true;
 }
 
@@ -167,7 +263,7 @@ static int count_entries(MDB_txn *txn, MDB_dbi dbi, size_t *n)
     return rc;
 }
 
-/* Format 1 -> 2: rewrite every seen record; one that is not the old
+/* Format 1 -> 2 (and on to 3): rewrite every seen record; one that is not the old
  * struct either is dropped (it could only ever have been ignored). */
 static int migrate_from_1(state *s, MDB_txn *txn, size_t *converted, size_t *dropped)
 {
@@ -273,6 +369,8 @@ int state_open(const char *dir, state **out, char *why, size_t why_len)
     if (rc == 0)
         rc = mdb_dbi_open(txn, "sent", MDB_CREATE, &s->sent);
     if (rc == 0)
+        rc = mdb_dbi_open(txn, "copies", MDB_CREATE, &s->copies);
+    if (rc == 0)
         rc = mdb_dbi_open(txn, "meta", MDB_CREATE, &s->meta);
     int e = REF_OK;
     if (rc != 0) {
@@ -361,16 +459,22 @@ int state_outbox_del(state_txn *t, const uint8_t id[16])
 
 int state_inbox_put(state_txn *t, const uint8_t id[16], const state_inbox_entry *e)
 {
-    uint8_t *buf = malloc(INBOX_HEAD + e->len);
+    if (e->is_copy && e->kind != STATE_INBOX_ENVELOPE)
+        return REF_E_INVALID;
+    uint8_t *buf = malloc(INBOX_V2_HEAD + INBOX_COPY_MAX + e->len);
     if (buf == NULL)
         return REF_E_NO_MEMORY;
-    buf[0] = INBOX_V1;
+    buf[0] = INBOX_V2;
     buf[1] = (uint8_t)e->kind;
     buf[2] = e->urgency;
     put_le(buf + 3, e->attempt, 4);
+    buf[7] = e->is_copy ? INBOX_FLAG_COPY : 0;
+    size_t at = INBOX_V2_HEAD;
+    if (e->is_copy)
+        at += copy_labels_encode(&e->copy, buf + at);
     if (e->len > 0)
-        memcpy(buf + INBOX_HEAD, e->payload, e->len);
-    int rc = put(t, t->s->inbox, id, buf, INBOX_HEAD + e->len);
+        memcpy(buf + at, e->payload, e->len);
+    int rc = put(t, t->s->inbox, id, buf, at + e->len);
     free(buf);
     return rc;
 }
@@ -392,6 +496,13 @@ int state_sent_put(state_txn *t, const uint8_t id[16], const state_sent *sent)
     if (sent->n < 1 || sent->n > STATE_SENT_MAX)
         return REF_E_INVALID;
     return put(t, t->s->sent, id, buf, sent_encode(sent, buf));
+}
+
+int state_copy_ref_put(state_txn *t, const uint8_t id[16], const state_copy_ref *ref)
+{
+    uint8_t buf[COPY_BYTES];
+    copy_ref_encode(ref, buf);
+    return put(t, t->s->copies, id, buf, sizeof buf);
 }
 
 int state_outbox_put1(state *s, const uint8_t id[16], const uint8_t *env, size_t len)
@@ -546,6 +657,20 @@ int state_sent_get(state *s, const uint8_t id[16], state_sent *sent)
     return e;
 }
 
+int state_copy_ref_get(state *s, const uint8_t id[16], state_copy_ref *ref)
+{
+    MDB_txn *txn;
+    MDB_val k = {16, (void *)(uintptr_t)id}, v;
+    if (mdb_txn_begin(s->env, NULL, MDB_RDONLY, &txn) != 0)
+        return REF_E_STATE;
+    int rc = mdb_get(txn, s->copies, &k, &v);
+    int e = rc == MDB_NOTFOUND ? REF_E_AGAIN
+          : rc != 0 ? REF_E_STATE
+          : copy_ref_decode(v.mv_data, v.mv_size, ref) ? REF_OK : REF_E_PROTOCOL;
+    mdb_txn_abort(txn);
+    return e;
+}
+
 /* Delete the entries of dbi whose forget_at_ms (bytes 1..8 of a version 1
  * record) is before now_ms; records of another version are kept. */
 static size_t prune_db(MDB_txn *txn, MDB_dbi dbi, uint64_t now_ms)
@@ -571,7 +696,8 @@ size_t state_prune(state *s, uint64_t now_ms)
     MDB_txn *txn;
     if (mdb_txn_begin(s->env, NULL, 0, &txn) != 0)
         return 0;
-    size_t n = prune_db(txn, s->seen, now_ms) + prune_db(txn, s->sent, now_ms);
+    size_t n = prune_db(txn, s->seen, now_ms) + prune_db(txn, s->sent, now_ms) +
+               prune_db(txn, s->copies, now_ms);
     if (mdb_txn_commit(txn) != 0)
         return 0;
     return n;

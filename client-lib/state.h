@@ -12,8 +12,13 @@
  *           forget_at_ms), so a copy delivered again is not handed twice
  *           and a receipt can be addressed; pruned after forget_at_ms
  *   sent    message id -> the agencies a referral sent from here was
- *           addressed to (recipient and backups), so that a receipt is
- *           shown only when its signer was one of them; pruned after
+ *           sealed for (recipient, backups and the recipient's escalation
+ *           chain), so that a receipt is shown only when its signer was one
+ *           of them; pruned after forget_at_ms
+ *   copies  message id of a referral received as an escalation copy (the
+ *           sender's id) -> the copy's own id at the broker (the key of its
+ *           seen record) and the copy's attempt id, so that a receipt for
+ *           it can be composed from the sender's id; pruned after
  *           forget_at_ms
  *   meta    "format" -> the record format of this directory (u32, LE)
  *
@@ -33,7 +38,10 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define STATE_FORMAT 2          /* 1: raw structs (libreferral 0.1.0); 2: versioned records */
+/* 1: raw structs (libreferral 0.1.0); 2: versioned records; 3: inbox records
+ * of version 2 (escalation copies), the copies database, sent records of up
+ * to STATE_SENT_MAX agencies. Opening migrates 1 and 2 to 3. */
+#define STATE_FORMAT 3
 
 typedef struct state state;
 typedef struct state_txn state_txn;
@@ -45,7 +53,7 @@ typedef struct {
     uint8_t urgency;
 } state_seen;
 
-#define STATE_SENT_MAX 17      /* a recipient and at most 16 backups */
+#define STATE_SENT_MAX 32      /* every reader of a body (SEAL_MAX_RECIPIENTS) */
 
 typedef struct {
     uint64_t forget_at_ms;
@@ -59,13 +67,34 @@ typedef enum {
     STATE_INBOX_LOCAL = 3,      /* payload: the text of a notice the library made */
 } state_inbox_kind;
 
+#define STATE_NAME_MAX 64
+#define STATE_REASON_MAX 512
+
+/* What the broker said of an escalation copy (AttemptCopy without its
+ * envelope), kept beside the envelope in the inbox. */
+typedef struct {
+    uint8_t attempt_id[16];
+    uint32_t step, round;
+    char original_recipient[STATE_NAME_MAX + 1];
+    char reason[STATE_REASON_MAX + 1];
+} state_copy_labels;
+
 typedef struct {
     state_inbox_kind kind;
     uint8_t urgency;
     uint32_t attempt;
     const uint8_t *payload;     /* borrowed (from the caller, or from LMDB during a callback) */
     size_t len;
+    bool is_copy;               /* kind ENVELOPE delivered as an escalation copy */
+    state_copy_labels copy;     /* when is_copy; strings longer than their limits are cut */
 } state_inbox_entry;
+
+/* A referral received as an escalation copy, under the sender's message id. */
+typedef struct {
+    uint64_t forget_at_ms;
+    uint8_t copy_id[16];        /* Delivery.message_id of the copy: its seen record's key */
+    uint8_t attempt_id[16];     /* the copy's attempt id, for the receipts */
+} state_copy_ref;
 
 /* Open (creating if missing) the state directory dir, migrating an older
  * format. Returns a ref_err value; why names the problem. */
@@ -86,6 +115,9 @@ int state_inbox_put(state_txn *txn, const uint8_t id[16], const state_inbox_entr
 int state_inbox_del(state_txn *txn, const uint8_t id[16]);
 int state_seen_put(state_txn *txn, const uint8_t id[16], const state_seen *seen);
 int state_sent_put(state_txn *txn, const uint8_t id[16], const state_sent *sent);
+/* id: the sender's message id of a referral received as a copy. A later
+ * copy of the same message replaces the earlier one. */
+int state_copy_ref_put(state_txn *txn, const uint8_t id[16], const state_copy_ref *ref);
 
 /* Each of these commits one write on its own (for the rare single write). */
 int state_outbox_put1(state *s, const uint8_t id[16], const uint8_t *env, size_t len);
@@ -115,7 +147,12 @@ int state_seen_get(state *s, state_txn *txn, const uint8_t id[16], state_seen *s
  * if not (or forgotten); REF_E_PROTOCOL if the record cannot be decoded. */
 int state_sent_get(state *s, const uint8_t id[16], state_sent *sent);
 
-/* Forget seen and sent entries past their time; returns how many. */
+/* REF_OK and *ref filled if the message id was received as an escalation
+ * copy; REF_E_AGAIN if not (or forgotten); REF_E_PROTOCOL if the record
+ * cannot be decoded. */
+int state_copy_ref_get(state *s, const uint8_t id[16], state_copy_ref *ref);
+
+/* Forget seen, sent and copies entries past their time; returns how many. */
 size_t state_prune(state *s, uint64_t now_ms);
 
 #endif

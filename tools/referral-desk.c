@@ -42,13 +42,29 @@ static void usage(FILE *f)
         "       Prints ACCEPTED only once the broker stored it (QUEUED with --async);\n"
         "       anything else is an error on stderr and a non-zero exit.\n"
         "  listen [--count N] [--timeout-s S] [--ack LEVEL --person NAME] [--json]\n"
-        "                              print deliveries (referrals, receipts, notices);\n"
+        "                              print deliveries (referrals, receipts, notices,\n"
+        "                              alerts, stand-downs), one block each (below);\n"
         "                              --ack also acknowledges each referral at LEVEL;\n"
         "                              each delivery is confirmed once printed, and one\n"
         "                              not yet printed is printed again after a crash\n"
         "  ack MESSAGE_ID --level LEVEL --person NAME [--reason TEXT]\n"
         "  status MESSAGE_ID\n"
         "\n"
+        "listen prints one block per delivery:\n"
+        "  REFERRAL <referral id> from <agency> urgency=U message=<id>, then its\n"
+        "      subject, narrative and requested action; an escalation copy (the\n"
+        "      referral copied here because its recipient did not answer in time):\n"
+        "      REFERRAL (escalation copy for <recipient>: <reason>) <referral id> ...\n"
+        "  RECEIPT|NOTICE for message <id> from <agency or broker>: <level> <detail>\n"
+        "  ALERT <kind> referral=<id> about=<agency> step=N round=N: <detail>\n"
+        "      then \"  call: <label phone; label phone>\" and \"  copied to: <agencies>\"\n"
+        "      kinds: NOT_DELIVERED NOT_RECEIVED NOT_ACCEPTED REJECTED FATAL_ERROR\n"
+        "             PARTITION UNDELIVERABLE REROUTED\n"
+        "  STAND-DOWN referral=<id>: <agency> accepted it; stand down\n"
+        "  STAND-DOWN referral=<id>: the partition alert is over: <detail>\n"
+        "  An ALERT means a person should act now: phone the numbers it names.\n"
+        "\n");
+    fprintf(f,
         "Connection (flags, or the environment variable named):\n"
         "  --agency ID        REFERRAL_AGENCY     this agency's id\n"
         "  --keys DIR         REFERRAL_KEYS       its key files (referralctl keygen)\n"
@@ -69,13 +85,17 @@ static void usage(FILE *f)
         "JSON output (--json), one object per line:\n"
         "  send:   event (\"accepted\" or, with --async, \"queued\"), message_id,\n"
         "          referral_id, to\n"
-        "  listen: event (\"referral\", \"receipt\" or \"notice\"), message_id,\n"
-        "          referral_id, in_reply_to (receipts and notices: the message they\n"
-        "          answer), from, urgency, level (receipts and notices), narrative,\n"
-        "          requested_action, pseudonym, age, detail; with --ack also\n"
+        "  listen: event (\"referral\", \"receipt\", \"notice\", \"alert\" or\n"
+        "          \"stand_down\"), message_id, referral_id, in_reply_to (receipts,\n"
+        "          notices, alerts: the message they answer or concern), from, urgency,\n"
+        "          level (receipts and notices), narrative, requested_action,\n"
+        "          pseudonym, age, detail, is_copy and original_recipient (an\n"
+        "          escalation copy of a referral), alert_kind, about, step, round,\n"
+        "          contacts, copied_to (alerts and stand-downs); with --ack also\n"
         "          event \"acknowledged\", message_id, level\n"
         "Ids are 32 hex digits; absent strings are \"\" and absent numbers 0.\n"
-        "\n"
+        "\n");
+    fprintf(f,
         "Levels: urgency routine|priority|urgent|crisis; ack received|accepted|rejected|\n"
         "action_taken|closed. Categories: protection, family_dysfunction,\n"
         "psychological_support, growth_difficulty, legal_aid, other.\n"
@@ -299,14 +319,41 @@ static int cmd_send(ref_client *c, int argc, char **argv)
     return rc;
 }
 
+/* An alert or a stand-down, one block: what happened, then whom to phone. */
+static void print_alert(const ref_delivery *d)
+{
+    const char *kind = ref_delivery_alert_kind(d), *detail = ref_delivery_detail(d);
+    if (ref_delivery_kind_of(d) == REF_DELIVERY_ALERT) {
+        printf("ALERT %s referral=%s about=%s step=%u round=%u: %s\n", kind[0] ? kind : "?",
+               ref_delivery_referral_id(d), ref_delivery_about_agency(d),
+               ref_delivery_alert_step(d), ref_delivery_alert_round(d), detail);
+    } else if (strcmp(kind, "PARTITION") == 0) {
+        printf("STAND-DOWN referral=%s: the partition alert is over%s%s\n",
+               ref_delivery_referral_id(d), detail[0] ? ": " : "", detail);
+        detail = "";
+    } else {
+        printf("STAND-DOWN referral=%s: %s accepted it; stand down\n",
+               ref_delivery_referral_id(d),
+               ref_delivery_about_agency(d)[0] ? ref_delivery_about_agency(d) : "another agency");
+        if (detail[0])
+            printf("  detail: %s\n", detail);
+    }
+    if (ref_delivery_contacts(d)[0])
+        printf("  call: %s\n", ref_delivery_contacts(d));
+    if (ref_delivery_copied_to(d)[0])
+        printf("  copied to: %s\n", ref_delivery_copied_to(d));
+}
+
 static void print_delivery(const ref_delivery *d, bool is_json)
 {
-    static const char *const kinds[] = {"", "referral", "receipt", "notice"};
+    static const char *const kinds[] = {"", "referral", "receipt", "notice", "alert",
+                                        "stand_down"};
     ref_delivery_kind k = ref_delivery_kind_of(d);
+    const char *kind = k < sizeof kinds / sizeof kinds[0] ? kinds[k] : "";
     int level = ref_delivery_level(d);
     if (is_json) {
         json_object *o = json_object_new_object();
-        json_object_object_add(o, "event", json_object_new_string(kinds[k]));
+        json_object_object_add(o, "event", json_object_new_string(kind));
         json_object_object_add(o, "message_id", json_object_new_string(ref_delivery_message_id(d)));
         json_object_object_add(o, "referral_id", json_object_new_string(ref_delivery_referral_id(d)));
         json_object_object_add(o, "in_reply_to", json_object_new_string(ref_delivery_in_reply_to(d)));
@@ -320,14 +367,30 @@ static void print_delivery(const ref_delivery *d, bool is_json)
         json_object_object_add(o, "pseudonym", json_object_new_string(ref_delivery_subject_pseudonym(d)));
         json_object_object_add(o, "age", json_object_new_int((int)ref_delivery_subject_age(d)));
         json_object_object_add(o, "detail", json_object_new_string(ref_delivery_detail(d)));
+        json_object_object_add(o, "is_copy", json_object_new_boolean(ref_delivery_is_copy(d)));
+        json_object_object_add(o, "original_recipient",
+                               json_object_new_string(ref_delivery_original_recipient(d)));
+        json_object_object_add(o, "alert_kind", json_object_new_string(ref_delivery_alert_kind(d)));
+        json_object_object_add(o, "about", json_object_new_string(ref_delivery_about_agency(d)));
+        json_object_object_add(o, "step", json_object_new_int64(ref_delivery_alert_step(d)));
+        json_object_object_add(o, "round", json_object_new_int64(ref_delivery_alert_round(d)));
+        json_object_object_add(o, "contacts", json_object_new_string(ref_delivery_contacts(d)));
+        json_object_object_add(o, "copied_to", json_object_new_string(ref_delivery_copied_to(d)));
         printf("%s\n", json_object_to_json_string_ext(o, JSON_C_TO_STRING_PLAIN));
         json_object_put(o);
     } else if (k == REF_DELIVERY_REFERRAL) {
-        printf("REFERRAL %s from %s urgency=%s message=%s\n  subject: %s, %u\n  narrative: %s\n"
+        if (ref_delivery_is_copy(d))
+            printf("REFERRAL (escalation copy for %s: %s) ", ref_delivery_original_recipient(d),
+                   ref_delivery_detail(d));
+        else
+            printf("REFERRAL ");
+        printf("%s from %s urgency=%s message=%s\n  subject: %s, %u\n  narrative: %s\n"
                "  requested: %s\n", ref_delivery_referral_id(d), ref_delivery_from(d),
                urgencies[ref_delivery_urgency(d) % 5], ref_delivery_message_id(d),
                ref_delivery_subject_pseudonym(d), ref_delivery_subject_age(d),
                ref_delivery_narrative(d), ref_delivery_requested_action(d));
+    } else if (k == REF_DELIVERY_ALERT || k == REF_DELIVERY_STAND_DOWN) {
+        print_alert(d);
     } else {
         printf("%s for message %s from %s: %s %s\n", k == REF_DELIVERY_RECEIPT ? "RECEIPT" : "NOTICE",
                ref_delivery_in_reply_to(d), ref_delivery_from(d),

@@ -3,8 +3,9 @@
  * round-trip through their explicit encoding, a directory written by
  * libreferral 0.1.0 (format 1: raw structs) is migrated at open and keeps
  * its outbox and received ids, a newer format is refused with a sentence,
- * and an inbox entry of an unknown record version is set aside, not a
- * crash.
+ * an inbox entry of an unknown record version is set aside, not a
+ * crash, and format 3 keeps an escalation copy's labels beside its
+ * envelope while still reading format 2's inbox records.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -63,6 +64,19 @@ static void write_raw(const char *dir, const char *db, const uint8_t key[16], co
     mdb_env_close(env);
 }
 
+/* state_inbox_each callback: copy each entry into an array. */
+typedef struct {
+    state_inbox_entry *out;
+    size_t *n;
+} entry_list;
+
+static void keep_entry(const uint8_t id[16], const state_inbox_entry *e, void *ctx)
+{
+    (void)id;
+    entry_list *l = ctx;
+    l->out[(*l->n)++] = *e;
+}
+
 static void records_round_trip(void **unused)
 {
     (void)unused;
@@ -74,7 +88,8 @@ static void records_round_trip(void **unused)
     state_seen seen = {.forget_at_ms = 0x0102030405060708ull, .urgency = 4};
     memset(seen.referral_id, 7, 16);
     snprintf(seen.from, sizeof seen.from, "%s", "sh.12355.desk");
-    state_inbox_entry e = {STATE_INBOX_ENVELOPE, 4, 3, payload, sizeof payload};
+    state_inbox_entry e = {.kind = STATE_INBOX_ENVELOPE, .urgency = 4, .attempt = 3,
+                           .payload = payload, .len = sizeof payload};
     state_txn *txn = NULL;
     assert_int_equal(state_begin(s, &txn), REF_OK);
     assert_int_equal(state_seen_put(txn, id, &seen), REF_OK);
@@ -176,6 +191,112 @@ static void inbox_entry_of_unknown_version_is_set_aside(void **unused)
     remove_dir(dir);
 }
 
+static void copy_labels_round_trip_in_the_inbox(void **unused)
+{
+    (void)unused;
+    char *dir = make_dir(), why[256] = "";
+    state *s = NULL;
+    assert_int_equal(state_open(dir, &s, why, sizeof why), REF_OK);
+    uint8_t id[16] = {0xc0}, plain_id[16] = {0xc1}, env[30];
+    memset(env, 0x42, sizeof env);
+    state_inbox_entry e = {.kind = STATE_INBOX_ENVELOPE, .urgency = 4, .attempt = 2,
+                           .payload = env, .len = sizeof env, .is_copy = true,
+                           .copy = {.step = 1, .round = 3}};
+    memset(e.copy.attempt_id, 0xa7, 16);
+    snprintf(e.copy.original_recipient, sizeof e.copy.original_recipient, "qd.youth-league");
+    snprintf(e.copy.reason, sizeof e.copy.reason, "not acknowledged within 10 minutes");
+    state_inbox_entry plain = {.kind = STATE_INBOX_NOTICE, .urgency = 3, .attempt = 1,
+                               .payload = env, .len = 5};
+    state_copy_ref ref = {.forget_at_ms = 4102444800000ull};
+    memset(ref.copy_id, 0xc0, 16);
+    memset(ref.attempt_id, 0xa7, 16);
+    uint8_t env_mid[16] = {0xee};
+    state_txn *txn = NULL;
+    assert_int_equal(state_begin(s, &txn), REF_OK);
+    assert_int_equal(state_inbox_put(txn, id, &e), REF_OK);
+    assert_int_equal(state_inbox_put(txn, plain_id, &plain), REF_OK);
+    assert_int_equal(state_copy_ref_put(txn, env_mid, &ref), REF_OK);
+    plain.is_copy = true;   /* only an envelope can be a copy */
+    assert_int_equal(state_inbox_put(txn, plain_id, &plain), REF_E_INVALID);
+    assert_int_equal(state_commit(&txn), REF_OK);
+    state_destroy(&s);
+    assert_int_equal(state_open(dir, &s, why, sizeof why), REF_OK);
+    state_inbox_entry got[2];
+    size_t n = 0, unreadable = 0;
+    assert_int_equal(state_inbox_each(s, keep_entry, &(entry_list){got, &n}, &unreadable),
+                     REF_OK);
+    assert_int_equal(unreadable, 0);
+    assert_int_equal(n, 2);
+    assert_true(got[0].is_copy);
+    assert_int_equal(got[0].kind, STATE_INBOX_ENVELOPE);
+    assert_int_equal(got[0].attempt, 2);
+    assert_int_equal(got[0].copy.step, 1);
+    assert_int_equal(got[0].copy.round, 3);
+    assert_int_equal(got[0].copy.attempt_id[15], 0xa7);
+    assert_string_equal(got[0].copy.original_recipient, "qd.youth-league");
+    assert_string_equal(got[0].copy.reason, "not acknowledged within 10 minutes");
+    assert_int_equal(got[0].len, sizeof env);
+    assert_false(got[1].is_copy);
+    assert_int_equal(got[1].len, 5);
+    state_copy_ref r2;
+    assert_int_equal(state_copy_ref_get(s, env_mid, &r2), REF_OK);
+    assert_memory_equal(&r2, &ref, sizeof r2);
+    assert_int_equal(state_copy_ref_get(s, id, &r2), REF_E_AGAIN);
+    /* Forgotten after its time, like seen and sent. */
+    assert_int_equal(state_prune(s, ref.forget_at_ms + 1), 1);
+    assert_int_equal(state_copy_ref_get(s, env_mid, &r2), REF_E_AGAIN);
+    state_destroy(&s);
+    remove_dir(dir);
+}
+
+static void format_2_directory_keeps_its_inbox_and_becomes_format_3(void **unused)
+{
+    (void)unused;
+    char *dir = make_dir(), why[256] = "";
+    /* An inbox record of version 1, as format 2 wrote it: not a copy. */
+    uint8_t id[16] = {0x21}, old[7 + 4] = {1, STATE_INBOX_ENVELOPE, 4, 9, 0, 0, 0, 1, 2, 3, 4};
+    write_raw(dir, "inbox", id, old, sizeof old, "\x02\x00\x00\x00");
+    /* A sent record naming 32 readers: format 3 keeps them all. */
+    state *s = NULL;
+    assert_int_equal(state_open(dir, &s, why, sizeof why), REF_OK);
+    state_inbox_entry got[1];
+    size_t n = 0, unreadable = 0;
+    assert_int_equal(state_inbox_each(s, keep_entry, &(entry_list){got, &n}, &unreadable),
+                     REF_OK);
+    assert_int_equal(n, 1);
+    assert_int_equal(unreadable, 0);
+    assert_false(got[0].is_copy);
+    assert_int_equal(got[0].attempt, 9);
+    assert_int_equal(got[0].len, 4);
+    state_sent sent = {.forget_at_ms = 4102444800000ull, .n = STATE_SENT_MAX};
+    for (size_t i = 0; i < STATE_SENT_MAX; i++)
+        snprintf(sent.agencies[i], sizeof sent.agencies[i], "qd.agency-%zu", i);
+    state_txn *txn = NULL;
+    assert_int_equal(state_begin(s, &txn), REF_OK);
+    assert_int_equal(state_sent_put(txn, id, &sent), REF_OK);
+    assert_int_equal(state_commit(&txn), REF_OK);
+    state_sent back;
+    assert_int_equal(state_sent_get(s, id, &back), REF_OK);
+    assert_int_equal(back.n, STATE_SENT_MAX);
+    assert_string_equal(back.agencies[31], "qd.agency-31");
+    state_destroy(&s);
+    MDB_env *env;
+    MDB_txn *rt;
+    MDB_dbi meta;
+    assert_int_equal(mdb_env_create(&env), 0);
+    mdb_env_set_maxdbs(env, 8);
+    assert_int_equal(mdb_env_open(env, dir, MDB_NOTLS, 0600), 0);
+    assert_int_equal(mdb_txn_begin(env, NULL, MDB_RDONLY, &rt), 0);
+    assert_int_equal(mdb_dbi_open(rt, "meta", 0, &meta), 0);
+    MDB_val k = {6, "format"}, v;
+    assert_int_equal(mdb_get(rt, meta, &k, &v), 0);
+    assert_int_equal(v.mv_size, 4);
+    assert_int_equal(((const uint8_t *)v.mv_data)[0], STATE_FORMAT);
+    mdb_txn_abort(rt);
+    mdb_env_close(env);
+    remove_dir(dir);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -183,6 +304,8 @@ int main(void)
         cmocka_unit_test(format_1_directory_is_migrated),
         cmocka_unit_test(newer_format_is_refused_with_a_sentence),
         cmocka_unit_test(inbox_entry_of_unknown_version_is_set_aside),
+        cmocka_unit_test(copy_labels_round_trip_in_the_inbox),
+        cmocka_unit_test(format_2_directory_keeps_its_inbox_and_becomes_format_3),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
