@@ -169,6 +169,16 @@ int broker_open(broker *b, const config *cfg)
         .body_grace_ms = b->cfg.body_grace_ms,
         .sign_secret = b->keys.sign_secret,
         .sign_public = b->keys.sign_public,
+        .on_final = escalate_on_final,
+        .keep_body = escalate_keep_body,
+        .on_final_ctx = &b->ec,
+    };
+    b->ec = (escalate_ctx){
+        .st = b->st,
+        .dc = &b->dc,
+        .policies = &b->cfg.policies,
+        .dir = &b->dir,
+        .broker_id = b->cfg.id,
     };
     const retention_options ro = {
         .keep_ms = b->cfg.keep_ms,

@@ -13,6 +13,7 @@
 #include "config.h"
 #include "delivery.h"
 #include "directory.h"
+#include "escalate.h"
 #include "keys.h"
 #include "link.h"
 #include "session.h"
@@ -42,6 +43,7 @@ typedef struct {
     keys_identity keys;           /* this broker's keys */
     session_table sessions;
     delivery_ctx dc;
+    escalate_ctx ec;              /* escalation and the origin's watchdog (escalate.h) */
     wire_limits limits;
 
     broker_link clients;                 /* the client ROUTER's frames for after the commit */
@@ -61,6 +63,7 @@ typedef struct {
     struct retention *retention;  /* the background sweep (retention.h) */
 
     uint64_t next_due_ms;         /* earliest deadline, UINT64_MAX if none */
+    uint64_t next_escalation_ms;  /* earliest escalation deadline: a turn's frames stop there */
     bool is_busy;                 /* more work waits: poll without sleeping */
     bool is_holding;              /* a link holds frames for a full pipe: poll briefly */
     volatile sig_atomic_t *stop;  /* set by SIGTERM / SIGINT */

@@ -5,6 +5,8 @@
  */
 #include "config.h"
 
+#include <assert.h>
+
 #include <errno.h>
 #include <inttypes.h>
 #include <stdio.h>
@@ -18,6 +20,10 @@
 void config_defaults(config *cfg)
 {
     memset(cfg, 0, sizeof *cfg);
+    char why[200];
+    bool is_done = policy_finish(&cfg->policies, why, sizeof why);   /* the built-in ones */
+    assert(is_done);
+    (void)is_done;
     cfg->log_level = LOGL_INFO;
     cfg->max_frame_bytes = 1u << 20;
     cfg->max_body_bytes = 800u << 10;   /* the largest sealed body (792,386 bytes) fits */
@@ -144,6 +150,8 @@ static const key_spec keys[] = {
     {"federation", "heartbeat_ms", K_U32, OFF(heartbeat_ms), 0, 100, 600000, "100..600000"},
     {"federation", "peer_timeout_ms", K_U32, OFF(peer_timeout_ms), 0, 300, 3600000, "300..3600000"},
     {"federation", "stall_ms", K_U32, OFF(stall_ms), 0, 1000, 86400000, "1000..86400000"},
+    {"federation", "stall_alert_to", K_TEXT, OFF(stall_alert_to),
+     sizeof ((config *)0)->stall_alert_to, 0, 0, "agency ids, comma-separated"},
 };
 
 const config_peer *config_peer_find(const config *cfg, const char *id)
@@ -212,6 +220,17 @@ static bool check_federation(const config *cfg, char *err, size_t err_len)
             return false;
         }
     }
+    char list[sizeof cfg->stall_alert_to];
+    snprintf(list, sizeof list, "%s", cfg->stall_alert_to);
+    size_t n_to = 0;
+    for (char *save = NULL, *id = strtok_r(list, ", ", &save); id != NULL;
+         id = strtok_r(NULL, ", ", &save)) {
+        if (!ids_is_valid_name(id) || ++n_to > CONFIG_MAX_STALL_ALERT_TO) {
+            snprintf(err, err_len, "[federation] stall_alert_to: \"%.64s\" is not an agency id, "
+                     "or more than %d are listed", id, CONFIG_MAX_STALL_ALERT_TO);
+            return false;
+        }
+    }
     if (cfg->n_peers > 0 && cfg->peer_listen[0] == '\0') {
         snprintf(err, err_len, "[peers] are listed but [federation] peer_listen is empty: peers "
                  "need an endpoint to send to this broker");
@@ -270,6 +289,11 @@ static int on_key(void *user, const char *section, const char *name, const char 
         st->has_error = !on_federation_key(st, section, name, value);
         return st->has_error ? 0 : 1;
     }
+    if (strncmp(section, "policy.", 7) == 0) {
+        st->has_error = !policy_parse_key(&st->cfg->policies, section, name, value, st->err,
+                                          st->err_len);
+        return st->has_error ? 0 : 1;
+    }
     for (size_t i = 0; i < sizeof keys / sizeof keys[0]; i++) {
         if (strcmp(keys[i].section, section) == 0 && strcmp(keys[i].name, name) == 0) {
             if (apply(&keys[i], st->cfg, value))
@@ -289,6 +313,7 @@ static int on_key(void *user, const char *section, const char *name, const char 
 bool config_load(const char *path, config *cfg, char *err, size_t err_len)
 {
     config_defaults(cfg);
+    memset(&cfg->policies, 0, sizeof cfg->policies);   /* the file's, then built-in ones */
     char detail[384] = "";
     parse_state st = {.cfg = cfg, .err = detail, .err_len = sizeof detail, .has_error = false};
     FILE *f = fopen(path, "r");
@@ -342,6 +367,10 @@ bool config_load(const char *path, config *cfg, char *err, size_t err_len)
     }
     char why[300];
     if (!check_federation(cfg, why, sizeof why)) {
+        snprintf(err, err_len, "configuration %s: %s", path, why);
+        return false;
+    }
+    if (!policy_finish(&cfg->policies, why, sizeof why)) {
         snprintf(err, err_len, "configuration %s: %s", path, why);
         return false;
     }

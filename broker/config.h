@@ -15,9 +15,11 @@
 
 #include "ids.h"
 #include "log.h"
+#include "policy.h"
 
 #define CONFIG_MAX_PEERS 32
 #define CONFIG_MAX_ROUTES 256
+#define CONFIG_MAX_STALL_ALERT_TO 8
 
 /* [peers]: a broker this one keeps a link to, and where it listens. */
 typedef struct {
@@ -76,6 +78,9 @@ typedef struct {
     uint32_t retention_max_per_turn;  /* the sweep removes at most this many items a turn */
     uint64_t sweep_interval_ms;       /* a finished sweep pass starts again after this */
 
+    /* [policy.NAME] sections (policy.h); built-in defaults fill the gaps */
+    policy_set policies;
+
     /* [metrics] */
     char metrics_listen[64];          /* HTTP address:port for Prometheus; empty: off */
     bool metrics_allow_remote;        /* a non-loopback metrics_listen is refused without it */
@@ -85,6 +90,7 @@ typedef struct {
     uint32_t heartbeat_ms;            /* a heartbeat on every link this often */
     uint32_t peer_timeout_ms;         /* a link heard nothing from for this long is down */
     uint32_t stall_ms;                /* queued work and no hop ack for this long: stalled */
+    char stall_alert_to[512];         /* agencies alerted when a link stalls (comma list) */
     config_peer peers[CONFIG_MAX_PEERS];
     size_t n_peers;
     config_route routes[CONFIG_MAX_ROUTES];

@@ -99,18 +99,9 @@ store_err delivery_trace(const delivery_ctx *dc, MDB_txn *txn, const store_msg *
     return store_trace_put(dc->st, txn, m->referral_id, buf, n);
 }
 
-/* Tell m's sender about a final state of m, as a notice queued for it. */
-static store_err notify_sender(const delivery_ctx *dc, MDB_txn *txn, const store_msg *m,
-                               Referral__V1__NoticeKind kind, Referral__V1__AckLevel level,
-                               Referral__V1__ResultCode code, const char *detail,
-                               uint64_t now_ms)
+store_err delivery_notify(const delivery_ctx *dc, MDB_txn *txn, const delivery_notice *spec,
+                          uint64_t now_ms)
 {
-    char idhex[IDS_HEX_LEN + 1];
-    if (m->payload_kind == STORE_PAYLOAD_NOTICE) {
-        log_warn("delivery", "notice ended undelivered msg=%s recipient=%s code=%d",
-                 ids_hex(m->id, IDS_BYTES, idhex), m->recipient, (int)code);
-        return STORE_OK;
-    }
     store_msg n;
     memset(&n, 0, sizeof n);
     if (!ids_new(n.id, now_ms))
@@ -118,20 +109,21 @@ static store_err notify_sender(const delivery_ctx *dc, MDB_txn *txn, const store
     Referral__V1__Notice notice = REFERRAL__V1__NOTICE__INIT;
     notice.notice_id.data = n.id;
     notice.notice_id.len = IDS_BYTES;
-    notice.kind = kind;
-    notice.referral_id.data = (uint8_t *)(uintptr_t)m->referral_id;
+    notice.kind = spec->kind;
+    notice.referral_id.data = (uint8_t *)(uintptr_t)spec->referral_id;
     notice.referral_id.len = IDS_BYTES;
-    notice.message_id.data = (uint8_t *)(uintptr_t)m->id;
+    notice.message_id.data = (uint8_t *)(uintptr_t)spec->message_id;
     notice.message_id.len = IDS_BYTES;
     notice.broker_id = (char *)(uintptr_t)dc->broker_id;
-    notice.about_agency = (char *)(uintptr_t)m->recipient;
+    notice.about_agency = (char *)(uintptr_t)spec->about_agency;
     notice.at_ms = now_ms;
-    notice.level = level;
-    notice.code = code;
+    notice.level = spec->level;
+    notice.code = spec->code;
     char cut[WIRE_MAX_TEXT + 4];   /* cut below to what wire_decode_notice accepts */
-    snprintf(cut, sizeof cut, "%s", detail != NULL ? detail : "");
+    snprintf(cut, sizeof cut, "%s", spec->detail != NULL ? spec->detail : "");
     utf8_cut(cut, WIRE_MAX_TEXT);
     notice.detail = cut;
+    notice.alert = (Referral__V1__Alert *)(uintptr_t)spec->alert;
     size_t nlen;
     uint8_t *nbuf = wire_pack(&notice, &nlen);
     if (nbuf == NULL)
@@ -153,23 +145,43 @@ static store_err notify_sender(const delivery_ctx *dc, MDB_txn *txn, const store
     if (payload == NULL)
         return STORE_FAILED;
 
-    memcpy(n.referral_id, m->referral_id, IDS_BYTES);
+    memcpy(n.referral_id, spec->referral_id, IDS_BYTES);
     memcpy(n.content_digest, n.id, IDS_BYTES);   /* never submitted: no dedup content */
-    n.urgency = m->urgency;
+    n.urgency = spec->urgency;
     n.payload_kind = STORE_PAYLOAD_NOTICE;
     n.created_at_ms = now_ms;
     n.expires_at_ms = now_ms + dc->notice_ttl_ms;
-    /* A sender homed at another broker hears through the next hop there. */
-    const char *via = dc->route != NULL ? dc->route(dc->route_ctx, m->sender) : NULL;
-    snprintf(n.recipient, sizeof n.recipient, "%s", via != NULL ? via : m->sender);
+    /* An agency homed at another broker hears through the next hop there. */
+    const char *via = dc->route != NULL ? dc->route(dc->route_ctx, spec->to) : NULL;
+    snprintf(n.recipient, sizeof n.recipient, "%s", via != NULL ? via : spec->to);
     snprintf(n.sender, sizeof n.sender, "%s", dc->broker_id);
     store_err e = delivery_enqueue(dc, txn, &n, payload, plen, now_ms);
     free(payload);
-    char nhex[IDS_HEX_LEN + 1];
-    log_info("delivery", "notice queued notice=%s msg=%s to=%s kind=%d code=%d",
-             ids_hex(n.id, IDS_BYTES, nhex), ids_hex(m->id, IDS_BYTES, idhex), n.recipient,
-             (int)kind, (int)code);
+    char nhex[IDS_HEX_LEN + 1], idhex[IDS_HEX_LEN + 1];
+    log_info("delivery", "notice queued notice=%s msg=%s to=%s via=%s kind=%d code=%d",
+             ids_hex(n.id, IDS_BYTES, nhex), ids_hex(spec->message_id, IDS_BYTES, idhex),
+             spec->to, n.recipient, (int)spec->kind, (int)spec->code);
     return e;
+}
+
+/* Tell m's sender about a final state of m, as a notice queued for it. */
+static store_err notify_sender(const delivery_ctx *dc, MDB_txn *txn, const store_msg *m,
+                               Referral__V1__NoticeKind kind, Referral__V1__AckLevel level,
+                               Referral__V1__ResultCode code, const char *detail,
+                               uint64_t now_ms)
+{
+    char idhex[IDS_HEX_LEN + 1];
+    if (m->payload_kind == STORE_PAYLOAD_NOTICE) {
+        log_warn("delivery", "notice ended undelivered msg=%s recipient=%s code=%d",
+                 ids_hex(m->id, IDS_BYTES, idhex), m->recipient, (int)code);
+        return STORE_OK;
+    }
+    delivery_notice spec = {
+        .referral_id = m->referral_id, .message_id = m->id, .to = m->sender,
+        .about_agency = m->recipient, .kind = kind, .level = level, .code = code,
+        .detail = detail, .alert = NULL, .urgency = m->urgency,
+    };
+    return delivery_notify(dc, txn, &spec, now_ms);
 }
 
 store_err delivery_enqueue(const delivery_ctx *dc, MDB_txn *txn, store_msg *m,
@@ -200,6 +212,8 @@ store_err delivery_enqueue(const delivery_ctx *dc, MDB_txn *txn, store_msg *m,
 static store_err finish(const delivery_ctx *dc, MDB_txn *txn, store_msg *m, uint8_t to,
                         uint64_t now_ms)
 {
+    if (dc->keep_body != NULL)
+        TRY(dc->keep_body(dc->on_final_ctx, txn, m));
     if (m->state == S_QUEUED) {
         TRY(queue_remove(dc->st, txn, m));
     } else {
@@ -226,6 +240,14 @@ static store_err finish(const delivery_ctx *dc, MDB_txn *txn, store_msg *m, uint
     return store_msg_put(dc->st, txn, m);
 }
 
+/* Tell the watcher of final states (escalate.h), after the move's own
+ * trace and notices. */
+static store_err tell_final(const delivery_ctx *dc, MDB_txn *txn, const store_msg *m,
+                            uint64_t now_ms)
+{
+    return dc->on_final != NULL ? dc->on_final(dc->on_final_ctx, txn, m, now_ms) : STORE_OK;
+}
+
 static store_err quarantine(const delivery_ctx *dc, MDB_txn *txn, store_msg *m, uint64_t now_ms)
 {
     char idhex[IDS_HEX_LEN + 1];
@@ -243,10 +265,11 @@ static store_err quarantine(const delivery_ctx *dc, MDB_txn *txn, store_msg *m, 
     TRY(delivery_trace(dc, txn, m, REFERRAL__V1__TRACE_EVENT_KIND__TRACE_EVENT_KIND_QUARANTINED,
                        REFERRAL__V1__RESULT_CODE__RESULT_CORRUPT, "stored copy failed its digest",
                        now_ms));
-    return notify_sender(dc, txn, m, REFERRAL__V1__NOTICE_KIND__NOTICE_KIND_QUARANTINED,
-                         REFERRAL__V1__ACK_LEVEL__ACK_LEVEL_UNSPECIFIED,
-                         REFERRAL__V1__RESULT_CODE__RESULT_CORRUPT,
-                         "the broker's stored copy was damaged; send the referral again", now_ms);
+    TRY(notify_sender(dc, txn, m, REFERRAL__V1__NOTICE_KIND__NOTICE_KIND_QUARANTINED,
+                      REFERRAL__V1__ACK_LEVEL__ACK_LEVEL_UNSPECIFIED,
+                      REFERRAL__V1__RESULT_CODE__RESULT_CORRUPT,
+                      "the broker's stored copy was damaged; send the referral again", now_ms));
+    return tell_final(dc, txn, m, now_ms);
 }
 
 store_err delivery_take(const delivery_ctx *dc, MDB_txn *txn, const char *agency,
@@ -358,6 +381,7 @@ store_err delivery_settle(const delivery_ctx *dc, MDB_txn *txn, const char *agen
                                REFERRAL__V1__TRACE_EVENT_KIND__TRACE_EVENT_KIND_ACKNOWLEDGED,
                                REFERRAL__V1__RESULT_CODE__RESULT_OK,
                                "stored by the recipient's client", now_ms));
+        TRY(tell_final(dc, txn, &m, now_ms));
         break;
     case REFERRAL__V1__SETTLE_VERB__SETTLE_VERB_REJECT: {
         verb = "reject";
@@ -370,6 +394,7 @@ store_err delivery_settle(const delivery_ctx *dc, MDB_txn *txn, const char *agen
         TRY(notify_sender(dc, txn, &m, REFERRAL__V1__NOTICE_KIND__NOTICE_KIND_ACK_LEVEL,
                           REFERRAL__V1__ACK_LEVEL__ACK_LEVEL_REJECTED,
                           REFERRAL__V1__RESULT_CODE__RESULT_OK, why, now_ms));
+        TRY(tell_final(dc, txn, &m, now_ms));
         break;
     }
     case REFERRAL__V1__SETTLE_VERB__SETTLE_VERB_NAK: {
@@ -414,16 +439,19 @@ static store_err expire(const delivery_ctx *dc, MDB_txn *txn, store_msg *m, uint
     log_warn("delivery", "undeliverable: expired before delivery msg=%s recipient=%s sender=%s "
              "attempts=%u", ids_hex(m->id, IDS_BYTES, idhex), m->recipient, m->sender,
              m->attempts);
+    if (m->payload_kind == STORE_PAYLOAD_COPY)
+        return tell_final(dc, txn, m, now_ms);   /* escalation re-routes; it tells the sender */
     if (m->payload_kind != STORE_PAYLOAD_ENVELOPE)
         return STORE_OK;
     metrics_count_undeliverable();
     TRY(delivery_trace(dc, txn, m, REFERRAL__V1__TRACE_EVENT_KIND__TRACE_EVENT_KIND_EXPIRED,
                        REFERRAL__V1__RESULT_CODE__RESULT_UNDELIVERABLE,
                        "expired before the recipient acknowledged it", now_ms));
-    return notify_sender(dc, txn, m, REFERRAL__V1__NOTICE_KIND__NOTICE_KIND_UNDELIVERABLE,
-                         REFERRAL__V1__ACK_LEVEL__ACK_LEVEL_UNSPECIFIED,
-                         REFERRAL__V1__RESULT_CODE__RESULT_UNDELIVERABLE,
-                         "expired before the recipient acknowledged it; call the agency", now_ms);
+    TRY(notify_sender(dc, txn, m, REFERRAL__V1__NOTICE_KIND__NOTICE_KIND_UNDELIVERABLE,
+                      REFERRAL__V1__ACK_LEVEL__ACK_LEVEL_UNSPECIFIED,
+                      REFERRAL__V1__RESULT_CODE__RESULT_UNDELIVERABLE,
+                      "expired before the recipient acknowledged it; call the agency", now_ms));
+    return tell_final(dc, txn, m, now_ms);
 }
 
 store_err delivery_fire(const delivery_ctx *dc, MDB_txn *txn, deadline_kind kind,
@@ -600,4 +628,24 @@ store_err delivery_enqueue_alone(const delivery_ctx *dc, MDB_txn *txn, store_msg
         return e;
     }
     return store_err_from_mdb(mdb_txn_commit(child));
+}
+
+store_err delivery_withdraw(const delivery_ctx *dc, MDB_txn *txn, const uint8_t id[IDS_BYTES],
+                            const char *why, uint64_t now_ms, bool *is_withdrawn)
+{
+    store_msg m;
+    *is_withdrawn = false;
+    store_err e = store_msg_get(dc->st, txn, id, &m);
+    if (e == STORE_NOT_FOUND || (e == STORE_OK && m.state != S_QUEUED))
+        return STORE_OK;
+    if (e != STORE_OK)
+        return e;
+    TRY(finish(dc, txn, &m, S_WITHDRAWN, now_ms));
+    TRY(delivery_trace(dc, txn, &m, REFERRAL__V1__TRACE_EVENT_KIND__TRACE_EVENT_KIND_WITHDRAWN,
+                       REFERRAL__V1__RESULT_CODE__RESULT_OK, why, now_ms));
+    char idhex[IDS_HEX_LEN + 1];
+    log_info("delivery", "withdrawn undelivered msg=%s recipient=%s why=%s",
+             ids_hex(m.id, IDS_BYTES, idhex), m.recipient, why);
+    *is_withdrawn = true;
+    return STORE_OK;
 }

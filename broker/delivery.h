@@ -53,7 +53,28 @@ typedef struct {
      * broker, or NULL for a local agency; route NULL: every agency local. */
     const char *(*route)(const void *ctx, const char *agency);
     const void *route_ctx;
+    /* Called in the same transaction when a message reaches a final state
+     * (escalate.h watches its attempts); NULL: nobody watches. */
+    store_err (*on_final)(void *ctx, MDB_txn *txn, const store_msg *m, uint64_t now_ms);
+    /* Called as a message leaves its queue for a final state, while its
+     * body is still stored (escalate.h keeps what later copies need). */
+    store_err (*keep_body)(void *ctx, MDB_txn *txn, const store_msg *m);
+    void *on_final_ctx;                  /* the ctx of both */
 } delivery_ctx;
+
+/* A notice a broker makes and signs (delivery_notify). */
+typedef struct {
+    const uint8_t *referral_id;              /* IDS_BYTES */
+    const uint8_t *message_id;               /* the message it is about */
+    const char *to;                          /* the agency told */
+    const char *about_agency;                /* the agency it names ("" none) */
+    Referral__V1__NoticeKind kind;
+    Referral__V1__AckLevel level;
+    Referral__V1__ResultCode code;
+    const char *detail;                      /* cut to WIRE_MAX_TEXT */
+    const Referral__V1__Alert *alert;        /* or NULL */
+    uint8_t urgency;                         /* its queue rank */
+} delivery_notice;
 
 /* Is from -> to one of the moves above (from 0: a new message)? */
 bool delivery_is_move_allowed(uint8_t from, uint8_t to);
@@ -137,6 +158,18 @@ store_err delivery_return_flight(const delivery_ctx *dc, MDB_txn *txn,
 /* At start: return every in-flight message to its queue; *count returned. */
 store_err delivery_return_all(const delivery_ctx *dc, MDB_txn *txn, uint64_t now_ms,
                               size_t *count);
+
+/* Sign a notice made from spec and queue it for spec->to (through the next
+ * hop when that agency is homed at another broker). Like every notice it
+ * is never refused for room: receipts, notices and alerts keep flowing. */
+store_err delivery_notify(const delivery_ctx *dc, MDB_txn *txn, const delivery_notice *spec,
+                          uint64_t now_ms);
+
+/* Withdraw message id if it is still QUEUED (never handed to a client):
+ * final WITHDRAWN, traced with why. *is_withdrawn false when it was not
+ * queued (in flight or final: it stays as it is). */
+store_err delivery_withdraw(const delivery_ctx *dc, MDB_txn *txn, const uint8_t id[IDS_BYTES],
+                            const char *why, uint64_t now_ms, bool *is_withdrawn);
 
 /* Append a trace event for m. */
 store_err delivery_trace(const delivery_ctx *dc, MDB_txn *txn, const store_msg *m,

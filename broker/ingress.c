@@ -12,8 +12,10 @@
  * first message of a referral records its sender and the agencies it
  * addresses; a later message of that referral id from anyone else is
  * refused, and a receipt counts only when it answers a message stored
- * here, comes from an agency the referral addressed, goes back to that
- * message's sender, and raises the level that agency asserted.
+ * here, comes from an agency the referral addressed (or one on the
+ * directory's escalation chain of such an agency, which an escalation may
+ * have copied it to), goes back to that message's sender, and raises the
+ * level that agency asserted.
  *
  * The verify stage checks the signature against the signed directory
  * (docs/security.md). Routing is local: a recipient served by another
@@ -180,6 +182,26 @@ static uint8_t *pack_with_hop(const broker *b, const Referral__V1__Envelope *env
     return wire_pack(&copy, len);
 }
 
+/* Is agency on the escalation chain (backup agencies, supervisor desk,
+ * regional centre) that the directory lists for an agency r addressed?
+ * The sender's library seals every referral for that chain, and the
+ * recipient's home broker may copy it there (escalate.h): a broker on the
+ * way back, which never saw the copy, admits such an agency's receipts. */
+static bool is_on_chain(const broker *b, const store_referral *r, const char *agency)
+{
+    for (size_t i = 0; i < r->n_addressed; i++) {
+        const Referral__V1__DirectoryAgency *a = directory_agency(b->dir, r->addressed[i]);
+        if (a == NULL)
+            continue;
+        if (strcmp(a->supervisor_desk, agency) == 0 || strcmp(a->regional_centre, agency) == 0)
+            return true;
+        for (size_t j = 0; j < a->n_backup_agencies; j++)
+            if (strcmp(a->backup_agencies[j], agency) == 0)
+                return true;
+    }
+    return false;
+}
+
 /* The binding rules (top of this file) for h, against the store. */
 static Referral__V1__ResultCode check_binding(broker *b, MDB_txn *txn,
                                               const Referral__V1__RoutingHeader *h,
@@ -216,9 +238,9 @@ static Referral__V1__ResultCode check_binding(broker *b, MDB_txn *txn,
         snprintf(detail, dlen, "receipt names another referral than the message it answers");
         return R(RECEIPT_REFUSED);
     }
-    if (!store_referral_names(&r, h->from_agency, false)) {
+    if (!store_referral_names(&r, h->from_agency, false) && !is_on_chain(b, &r, h->from_agency)) {
         snprintf(detail, dlen, "%s may not acknowledge this referral: it was not addressed to "
-                 "it", h->from_agency);
+                 "it, nor is it on the escalation chain of an agency it was", h->from_agency);
         return R(RECEIPT_REFUSED);
     }
     if (strcmp(h->to_agency, m.sender) != 0) {
@@ -264,12 +286,26 @@ static store_err record_binding(broker *b, MDB_txn *txn, const Referral__V1__Rou
 typedef struct {
     broker *b;
     const Referral__V1__RoutingHeader *h;
+    const uint8_t *payload;       /* the envelope as stored */
+    size_t len;
+    bool is_home;                 /* its recipient is an agency of this broker */
+    bool is_submitted;            /* from the sender's session, not a peer */
+    uint64_t now_ms;
 } binding_ctx;
 
+/* What the message's store adds (same child transaction): the binding
+ * records, and what escalation watches (escalate.h): a referral starts
+ * its watcher, a receipt counts for the attempt of its signer. */
 static store_err record_binding_in(void *ctx, MDB_txn *child)
 {
     binding_ctx *bc = ctx;
-    return record_binding(bc->b, child, bc->h);
+    store_err e = record_binding(bc->b, child, bc->h);
+    if (e != STORE_OK)
+        return e;
+    if (bc->h->kind == REFERRAL__V1__MESSAGE_KIND__MESSAGE_KIND_RECEIPT)
+        return escalate_on_receipt(&bc->b->ec, child, bc->h, bc->now_ms);
+    return escalate_on_referral(&bc->b->ec, child, bc->h, bc->payload, bc->len, bc->is_home,
+                                bc->is_submitted, bc->now_ms);
 }
 
 /* Who handed the envelope over: an agency's session (a submission) or a
@@ -449,7 +485,8 @@ static store_err accept_envelope(broker *b, MDB_txn *txn, const ingress_from *by
     m.expires_at_ms = h->expires_at_ms;
     snprintf(m.recipient, sizeof m.recipient, "%s", recipient);
     snprintf(m.sender, sizeof m.sender, "%s", h->from_agency);
-    binding_ctx bc = {b, h};
+    binding_ctx bc = {b, h, payload, len, strcmp(recipient, h->to_agency) == 0,
+                      by->sess != NULL, now_ms};
     store_err e = delivery_enqueue_alone(&b->dc, txn, &m, payload, len, now_ms,
                                          record_binding_in, &bc);
     free(payload);

@@ -7,6 +7,7 @@
  *   Submits to the worker threads, take back their verdicts  (inbound.h)
  *   begin one write transaction
  *     count the attempts of last turn's sent deliveries (count_sent)
+ *     fire due escalation steps, crisis first       (fire_escalations)
  *     handle the ring's ready frames, oldest first (handle_frame)
  *     fire due deadlines                           (fire_deadlines)
  *     return deliveries whose send failed          (return_lost)
@@ -431,8 +432,9 @@ static store_err handle_inbound(broker *b, MDB_txn *txn, uint64_t now_ms)
         held *hf = inbound_head(b->held);
         if (hf == NULL)
             return STORE_OK;
-        if (n > 0 && n % 16 == 0 && clock_mono_ms() >= until_ms)
-            break;
+        if (n > 0 && n % 16 == 0 &&
+            (clock_mono_ms() >= until_ms || clock_now_ms() >= b->next_escalation_ms))
+            break;   /* deadlines and deliveries get their turn */
         store_err e = hf->is_peer ? peers_handle(b, txn, hf, now_ms)
                                   : handle_frame(b, txn, hf, now_ms);
         inbound_pop(b->held);
@@ -441,6 +443,22 @@ static store_err handle_inbound(broker *b, MDB_txn *txn, uint64_t now_ms)
     }
     b->is_busy = true;   /* the batch was full: more may wait */
     return STORE_OK;
+}
+
+/* Escalation deadlines first in every turn, crisis first, so that no
+ * backlog of frames or routine deadlines delays them (escalate.h). */
+static store_err fire_escalations(broker *b, MDB_txn *txn, uint64_t now_ms)
+{
+    uint32_t n;
+    uint64_t late;
+    bool has_more;
+    store_err e = escalate_fire(&b->ec, txn, now_ms, b->cfg.max_deadlines_per_turn, &n, &late,
+                                &has_more);
+    if (n > 0)
+        metrics_observe_escalations(n, late);
+    if (has_more)
+        b->is_busy = true;
+    return e;
 }
 
 static store_err fire_deadlines(broker *b, MDB_txn *txn, uint64_t now_ms)
@@ -766,9 +784,13 @@ int loop_turn(broker *b)
     }
     e = count_sent(b, txn, now);
     if (e == STORE_OK)
+        e = fire_escalations(b, txn, now);
+    if (e == STORE_OK)
         e = peers_read(b, txn, now);
     if (e == STORE_OK)
         e = handle_inbound(b, txn, now);
+    if (e == STORE_OK)
+        e = fire_escalations(b, txn, clock_now_ms());   /* any that fell due meanwhile */
     if (e == STORE_OK)
         e = fire_deadlines(b, txn, now);
     if (e == STORE_OK)
@@ -777,10 +799,16 @@ int loop_turn(broker *b)
         e = deliver(b, txn, now);
     if (e == STORE_OK)
         e = peers_deliver(b, txn, now);
+    if (e == STORE_OK)
+        e = peers_announce(b, txn, now);
     if (e == STORE_OK) {
         uint64_t due;
         store_err d = deadline_next(b->st, txn, &due);
         b->next_due_ms = d == STORE_OK ? due : UINT64_MAX;
+        b->next_escalation_ms = escalate_next_due(&b->ec, txn, &due) == STORE_OK ? due
+                                                                                 : UINT64_MAX;
+        if (b->next_escalation_ms < b->next_due_ms)
+            b->next_due_ms = b->next_escalation_ms;
     }
     if (e == STORE_OK)
         e = sweep(b, txn, now);
@@ -813,6 +841,7 @@ int loop_turn(broker *b)
 int loop_open(broker *b)
 {
     b->next_due_ms = 0;
+    b->next_escalation_ms = 0;
     session_table_limits(&b->sessions, b->cfg.max_sessions_per_agency, b->cfg.max_credit);
     unsigned workers = b->cfg.verify_workers ? b->cfg.verify_workers
                                              : verifier_default_workers();

@@ -50,6 +50,8 @@ static struct {
     counter settles_ok[N_VERBS];
     counter settles_refused[N_VERBS];
     counter undeliverable;
+    counter escalation_steps;
+    atomic_uint_fast64_t escalation_worst_late_ms;
     counter commit_buckets[N_BOUNDS + 1];   /* last: above every bound */
     counter commit_sum_us;
     counter commit_count;
@@ -138,6 +140,14 @@ void metrics_count_settle(Referral__V1__SettleVerb verb, Referral__V1__ResultCod
 void metrics_count_undeliverable(void)
 {
     bump(&m.undeliverable);
+}
+
+void metrics_observe_escalations(uint32_t n, uint64_t worst_late_ms)
+{
+    atomic_fetch_add_explicit(&m.escalation_steps, n, memory_order_relaxed);
+    uint64_t old = atomic_load_explicit(&m.escalation_worst_late_ms, memory_order_relaxed);
+    if (worst_late_ms > old)
+        atomic_store_explicit(&m.escalation_worst_late_ms, worst_late_ms, memory_order_relaxed);
 }
 
 /* The figures of peer, or NULL (not added: too many peers). Loop thread. */
@@ -497,6 +507,14 @@ static void render(page *p)
     head(p, "referral_undeliverable_total", "counter",
          "Referrals that expired before delivery (the sender is told; phone the agency).");
     put(p, "referral_undeliverable_total %llu\n", (unsigned long long)get(&m.undeliverable));
+    head(p, "referral_escalation_deadlines_total", "counter",
+         "Escalation and watchdog deadlines acted on (steps, checks, ends of records).");
+    put(p, "referral_escalation_deadlines_total %llu\n",
+        (unsigned long long)get(&m.escalation_steps));
+    head(p, "referral_escalation_worst_lateness_seconds", "gauge",
+         "The latest an escalation deadline fired after its due time, since start.");
+    put(p, "referral_escalation_worst_lateness_seconds %.3f\n",
+        (double)get(&m.escalation_worst_late_ms) / 1000.0);
 
     head(p, "referral_commit_duration_seconds", "histogram",
          "Time of each loop turn's commit (one write transaction with fsync).");

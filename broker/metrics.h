@@ -80,6 +80,10 @@ void metrics_count_settle(Referral__V1__SettleVerb verb, Referral__V1__ResultCod
 /* A referral expired before delivery (UNDELIVERABLE; its sender is told). */
 void metrics_count_undeliverable(void);
 
+/* A turn acted on n escalation deadlines, the latest worst_late_ms after
+ * its due time. */
+void metrics_observe_escalations(uint32_t n, uint64_t worst_late_ms);
+
 /* A monotonic time in microseconds, for metrics_observe_commit. */
 uint64_t metrics_clock_us(void);
 

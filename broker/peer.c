@@ -45,6 +45,8 @@ typedef struct {
     bool is_connected;            /* the CURVE handshake succeeded, no disconnect since */
     bool is_up;                   /* connected and heard from within peer_timeout_ms */
     bool is_stalled;              /* reported; cleared by the next hop ack */
+    bool is_stall_news;           /* is_stalled changed: announce it in the next turn */
+    uint8_t incident[IDS_BYTES];  /* the stall's id in its alert and its stand-down */
     uint64_t last_heard_ms, last_beat_ms;
     uint64_t work_since_ms;       /* 0, or since when work waits without a hop ack */
     uint8_t (*flights)[IDS_BYTES];  /* forwarded, awaiting the hop ack (at most the window) */
@@ -386,6 +388,7 @@ static store_err on_hop_ack(broker *b, MDB_txn *txn, peer_link *p, const Referra
     if (p->is_stalled) {
         log_info("peer", "link moving again peer=%s", p->id);
         p->is_stalled = false;
+        p->is_stall_news = !p->is_stall_news;   /* stalled and moving again in one turn: none */
     }
     if (a->code == R(OK))
         return delivery_relayed(&b->dc, txn, p->id, a->message_id.data, now_ms);
@@ -514,6 +517,11 @@ static store_err on_notice(broker *b, MDB_txn *txn, const char *peer,
         *code = R(NOT_AUTHORIZED);
         *detail = "a notice about a message this broker did not forward to you";
         return STORE_OK;
+    }
+    e = escalate_on_notice(&b->ec, txn, n, now_ms);   /* word for the origin's watchdog */
+    if (e != STORE_OK) {
+        wire_free(n);
+        return e;
     }
     const char *via = peers_route_agency(b, about.sender);
     memset(&m, 0, sizeof m);
@@ -664,6 +672,65 @@ store_err peers_deliver(broker *b, MDB_txn *txn, uint64_t now_ms)
     return STORE_OK;
 }
 
+/* Tell [federation] stall_alert_to that link p stalled (an alert, kind
+ * PARTITION, signed like every notice) or moves again (a stand-down with
+ * the same incident id). Inside the turn's transaction. */
+static store_err announce_stall(broker *b, MDB_txn *txn, peer_link *p, uint64_t now_ms)
+{
+    p->is_stall_news = false;
+    if (b->cfg.stall_alert_to[0] == '\0')
+        return STORE_OK;
+    if (p->is_stalled && !ids_new(p->incident, now_ms))
+        return STORE_FAILED;
+    char detail[300];
+    snprintf(detail, sizeof detail, p->is_stalled
+             ? "the link from %s to %s is stalled: work waits and no hop ack came for %u s; "
+               "referrals for that region are held here (nothing is lost); check the peer "
+               "broker and the network, and phone the region for any crisis"
+             : "the link from %s to %s moves again: held referrals are being forwarded",
+             b->cfg.id, p->id, b->cfg.stall_ms / 1000);
+    Referral__V1__Alert a = REFERRAL__V1__ALERT__INIT;
+    a.referral_id = (ProtobufCBinaryData){IDS_BYTES, p->incident};
+    a.message_id = (ProtobufCBinaryData){IDS_BYTES, p->incident};
+    a.kind = REFERRAL__V1__ALERT_KIND__ALERT_KIND_PARTITION;
+    a.broker_id = b->cfg.id;
+    a.at_ms = now_ms;
+    a.detail = detail;
+    a.urgency = REFERRAL__V1__URGENCY__URGENCY_CRISIS;
+    a.to_agency = "";
+    char list[sizeof b->cfg.stall_alert_to];
+    snprintf(list, sizeof list, "%s", b->cfg.stall_alert_to);
+    for (char *save = NULL, *to = strtok_r(list, ", ", &save); to != NULL;
+         to = strtok_r(NULL, ", ", &save)) {
+        delivery_notice n = {
+            .referral_id = p->incident, .message_id = p->incident, .to = to, .about_agency = "",
+            .kind = p->is_stalled ? REFERRAL__V1__NOTICE_KIND__NOTICE_KIND_ALERT
+                                  : REFERRAL__V1__NOTICE_KIND__NOTICE_KIND_STAND_DOWN,
+            .level = REFERRAL__V1__ACK_LEVEL__ACK_LEVEL_UNSPECIFIED, .code = R(OK),
+            .detail = detail, .alert = &a, .urgency = REFERRAL__V1__URGENCY__URGENCY_CRISIS,
+        };
+        store_err e = delivery_notify(&b->dc, txn, &n, now_ms);
+        if (e != STORE_OK)
+            return e;
+    }
+    log_warn("peer", "%s peer=%s to=%s", p->is_stalled ? "stall alert sent" : "stall stood down",
+             p->id, b->cfg.stall_alert_to);
+    return STORE_OK;
+}
+
+store_err peers_announce(broker *b, MDB_txn *txn, uint64_t now_ms)
+{
+    peer_set *ps = b->peers;
+    for (size_t i = 0; ps != NULL && i < ps->n; i++) {
+        if (!ps->items[i].is_stall_news)
+            continue;
+        store_err e = announce_stall(b, txn, &ps->items[i], now_ms);
+        if (e != STORE_OK)
+            return e;
+    }
+    return STORE_OK;
+}
+
 void peers_tick(broker *b, uint64_t now_ms)
 {
     peer_set *ps = b->peers;
@@ -681,6 +748,7 @@ void peers_tick(broker *b, uint64_t now_ms)
                       "; check the peer broker and the network between", p->id,
                       p->is_up ? "yes" : "no", p->n_flights, now_ms - p->work_since_ms);
             p->is_stalled = true;
+            p->is_stall_news = true;
             metrics_count_peer_stall(p->id);
         }
         metrics_observe_peer(p->id, p->is_up, p->is_stalled, p->n_flights);

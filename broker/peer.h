@@ -76,4 +76,9 @@ void peers_tick(broker *b, uint64_t mono_ms);
  * agency is homed here (or unknown): delivery_ctx.route. */
 const char *peers_route_agency(const void *b, const char *agency);
 
+/* Announce links that stalled or moved again since the last turn to the
+ * agencies of [federation] stall_alert_to (signed alerts; docs/federation.md,
+ * "Operating"), in the turn's transaction. */
+store_err peers_announce(broker *b, MDB_txn *txn, uint64_t now_ms);
+
 #endif

@@ -166,6 +166,8 @@ int envelope_compose(const keys_identity *me, const directory *dir, const envelo
     h.backup_recipients = (char **)(uintptr_t)spec->backups;
     h.n_backup_recipients = spec->n_backups;
     h.urgency = spec->urgency;
+    h.escalation_policy_id = (char *)(uintptr_t)(spec->policy_id != NULL ? spec->policy_id : "");
+    h.escalation_policy_version = spec->policy_version;
     h.created_at_ms = now;
     h.expires_at_ms = now + spec->ttl_ms;
     h.hop_limit = 8;

@@ -24,6 +24,8 @@ typedef struct {
     const uint8_t *referral_id;     /* NULL: a new referral */
     const uint8_t *in_reply_to;     /* NULL or 16 bytes */
     Referral__V1__AckLevel receipt_level;   /* for kind RECEIPT: the level asserted */
+    const char *policy_id;          /* NULL: none pinned (the broker's default) */
+    uint32_t policy_version;
     const uint8_t *plaintext;
     size_t plaintext_len;
 } envelope_spec;

@@ -212,6 +212,14 @@ typedef struct {
     const char *narrative;          /* what happened */
     const char *requested_action;
     const char *desk_case_number;
+    /* Added in 0.2 (zero-initialise the struct: ref_referral r = {0}): the
+     * escalation policy to pin in the header (docs/escalation.md). NULL or
+     * "": the recipient's home broker runs its default for the urgency.
+     * A policy that broker does not have is replaced by the same id's
+     * highest version, else the default, and the trace says so: a
+     * referral is never refused for its policy. */
+    const char *escalation_policy_id;
+    uint32_t escalation_policy_version;
 } ref_referral;
 
 /*

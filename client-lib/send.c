@@ -214,7 +214,9 @@ static ref_err send_referral(ref_client *c, const ref_referral *r, char *mid_hex
 {
     if (c == NULL || r == NULL || r->to_agency == NULL || r->urgency < REF_URGENCY_ROUTINE ||
         r->urgency > REF_URGENCY_CRISIS || r->category < REF_CATEGORY_PROTECTION ||
-        r->category > REF_CATEGORY_OTHER || (r->n_backups > 0 && r->backups == NULL))
+        r->category > REF_CATEGORY_OTHER || (r->n_backups > 0 && r->backups == NULL) ||
+        (r->escalation_policy_id != NULL && r->escalation_policy_id[0] != '\0' &&
+         !ids_is_valid_name(r->escalation_policy_id)))
         return REF_E_INVALID;
     if (c->sock == NULL)
         return REF_E_CLOSED;
@@ -242,6 +244,8 @@ static ref_err send_referral(ref_client *c, const ref_referral *r, char *mid_hex
         .n_backups = r->n_backups,
         .urgency = (Referral__V1__Urgency)r->urgency,
         .ttl_ms = (uint64_t)(r->ttl_s ? r->ttl_s : DEFAULT_TTL_S) * 1000u,
+        .policy_id = r->escalation_policy_id,
+        .policy_version = r->escalation_policy_version,
     };
     uint8_t mid[16] = {0}, rid[16] = {0}, none[16] = {0};
     ref_err e = send_body(c, &p, &spec, wait, mid, rid);

@@ -439,3 +439,25 @@ seal_err seal_open(const uint8_t *sealed, size_t len, const uint8_t header_diges
     referral__v1__sealed_body__free_unpacked(sb, &alloc);
     return e;
 }
+
+size_t seal_readers(const uint8_t *sealed, size_t len, char names[][SEAL_READER_NAME_MAX + 1],
+                    size_t max)
+{
+    if (len > MAX_SEALED || (sealed == NULL && len > 0))
+        return 0;
+    static const uint8_t empty[1];
+    open_budget b = {.used = 0, .is_exceeded = false};
+    ProtobufCAllocator alloc = {.alloc = budget_alloc, .free = budget_free, .allocator_data = &b};
+    Referral__V1__SealedBody *sb =
+        referral__v1__sealed_body__unpack(&alloc, len, sealed != NULL ? sealed : empty);
+    if (sb == NULL)
+        return 0;
+    size_t n = 0;
+    for (size_t i = 0; i < sb->n_keys && i < SEAL_MAX_RECIPIENTS && n < max; i++) {
+        const char *a = sb->keys[i]->agency_id;
+        if (a != NULL && a[0] != '\0' && strlen(a) <= SEAL_READER_NAME_MAX)
+            snprintf(names[n++], SEAL_READER_NAME_MAX + 1, "%s", a);
+    }
+    referral__v1__sealed_body__free_unpacked(sb, &alloc);
+    return n;
+}

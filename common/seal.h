@@ -122,4 +122,15 @@ seal_err seal_open(const uint8_t *sealed, size_t len, const uint8_t header_diges
                    const uint8_t seal_public[SEAL_PUBLIC_BYTES], uint8_t **plaintext,
                    size_t *plain_len, char *why, size_t why_len);
 
+/*
+ * The agencies a SealedBody (untrusted bytes, decoded under the same
+ * limits as seal_open) has a wrapped key for, in the body's order: up to
+ * max names into names. 0 when the bytes are not a SealedBody. Nothing is
+ * opened: a broker uses this to learn whom the sender sealed a referral
+ * for (the signature covers the body, so the list is the sender's).
+ */
+#define SEAL_READER_NAME_MAX 64
+size_t seal_readers(const uint8_t *sealed, size_t len, char names[][SEAL_READER_NAME_MAX + 1],
+                    size_t max);
+
 #endif

@@ -26,6 +26,19 @@ import harness as h
 DESK = "sh.12355.desk"
 LEAGUE = "qd.youth-league"
 NOBODY = "qd.closed-office"
+NIGHT = "qd.night-desk"           # nobody answers it: escalation
+POLICE = "qd.police"
+SUPERVISOR = "qd.league-supervisor"
+DEMO_POLICY = """[policy.demo-crisis]
+version = 1
+default_for = crisis
+delivered_within_ms = 2000
+received_within_ms = 4000
+accepted_within_ms = 6000
+step = not_delivered copy_next
+step = not_received alert_supervisor
+step = not_accepted alert_centre
+"""
 SH, HUB, QD = "broker.shanghai", "broker.hub", "broker.qingdao"
 
 
@@ -41,9 +54,19 @@ def show(prefix, desk, *args):
         if e["event"] == "accepted":
             say(f"{prefix} ACCEPTED by broker.shanghai (stored with fsync): message "
                 f"{e['message_id'][-10:]}")
+        elif e["event"] == "referral" and e.get("is_copy"):
+            say(f"{prefix} received an ESCALATION COPY of a {e['urgency'].upper()} referral "
+                f"for {e['original_recipient']} from {e['from']} ({e['detail']}), opened the "
+                f"sealed case file: \"{e['narrative']}\"")
         elif e["event"] == "referral":
             say(f"{prefix} received {e['urgency'].upper()} referral from {e['from']}, "
                 f"opened the sealed case file: \"{e['narrative']}\"")
+        elif e["event"] == "alert":
+            say(f"{prefix} ALERT {e['alert_kind']} from broker {e['from']} about "
+                f"{e['about']}: {e['detail']}" + (f" | call: {e['contacts']}"
+                                                  if e["contacts"] else ""))
+        elif e["event"] == "stand_down":
+            say(f"{prefix} STAND-DOWN from broker {e['from']}: {e['detail']}")
         elif e["event"] == "acknowledged":
             say(f"{prefix} acknowledged {e['message_id'][-10:]} as {e['level'].upper()}")
         elif e["event"] == "receipt":
@@ -75,7 +98,8 @@ def federation(trust):
                                       f"peers__{HUB}": ep(HUB), "routes__default": HUB}, **fast)
     hub = h.Broker(HUB, trust=trust, **{"federation__peer_listen": ep(HUB),
                                         f"peers__{SH}": ep(SH), f"peers__{QD}": ep(QD)}, **fast)
-    qd = h.Broker(QD, trust=trust, **{"federation__peer_listen": ep(QD),
+    qd = h.Broker(QD, trust=trust, extra_config=DEMO_POLICY,
+                  **{"federation__peer_listen": ep(QD),
                                       f"peers__{HUB}": ep(HUB), "routes__default": HUB}, **fast)
     return sh, hub, qd
 
@@ -90,8 +114,12 @@ def main():
     say("[setup]  referralctl keygen: a trust root, three brokers and three agencies; "
         "referralctl directory sign (Shanghai desk homed at broker.shanghai, the Qingdao "
         "agencies at broker.qingdao)")
-    trust = h.Trust(brokers=(SH, HUB, QD), agencies=[DESK, LEAGUE, NOBODY],
-                    homes={DESK: SH, LEAGUE: QD, NOBODY: QD})
+    trust = h.Trust(brokers=(SH, HUB, QD),
+                    agencies=[DESK, LEAGUE, NOBODY, NIGHT, POLICE, SUPERVISOR],
+                    homes={DESK: SH, LEAGUE: QD, NOBODY: QD, NIGHT: QD, POLICE: QD,
+                           SUPERVISOR: QD},
+                    chains={NIGHT: {"backup_agencies": [POLICE],
+                                    "supervisor_desk": SUPERVISOR}})
     sh, hub, qd = federation(trust)
     desk = league = None
     try:
@@ -138,6 +166,32 @@ def main():
         state = desk.run("status", crisis).stdout.split()[1]
         say(f"[desk]   state of the crisis referral at broker.shanghai: {state} "
             "(handed on: RELAYED)")
+
+        say(f"[escalation] a crisis for {NIGHT}, which nobody answers tonight; broker.qingdao "
+            "runs its crisis policy (demo: copy at 2 s, supervisor at 4 s, centre at 6 s)")
+        show("[desk]  ", desk, "send", "--to", NIGHT, "--urgency", "crisis",
+                     "--category", "protection", "--pseudonym", "child-12", "--age", "9",
+                     "--narrative", "Boy, 9, says his stepfather hit him and he is afraid to "
+                     "go home tonight.", "--action", "visit tonight; school informed")
+        wait_log(qd, "escalate: alert", timeout_s=30)
+        time.sleep(2.5)
+        police, sup = h.Desk(qd, POLICE), h.Desk(qd, SUPERVISOR)
+        try:
+            say(f"[agency] {SUPERVISOR}: referral-desk listen")
+            show("[agency]", sup, "listen", "--count", "1", "--timeout-s", "20")
+            say(f"[agency] {POLICE}: referral-desk listen --ack accepted --person 'Officer "
+                "Zhao' (the copy made by escalation)")
+            show("[agency]", police, "listen", "--count", "1", "--timeout-s", "20", "--ack",
+                 "accepted", "--person", "Officer Zhao")
+        finally:
+            police.cleanup()
+            sup.cleanup()
+        wait_log(qd, "escalation stopped", timeout_s=20)
+        say(f"[desk]   {DESK}: the escalation steps and the police's receipts come back")
+        show("[desk]  ", desk, "listen", "--count", "4", "--timeout-s", "30")
+        wait_log(qd, "withdrawn undelivered", timeout_s=10)
+        say(f"[{QD}] the police accepted first: {NIGHT}'s own copy, never collected, is "
+            "withdrawn from its queue (state WITHDRAWN); the escalation stopped")
         for b in (qd, hub, sh):
             rc = b.stop()
             say(f"[{b.id}] stopped with status {rc}")

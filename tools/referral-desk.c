@@ -35,7 +35,9 @@ static void usage(FILE *f)
         "  send --case FILE.json        fields from a JSON case file (flags override)\n"
         "       options: --action TEXT --pseudonym NAME --age N --location TEXT\n"
         "                --backup AGENCY (repeatable) --ttl-s N --case-number TEXT --async\n"
-        "                --json\n"
+        "                --policy ID[:VERSION] --json\n"
+        "       --policy pins the escalation policy the recipient's broker runs\n"
+        "       (docs/escalation.md); without it, its default for the urgency.\n"
         "       The body is sealed for --to, each --backup, and the escalation chain\n"
         "       that the directory lists for --to (its backup agencies, supervisor\n"
         "       desk and regional centre), so that an escalation can be read there.\n"
@@ -225,8 +227,9 @@ static int cmd_send(ref_client *c, int argc, char **argv)
         {"backup", required_argument, NULL, 'b'}, {"ttl-s", required_argument, NULL, 'T'},
         {"case-number", required_argument, NULL, 'N'}, {"case", required_argument, NULL, 'f'},
         {"async", no_argument, NULL, 'A'}, {"json", no_argument, NULL, 'j'},
-        {NULL, 0, NULL, 0}};
+        {"policy", required_argument, NULL, 'P'}, {NULL, 0, NULL, 0}};
     ref_referral r = {0};
+    char policy_id[80] = "";
     const char *backups[16];
     const char *urgency = NULL, *category = NULL;
     bool is_async = false, is_json = false;
@@ -288,6 +291,26 @@ static int cmd_send(ref_client *c, int argc, char **argv)
         case 'f': break;
         case 'A': is_async = true; break;
         case 'j': is_json = true; break;
+        case 'P': {
+            /* ID or ID:VERSION (version 0 when absent: the broker runs the
+             * id's highest version). */
+            const char *colon = strchr(optarg, ':');
+            size_t n = colon != NULL ? (size_t)(colon - optarg) : strlen(optarg);
+            char *end = NULL;
+            unsigned long v = colon != NULL ? strtoul(colon + 1, &end, 10) : 0;
+            if (n == 0 || n >= sizeof policy_id ||
+                (colon != NULL && (end == colon + 1 || *end != '\0' || v > UINT32_MAX))) {
+                fprintf(stderr, "referral-desk send: --policy takes ID or ID:VERSION, such as "
+                        "crisis:2\n");
+                json_object_put(file);
+                return EX_USAGE;
+            }
+            memcpy(policy_id, optarg, n);
+            policy_id[n] = '\0';
+            r.escalation_policy_id = policy_id;
+            r.escalation_policy_version = (uint32_t)v;
+            break;
+        }
         default: json_object_put(file); return EX_USAGE;
         }
     }

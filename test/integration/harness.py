@@ -119,13 +119,15 @@ class Trust:
     a root, brokers, the AGENCIES, and 'qd.outsider' (keys, not listed)."""
 
     def __init__(self, brokers=("broker.test", "broker.demo"), agencies=AGENCIES, version=1,
-                 valid_days=30, revoked=(), extra_agencies=(), homes=None):
+                 valid_days=30, revoked=(), extra_agencies=(), homes=None, chains=None):
         self.dir = tempfile.mkdtemp(prefix="referral-trust-")
         self.keydir = os.path.join(self.dir, "keys")
         os.mkdir(self.keydir)
         self.brokers = list(brokers)
         self.agencies = list(agencies)
         self.homes = dict(homes or {})   # agency -> home broker (default: the first broker)
+        # agency -> {"backup_agencies": [...], "supervisor_desk": id, "regional_centre": id}
+        self.chains = dict(chains or {})
         for ident in ["root", "qd.outsider", *self.brokers, *self.agencies]:
             ctl("keygen", "--id", ident, "--dir", self.keydir)
         self.ids = {}
@@ -142,7 +144,8 @@ class Trust:
         agencies = [{"id": a, "kind": "hotline_desk" if "12355" in a else "other",
                      "region": "qingdao", "home_broker": getattr(self, "homes", {}).get(a, home),
                      "keys": f"keys/{a}.pub.json",
-                     "emergency_contacts": [{"label": "police", "phone": "110"}]}
+                     "emergency_contacts": [{"label": "police", "phone": "110"}],
+                     **getattr(self, "chains", {}).get(a, {})}
                     for a in self.agencies]
         agencies += list(extra_agencies)
         brokers = [{"id": b, "endpoint": "tcp://127.0.0.1:0", "keys": f"keys/{b}.pub.json"}
@@ -185,8 +188,10 @@ def default_trust():
 class Broker:
     """One referrald process with its own store directory and port."""
 
-    def __init__(self, broker_id="broker.test", workdir=None, trust=None, **settings):
+    def __init__(self, broker_id="broker.test", workdir=None, trust=None, extra_config="",
+                 **settings):
         self.id = broker_id
+        self.extra_config = extra_config   # raw INI text appended (e.g. [policy.NAME] sections)
         self.trust = trust or default_trust()
         self.dir = workdir or tempfile.mkdtemp(prefix="referral-it-")
         self.owns_dir = workdir is None
@@ -214,6 +219,7 @@ class Broker:
                 f.write(f"[{section}]\n")
                 for k, v in values.items():
                     f.write(f"{k} = {v}\n")
+            f.write(self.extra_config)
 
     def start(self, timeout_s=15):
         """Start and wait until the log says it listens."""

@@ -26,6 +26,7 @@ DESK = "sh.12355.desk"
 LEAGUE = "qd.youth-league"
 BJ_LEAGUE = "bj.youth-league"
 POLICE = "qd.police"
+DUTY = "sh.duty-supervisor"      # told when a link of the Shanghai broker stalls
 NOWHERE = "qd.nobody"            # homed at a broker nobody has a route to
 LOST = "broker.unreachable"
 AGENT = os.path.join(os.environ.get("REFERRAL_BUILD_ROOT", "build"), "test", "integration",
@@ -429,8 +430,8 @@ def link_cut_heals_and_other_route_keeps_moving():
     Qingdao agency application, once. Shanghai's metrics count it all: the
     hub link down and stalled during the cut, up after; one stall; every
     forward settled by an ok hop ack."""
-    t = h.Trust(brokers=(SH, HUB, QD, BJ), agencies=[DESK, LEAGUE, BJ_LEAGUE],
-                homes={DESK: SH, LEAGUE: QD, BJ_LEAGUE: BJ})
+    t = h.Trust(brokers=(SH, HUB, QD, BJ), agencies=[DESK, LEAGUE, BJ_LEAGUE, DUTY],
+                homes={DESK: SH, LEAGUE: QD, BJ_LEAGUE: BJ, DUTY: SH})
     ports = {b: h.free_port() for b in (SH, HUB, QD, BJ)}
 
     def ep(b, port=None):
@@ -441,7 +442,8 @@ def link_cut_heals_and_other_route_keeps_moving():
     sh = h.Broker(SH, trust=t, **{"federation__peer_listen": ep(SH),
                                   f"peers__{HUB}": ep(HUB, proxy.port),
                                   f"peers__{BJ}": ep(BJ), "routes__default": HUB,
-                                  "metrics__listen": f"127.0.0.1:{metrics_port}"}, **FAST)
+                                  "metrics__listen": f"127.0.0.1:{metrics_port}",
+                                  "federation__stall_alert_to": DUTY}, **FAST)
     hub = h.Broker(HUB, trust=t, **{"federation__peer_listen": ep(HUB), f"peers__{SH}": ep(SH),
                                     f"peers__{QD}": ep(QD)}, **FAST)
     qd = h.Broker(QD, trust=t, **{"federation__peer_listen": ep(QD), f"peers__{HUB}": ep(HUB),
@@ -558,6 +560,27 @@ def link_cut_heals_and_other_route_keeps_moving():
         assert fig(end, "referral_peer_stalled", HUB) == 0
         assert fig(end, "referral_peer_in_flight", HUB) == 0
         assert fig(end, "referral_peer_stalls_total", HUB) == 1
+        # The stall was announced to the duty desk by a signed alert, and its
+        # end by a stand-down naming the same incident.
+        duty = h.Client(sh, DUTY)
+        duty.credit(10)
+        got = []
+        deadline = time.monotonic() + 10
+        while len(got) < 2 and time.monotonic() < deadline:
+            try:
+                d = duty.recv_kind("delivery", 1.0).delivery
+            except TimeoutError:
+                continue
+            duty.settle(d.message_id)
+            n = pb.Notice()
+            n.ParseFromString(d.notice.notice)
+            t.identity(SH).sign_key.public_key().verify(
+                d.notice.signature, b"referral.v1 notice\x00" + d.notice.notice)
+            got.append(n)
+        assert [n.kind for n in got] == [pb.NOTICE_KIND_ALERT, pb.NOTICE_KIND_STAND_DOWN], got
+        assert all(n.alert.kind == pb.ALERT_KIND_PARTITION and HUB in n.alert.detail
+                   for n in got), got
+        assert got[0].alert.message_id == got[1].alert.message_id
         assert fig(end, "referral_peer_hop_acks_total", HUB, "ok") == len(accepted[LEAGUE])
         assert fig(end, "referral_peer_forwards_total", HUB) >= len(accepted[LEAGUE])
         for name, want in (("referral_peer_stalls_total", 0), ("referral_peer_downs_total", 0),
