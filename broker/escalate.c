@@ -423,8 +423,7 @@ static store_err trace(const escalate_ctx *ec, MDB_txn *txn, const esc_record *e
     snprintf(m.recipient, sizeof m.recipient, "%s", agency);
     snprintf(m.sender, sizeof m.sender, "%s", e->sender);
     char cut[WIRE_MAX_TEXT + 4];
-    snprintf(cut, sizeof cut, "%s", detail);
-    utf8_cut(cut, WIRE_MAX_TEXT);
+    utf8_copy_cut(cut, sizeof cut, detail, WIRE_MAX_TEXT);
     return delivery_trace(ec->dc, txn, &m, kind, REFERRAL__V1__RESULT_CODE__RESULT_OK, cut,
                           now_ms);
 }
@@ -462,8 +461,7 @@ static store_err send_alert(const escalate_ctx *ec, MDB_txn *txn, const esc_reco
     a.broker_id = (char *)(uintptr_t)ec->broker_id;
     a.at_ms = now_ms;
     char detail[WIRE_MAX_TEXT + 4];
-    snprintf(detail, sizeof detail, "%s", as->detail);
-    utf8_cut(detail, WIRE_MAX_TEXT);
+    utf8_copy_cut(detail, sizeof detail, as->detail, WIRE_MAX_TEXT);
     a.detail = detail;
     a.urgency = REFERRAL__V1__URGENCY__URGENCY_CRISIS;
     a.to_agency = (char *)(uintptr_t)(as->about != NULL ? as->about : "");
@@ -605,8 +603,7 @@ static uint8_t *pack_copy(const escalate_ctx *ec, const esc_record *e, const uin
     tail.step = step;
     tail.round = e->round;
     char cut[WIRE_MAX_TEXT + 4];
-    snprintf(cut, sizeof cut, "%s", reason);
-    utf8_cut(cut, WIRE_MAX_TEXT);
+    utf8_copy_cut(cut, sizeof cut, reason, WIRE_MAX_TEXT);
     tail.reason = cut;
     size_t hlen = referral__v1__attempt_copy__get_packed_size(&head);
     size_t tlen = referral__v1__attempt_copy__get_packed_size(&tail);

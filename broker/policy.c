@@ -177,7 +177,7 @@ bool policy_parse_key(policy_set *ps, const char *section, const char *name, con
     policy *p = policy_for_section(ps, section + strlen(SECTION_PREFIX), why, why_len);
     if (p == NULL)
         return false;
-    uint64_t v;
+    uint64_t v = 0;
     bool ok = true;
     if (strcmp(name, "id") == 0) {
         ok = ids_is_valid_name(value);

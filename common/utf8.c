@@ -58,3 +58,13 @@ size_t utf8_cut(char *s, size_t max_bytes)
     s[n] = '\0';
     return n;
 }
+
+void utf8_copy_cut(char *dst, size_t dst_size, const char *src, size_t max_bytes)
+{
+    if (dst_size == 0)
+        return;
+    size_t n = strnlen(src, dst_size - 1);
+    memcpy(dst, src, n);
+    dst[n] = '\0';
+    utf8_cut(dst, max_bytes);
+}

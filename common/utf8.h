@@ -23,4 +23,8 @@ bool utf8_is_valid(const char *s, size_t len);
  * dropped whole. Returns the new length. s valid UTF-8 stays valid. */
 size_t utf8_cut(char *s, size_t max_bytes);
 
+/* Copy src into dst (dst_size bytes) and cut it to at most max_bytes at a
+ * character boundary (utf8_cut); dst is always terminated. */
+void utf8_copy_cut(char *dst, size_t dst_size, const char *src, size_t max_bytes);
+
 #endif
