@@ -32,7 +32,7 @@ enum {
 };
 
 
-typedef struct {
+typedef struct broker_s {
     config cfg;
     store *st;
     void *zctx;
@@ -61,6 +61,8 @@ typedef struct {
     struct held_frames *held;     /* frames in arrival order, some awaiting checks (loop.c) */
     struct peer_set *peers;       /* links to peer brokers (peer.h); empty without federation */
     struct retention *retention;  /* the background sweep (retention.h) */
+    struct admin *admin;          /* the operators' socket (admin.h) */
+    struct trace_set *traces;     /* trace queries waiting for peer brokers (trace.h) */
 
     uint64_t next_due_ms;         /* earliest deadline, UINT64_MAX if none */
     uint64_t next_escalation_ms;  /* earliest escalation deadline: a turn's frames stop there */

@@ -78,6 +78,10 @@ typedef struct {
     uint32_t retention_max_per_turn;  /* the sweep removes at most this many items a turn */
     uint64_t sweep_interval_ms;       /* a finished sweep pass starts again after this */
 
+    /* [admin] (admin.h) */
+    char admin_socket[256];           /* ipc path of the operators' socket; "": DATA_DIR/admin.sock */
+    bool admin_group_access;          /* the socket file is 0660 (else 0600) */
+
     /* [policy.NAME] sections (policy.h); built-in defaults fill the gaps */
     policy_set policies;
 

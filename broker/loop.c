@@ -35,6 +35,7 @@
 
 #include <zmq.h>
 
+#include "admin.h"
 #include "clock.h"
 #include "inbound.h"
 #include "ingress.h"
@@ -43,6 +44,7 @@
 #include "metrics.h"
 #include "peer.h"
 #include "retention.h"
+#include "trace.h"
 #include "verify.h"
 #include "zap.h"
 
@@ -742,7 +744,7 @@ static int wait_ms(broker *b)
 
 int loop_turn(broker *b)
 {
-    zmq_pollitem_t items[4 + 1 + 2 * CONFIG_MAX_PEERS] = {
+    zmq_pollitem_t items[4 + 2 + 2 * CONFIG_MAX_PEERS] = {
         {.socket = b->router, .events = ZMQ_POLLIN},
         {.socket = b->zap, .events = ZMQ_POLLIN},
         {.socket = b->monitor, .events = ZMQ_POLLIN},
@@ -751,6 +753,8 @@ int loop_turn(broker *b)
     void *peer_socket = peers_socket(b->peers);
     if (peer_socket != NULL)
         items[n_items++] = (zmq_pollitem_t){.socket = peer_socket, .events = ZMQ_POLLIN};
+    size_t admin_item = n_items;
+    items[n_items++] = (zmq_pollitem_t){.socket = admin_socket(b->admin), .events = ZMQ_POLLIN};
     peers_poll_items(b->peers, items, &n_items);
     int rc = zmq_poll(items, (int)n_items, wait_ms(b));
     if (rc < 0 && errno != EINTR) {
@@ -775,6 +779,8 @@ int loop_turn(broker *b)
         zap_handle(b->zap, b->dir);
     read_inbound(b, (items[0].revents & ZMQ_POLLIN) != 0,
                  peer_socket != NULL && (items[4].revents & ZMQ_POLLIN) != 0);
+    if (items[admin_item].revents & ZMQ_POLLIN)
+        admin_read(b);
     uint64_t now = clock_now_ms();
     MDB_txn *txn;
     store_err e = store_begin(b->st, &txn);
@@ -791,6 +797,8 @@ int loop_turn(broker *b)
         e = handle_inbound(b, txn, now);
     if (e == STORE_OK)
         e = fire_escalations(b, txn, clock_now_ms());   /* any that fell due meanwhile */
+    if (e == STORE_OK)
+        e = admin_handle(b, txn, now);
     if (e == STORE_OK)
         e = fire_deadlines(b, txn, now);
     if (e == STORE_OK)
@@ -831,6 +839,7 @@ int loop_turn(broker *b)
     read_disconnects(b);   /* the last word before sending: no frame to a closed session */
     end_gone_sessions(b);
     peers_tick(b, clock_mono_ms());
+    trace_tick(b);
     flush(b);
     session_expire_idle(&b->sessions, clock_mono_ms(), b->cfg.session_idle_ms);
     metrics_observe_turn(b->sessions.count, inbound_count(b->held),
@@ -870,6 +879,14 @@ int loop_open(broker *b)
     }
     b->dc.route = peers_route_agency;
     b->dc.route_ctx = b;
+    b->traces = trace_set_new();
+    b->admin = b->traces != NULL ? admin_open(b, why, sizeof why) : NULL;
+    if (b->admin == NULL) {
+        log_error("admin", "cannot open the operators' socket: %s",
+                  b->traces == NULL ? "out of memory" : why);
+        return BROKER_EXIT_TRANSPORT;
+    }
+    b->links[b->n_links++] = admin_link(b->admin);
     if (!watch_connections(b)) {
         log_error("loop", "cannot monitor the client socket's connections err=%s; sessions "
                   "could outlive them, refusing to run (a libzmq with zmq_socket_monitor is "
@@ -885,7 +902,9 @@ void loop_close(broker *b)
     verifier_destroy(&b->verifier);   /* first: jobs borrow the held frames */
     inbound_destroy(&b->held);
     peers_close(b, &b->peers);
-    b->n_links = 1;   /* the peers' links are gone with them */
+    admin_close(&b->admin);
+    trace_set_destroy(&b->traces);
+    b->n_links = 1;   /* the peers' and the admin socket's links are gone with them */
     free(b->sent);
     b->sent = NULL;
     b->n_sent = b->cap_sent = 0;

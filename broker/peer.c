@@ -28,6 +28,7 @@
 #include "metrics.h"
 #include "queue.h"
 #include "route.h"
+#include "trace.h"
 #include "wire.h"
 #include "zap.h"
 
@@ -200,6 +201,43 @@ static void send_hop_ack(peer_set *ps, const uint8_t *rid, size_t rid_len,
     f.body_case = REFERRAL__V1__PEER_FRAME__BODY_HOP_ACK;
     f.hop_ack = &ack;
     queue_peer_frame(&ps->in, rid, rid_len, &f);
+}
+
+bool peers_is_peer(const broker *b, const char *id)
+{
+    const peer_set *ps = b->peers;
+    for (size_t i = 0; ps != NULL && i < ps->n; i++)
+        if (strcmp(ps->items[i].id, id) == 0)
+            return true;
+    return false;
+}
+
+bool peers_send_trace_query(broker *b, const char *peer, const Referral__V1__TraceQuery *q)
+{
+    peer_set *ps = b->peers;
+    for (size_t i = 0; ps != NULL && i < ps->n; i++) {
+        peer_link *p = &ps->items[i];
+        if (strcmp(p->id, peer) != 0)
+            continue;
+        if (!p->is_up)
+            return false;   /* a link down cannot answer in time: said so at once */
+        Referral__V1__PeerFrame f = REFERRAL__V1__PEER_FRAME__INIT;
+        f.body_case = REFERRAL__V1__PEER_FRAME__BODY_TRACE_QUERY;
+        f.trace_query = (Referral__V1__TraceQuery *)(uintptr_t)q;
+        return queue_peer_frame(&p->out, NULL, 0, &f) != NULL;
+    }
+    return false;
+}
+
+void peers_send_trace_reply(broker *b, const uint8_t *rid, size_t rid_len,
+                            const Referral__V1__TraceReply *r)
+{
+    if (b->peers == NULL)
+        return;
+    Referral__V1__PeerFrame f = REFERRAL__V1__PEER_FRAME__INIT;
+    f.body_case = REFERRAL__V1__PEER_FRAME__BODY_TRACE_REPLY;
+    f.trace_reply = (Referral__V1__TraceReply *)(uintptr_t)r;
+    queue_peer_frame(&b->peers->in, rid, rid_len, &f);
 }
 
 /* ---- open and close ------------------------------------------------------- */
@@ -441,6 +479,8 @@ static store_err read_link(broker *b, MDB_txn *txn, peer_link *p, uint64_t now_m
         store_err e = STORE_OK;
         if (f->body_case == REFERRAL__V1__PEER_FRAME__BODY_HOP_ACK)
             e = on_hop_ack(b, txn, p, f->hop_ack, now_ms);
+        else if (f->body_case == REFERRAL__V1__PEER_FRAME__BODY_TRACE_REPLY)
+            trace_peer_reply(b, p->id, f->trace_reply);
         else if (f->body_case == REFERRAL__V1__PEER_FRAME__BODY_ERROR)
             log_warn("peer", "peer reported an error peer=%s code=%d detail=%s", p->id,
                      (int)f->error->code, f->error->detail);
@@ -587,6 +627,9 @@ store_err peers_handle(broker *b, MDB_txn *txn, held *hf, uint64_t now_ms)
     }
     case REFERRAL__V1__PEER_FRAME__BODY_HEARTBEAT:
         send_heartbeat(NULL, rid, rid_len, &ps->in);
+        break;
+    case REFERRAL__V1__PEER_FRAME__BODY_TRACE_QUERY:
+        e = trace_peer_query(b, txn, peer, rid, rid_len, f->trace_query, now_ms);
         break;
     case REFERRAL__V1__PEER_FRAME__BODY_HELLO:
         log_info("peer", "peer said hello peer=%s directory_version=%" PRIu64, peer,

@@ -81,4 +81,13 @@ const char *peers_route_agency(const void *b, const char *agency);
  * "Operating"), in the turn's transaction. */
 store_err peers_announce(broker *b, MDB_txn *txn, uint64_t now_ms);
 
+/* Is id a peer this broker links to? */
+bool peers_is_peer(const broker *b, const char *id);
+
+/* Send a TraceQuery to peer over its link (false: no such link, or down);
+ * answer a peer's TraceQuery on the peer socket (rid: its routing id). */
+bool peers_send_trace_query(broker *b, const char *peer, const Referral__V1__TraceQuery *q);
+void peers_send_trace_reply(broker *b, const uint8_t *rid, size_t rid_len,
+                            const Referral__V1__TraceReply *r);
+
 #endif

@@ -1091,6 +1091,33 @@ store_err store_referral_has_msgs(store *s, MDB_txn *txn, const uint8_t referral
     return rc == 0 || rc == MDB_NOTFOUND ? STORE_OK : store_err_from_mdb(rc);
 }
 
+store_err store_refmsgs_each(store *s, MDB_txn *txn, const uint8_t referral_id[IDS_BYTES],
+                             void (*fn)(const uint8_t id[IDS_BYTES], void *ctx), void *ctx)
+{
+    enum { MAX_IDS = 256 };
+    uint8_t (*ids)[IDS_BYTES] = malloc(MAX_IDS * IDS_BYTES);
+    if (ids == NULL)
+        return STORE_FAILED;
+    MDB_cursor *c;
+    MDB_val k, v;
+    size_t n = 0;
+    int rc = seek_prefix(s, txn, STORE_DB_REFMSGS, referral_id, IDS_BYTES, &c, &k);
+    while (rc == 0 && n < MAX_IDS) {
+        if (k.mv_size == 2 * IDS_BYTES)
+            memcpy(ids[n++], (const uint8_t *)k.mv_data + IDS_BYTES, IDS_BYTES);
+        rc = mdb_cursor_get(c, &k, &v, MDB_NEXT);
+        if (rc == 0 && (k.mv_size < IDS_BYTES || memcmp(k.mv_data, referral_id, IDS_BYTES) != 0))
+            rc = MDB_NOTFOUND;
+    }
+    if (c != NULL)
+        mdb_cursor_close(c);
+    /* The cursor is closed before fn runs: fn may write (set a record aside). */
+    for (size_t i = 0; (rc == 0 || rc == MDB_NOTFOUND) && i < n; i++)
+        fn(ids[i], ctx);
+    free(ids);
+    return rc == 0 || rc == MDB_NOTFOUND ? STORE_OK : store_err_from_mdb(rc);
+}
+
 store_err store_referral_del(store *s, MDB_txn *txn, const uint8_t referral_id[IDS_BYTES])
 {
     MDB_val k = {.mv_size = IDS_BYTES, .mv_data = (void *)(uintptr_t)referral_id};

@@ -369,6 +369,10 @@ store_err store_refmsg_del(store *s, MDB_txn *txn, const uint8_t referral_id[IDS
 store_err store_referral_has_msgs(store *s, MDB_txn *txn, const uint8_t referral_id[IDS_BYTES],
                                   bool *has_msgs);
 
+/* Call fn with each message id noted for referral_id (the first 256). */
+store_err store_refmsgs_each(store *s, MDB_txn *txn, const uint8_t referral_id[IDS_BYTES],
+                             void (*fn)(const uint8_t id[IDS_BYTES], void *ctx), void *ctx);
+
 /* Delete the referral record of referral_id (STORE_NOT_FOUND if none). */
 store_err store_referral_del(store *s, MDB_txn *txn, const uint8_t referral_id[IDS_BYTES]);
 

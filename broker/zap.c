@@ -112,6 +112,18 @@ static void decide(void *zap, zmq_msg_t *parts, size_t n, const directory *d)
         zmq_msg_close(&empty);
         return;
     }
+    if (n == 6 && part_is(&parts[0], "1.0") && part_is(&parts[2], ZAP_DOMAIN_ADMIN) &&
+        part_is(&parts[5], "NULL")) {
+        /* The operators' socket is ipc:// only: whoever the file's
+         * permissions let connect is an operator (admin.h). */
+        reply(zap, &parts[1], "200", "OK", "operator");
+        return;
+    }
+    if (part_is(&parts[2], ZAP_DOMAIN_ADMIN)) {
+        log_warn("zap", "refused connection to the admin socket: not the NULL mechanism");
+        reply(zap, &parts[1], "400", "admin socket: local connections only", "");
+        return;
+    }
     if (n != 7 || !part_is(&parts[0], "1.0") || !part_is(&parts[5], "CURVE") ||
         zmq_msg_size(&parts[6]) != 32) {
         log_warn("zap", "refused connection: not a CURVE request parts=%zu", n);

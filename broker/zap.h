@@ -25,6 +25,10 @@
 #include "ids.h"
 
 #define ZAP_DOMAIN_PEERS "referral.peers"   /* ZMQ_ZAP_DOMAIN of the peer socket */
+/* ZMQ_ZAP_DOMAIN of the operators' ipc socket (admin.h): the NULL mechanism
+ * is admitted there alone, as user "operator"; the file's permissions are
+ * its authentication. */
+#define ZAP_DOMAIN_ADMIN "referral.admin"
 #define ZAP_BROKER_PREFIX "broker:"          /* User-Id of a peer: "broker:ID#KEYID" */
 #define ZAP_USER_ID_MAX (sizeof ZAP_BROKER_PREFIX + IDS_NAME_MAX + 1 + 32 + 1)
 

@@ -532,6 +532,20 @@ static wire_err check_trace_event(const Referral__V1__TraceEvent *ev, char *why,
     return check_text(ev->detail, WIRE_MAX_TEXT, "trace event detail", why, why_len);
 }
 
+#define MAX_TRACE_BROKERS 16u
+
+/* A list of broker ids (visited, brokers, unanswered): at most 16 names. */
+static wire_err check_names(char *const *names, size_t n, const char *what, char *why,
+                            size_t why_len)
+{
+    if (n > MAX_TRACE_BROKERS)
+        return fail(why, why_len, WIRE_INVALID, "%s lists %zu brokers, more than %u", what, n,
+                    MAX_TRACE_BROKERS);
+    for (size_t i = 0; i < n; i++)
+        TRY(check_name(names[i], what, false, why, why_len));
+    return WIRE_OK;
+}
+
 static wire_err check_trace_reply(const Referral__V1__TraceReply *r, char *why, size_t why_len)
 {
     TRY(check_code(r->code, why, why_len));
@@ -540,7 +554,8 @@ static wire_err check_trace_reply(const Referral__V1__TraceReply *r, char *why, 
                     r->n_events, MAX_TRACE_EVENTS);
     for (size_t i = 0; i < r->n_events; i++)
         TRY(check_trace_event(r->events[i], why, why_len));
-    return WIRE_OK;
+    TRY(check_names(r->brokers, r->n_brokers, "trace reply brokers", why, why_len));
+    return check_names(r->unanswered, r->n_unanswered, "trace reply unanswered", why, why_len);
 }
 
 /* An escalation copy: the sender's envelope, and the broker's labels. */
@@ -638,8 +653,9 @@ static wire_err check_peer_frame(const Referral__V1__PeerFrame *f, const wire_li
     case REFERRAL__V1__PEER_FRAME__BODY_HEARTBEAT:
         return WIRE_OK;
     case REFERRAL__V1__PEER_FRAME__BODY_TRACE_QUERY:
-        return check_id(&f->trace_query->referral_id, "trace referral_id", false, why,
-                        why_len);
+        TRY(check_id(&f->trace_query->referral_id, "trace referral_id", false, why, why_len));
+        return check_names(f->trace_query->visited, f->trace_query->n_visited,
+                           "trace query visited", why, why_len);
     case REFERRAL__V1__PEER_FRAME__BODY_TRACE_REPLY:
         return check_trace_reply(f->trace_reply, why, why_len);
     case REFERRAL__V1__PEER_FRAME__BODY_NOTICE:
@@ -944,4 +960,51 @@ uint8_t *wire_pack_delivery(const uint8_t message_id[16], uint32_t attempt, uint
     p += payload_len;
     *len = (size_t)(p - buf);
     return buf;
+}
+
+/* ---- the admin socket ------------------------------------------------------ */
+
+#define MAX_ADMIN_REQUEST_BYTES 4096u
+#define MAX_ADMIN_REPLY_BYTES (16u << 20)
+#define MAX_ADMIN_COMMAND 32u
+
+static wire_err check_admin_request(const void *m, const wire_limits *l, char *why, size_t n)
+{
+    (void)l;
+    const Referral__V1__AdminRequest *r = m;
+    TRY(check_version(r->version, why, n));
+    TRY(check_text(r->operator_name, IDS_NAME_MAX, "operator_name", why, n));
+    TRY(check_text(r->command, MAX_ADMIN_COMMAND, "command", why, n));
+    if (r->command[0] == '\0')
+        return fail(why, n, WIRE_INVALID, "admin request has no command");
+    if (r->id.len != 0 && r->id.len != IDS_BYTES)
+        return fail(why, n, WIRE_INVALID, "admin request id must be empty or %d bytes",
+                    IDS_BYTES);
+    return check_text(r->reason, WIRE_MAX_TEXT, "reason", why, n);
+}
+
+wire_err wire_decode_admin_request(const uint8_t *buf, size_t len,
+                                   Referral__V1__AdminRequest **out, char *why, size_t why_len)
+{
+    return decode_checked(&referral__v1__admin_request__descriptor, buf, len,
+                          MAX_ADMIN_REQUEST_BYTES, wire_default_limits.budget_bytes,
+                          check_admin_request, &wire_default_limits, (void **)out, why, why_len);
+}
+
+static wire_err check_admin_reply(const void *m, const wire_limits *l, char *why, size_t n)
+{
+    (void)l;
+    const Referral__V1__AdminReply *r = m;
+    TRY(check_version(r->version, why, n));
+    TRY(check_code(r->code, why, n));
+    TRY(check_text(r->detail, WIRE_MAX_TEXT, "detail", why, n));
+    return check_text(r->json, MAX_ADMIN_REPLY_BYTES, "json", why, n);
+}
+
+wire_err wire_decode_admin_reply(const uint8_t *buf, size_t len, Referral__V1__AdminReply **out,
+                                 char *why, size_t why_len)
+{
+    return decode_checked(&referral__v1__admin_reply__descriptor, buf, len,
+                          MAX_ADMIN_REPLY_BYTES + 4096u, MAX_ADMIN_REPLY_BYTES * 4u,
+                          check_admin_reply, &wire_default_limits, (void **)out, why, why_len);
 }

@@ -133,6 +133,15 @@ wire_err wire_decode_plaintext(const uint8_t *buf, size_t len, const wire_limits
 wire_err wire_check_envelope(const Referral__V1__Envelope *env, const wire_limits *limits,
                              char *why, size_t why_len);
 
+/* The admin socket (docs/operations.md, "The admin socket"): a request as
+ * the broker reads it (at most 4 KiB; a known version, a command, an id of
+ * 0 or 16 bytes, texts valid UTF-8 within their limits), and a reply as
+ * referralctl reads it (its JSON at most 16 MiB). */
+wire_err wire_decode_admin_request(const uint8_t *buf, size_t len,
+                                   Referral__V1__AdminRequest **out, char *why, size_t why_len);
+wire_err wire_decode_admin_reply(const uint8_t *buf, size_t len, Referral__V1__AdminReply **out,
+                                 char *why, size_t why_len);
+
 /* Free a message returned by any wire_decode_* (NULL is fine). */
 void wire_free(void *msg);
 
