@@ -277,6 +277,8 @@ static const ProtobufCMessageDescriptor *const schema_messages[] = {
     &referral__v1__directory_broker__descriptor,
     &referral__v1__directory__descriptor,
     &referral__v1__signed_directory__descriptor,
+    &referral__v1__admin_request__descriptor,
+    &referral__v1__admin_reply__descriptor,
 };
 #define SCHEMA_MESSAGES (sizeof schema_messages / sizeof schema_messages[0])
 
