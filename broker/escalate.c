@@ -10,6 +10,7 @@
 
 #include "ids.h"
 #include "log.h"
+#include "metrics.h"
 #include "seal.h"
 #include "utf8.h"
 #include "wire.h"
@@ -489,6 +490,8 @@ static store_err send_alert(const escalate_ctx *ec, MDB_txn *txn, const esc_reco
             .urgency = REFERRAL__V1__URGENCY__URGENCY_CRISIS,
         };
         TRY(delivery_notify(ec->dc, txn, &n, now_ms));
+        metrics_count_alert((int)as->kind,
+                            kind == REFERRAL__V1__NOTICE_KIND__NOTICE_KIND_STAND_DOWN);
     }
     char rhex[IDS_HEX_LEN + 1];
     log_warn("escalate", "%s referral=%s kind=%d step=%u round=%u about=%s policy=%s v%u: %s",
@@ -790,6 +793,7 @@ static store_err stand_down_others(const escalate_ctx *ec, MDB_txn *txn, esc_rec
             .detail = detail, .alert = NULL, .urgency = e->urgency,
         };
         TRY(delivery_notify(ec->dc, txn, &n, now_ms));
+        metrics_count_alert(0, true);
         TRY(trace(ec, txn, e, a->message_id, a->agency, TRACE(STOOD_DOWN), detail, now_ms));
     }
     return STORE_OK;
@@ -815,6 +819,7 @@ static store_err settle_winner(const escalate_ctx *ec, MDB_txn *txn, esc_record 
             .detail = detail, .alert = NULL, .urgency = e->urgency,
         };
         TRY(delivery_notify(ec->dc, txn, &n, now_ms));
+        metrics_count_alert(0, true);
         return trace(ec, txn, e, a->message_id, a->agency, TRACE(STOOD_DOWN), detail, now_ms);
     }
     e->winner = (uint8_t)idx;
@@ -1040,6 +1045,7 @@ static store_err home_fire(const escalate_ctx *ec, MDB_txn *txn, esc_record *e,
                                                               : "ACCEPTED_BY_AGENCY",
                      (due - e->created_ms) / 1000);
             TRY(act(ec, txn, e, i, about, why, now_ms));
+            metrics_count_escalation_step(st->action);
             log_info("escalate", "step fired policy=%s step=%zu round=%u late_ms=%" PRIu64,
                      e->pol.id, i + 1, e->round + 1, late);
         } else {
@@ -1047,6 +1053,7 @@ static store_err home_fire(const escalate_ctx *ec, MDB_txn *txn, esc_record *e,
                      "level %s reached", e->pol.id, e->pol.version, i + 1, e->round + 1,
                      level_name(best_level(e)));
             TRY(trace(ec, txn, e, e->message_id, about, TRACE(ESCALATED), why, now_ms));
+            metrics_count_escalation_step(5);
         }
         e->next_step = (uint8_t)(i + 1);
         if (e->state != ESC_WATCHING)

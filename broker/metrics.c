@@ -28,6 +28,8 @@
 #define N_RESULTS 32          /* ResultCode values (0..24 used) */
 #define N_LEVELS 9            /* AckLevel 0..8 */
 #define N_VERBS 5             /* SettleVerb 0..4 */
+#define N_STEP_ACTIONS 6     /* policy_action 1..4, 5 skipped (condition no longer held) */
+#define N_ALERT_KINDS 9      /* AlertKind 1..8 */
 #define N_URGENCIES 5         /* Urgency 0..4 */
 #define BODY_CAP (64u << 10)  /* a page of metrics is about 8 KiB */
 #define SNAPSHOT_MIN_INTERVAL_MS 1000
@@ -51,6 +53,9 @@ static struct {
     counter settles_refused[N_VERBS];
     counter undeliverable;
     counter escalation_steps;
+    counter escalation_actions[N_STEP_ACTIONS];
+    counter alerts[N_ALERT_KINDS];
+    counter stand_downs;
     atomic_uint_fast64_t escalation_worst_late_ms;
     counter commit_buckets[N_BOUNDS + 1];   /* last: above every bound */
     counter commit_sum_us;
@@ -140,6 +145,19 @@ void metrics_count_settle(Referral__V1__SettleVerb verb, Referral__V1__ResultCod
 void metrics_count_undeliverable(void)
 {
     bump(&m.undeliverable);
+}
+
+void metrics_count_escalation_step(int action)
+{
+    bump(&m.escalation_actions[action > 0 && action < N_STEP_ACTIONS ? action : 0]);
+}
+
+void metrics_count_alert(int kind, bool is_stand_down)
+{
+    if (is_stand_down)
+        bump(&m.stand_downs);
+    else
+        bump(&m.alerts[kind > 0 && kind < N_ALERT_KINDS ? kind : 0]);
 }
 
 void metrics_observe_escalations(uint32_t n, uint64_t worst_late_ms)
@@ -511,6 +529,22 @@ static void render(page *p)
          "Escalation and watchdog deadlines acted on (steps, checks, ends of records).");
     put(p, "referral_escalation_deadlines_total %llu\n",
         (unsigned long long)get(&m.escalation_steps));
+    head(p, "referral_escalation_steps_total", "counter",
+         "Escalation policy steps, by what they did (skipped: the level was reached).");
+    static const char *const actions[N_STEP_ACTIONS] = {
+        "other", "copy_next", "copy_all", "alert_supervisor", "alert_centre", "skipped"};
+    for (int a = 1; a < N_STEP_ACTIONS; a++)
+        put(p, "referral_escalation_steps_total{action=\"%s\"} %llu\n", actions[a],
+            (unsigned long long)get(&m.escalation_actions[a]));
+    head(p, "referral_alerts_total", "counter",
+         "Alert notices queued (one per agency told), by alert kind.");
+    for (int k = 1; k < N_ALERT_KINDS; k++)
+        put(p, "referral_alerts_total{kind=\"%s\"} %llu\n",
+            enum_label(&referral__v1__alert_kind__descriptor, k, 11, label, sizeof label),
+            (unsigned long long)get(&m.alerts[k]));
+    head(p, "referral_stand_downs_total", "counter",
+         "Stand-down notices queued (another agency accepted; a partition alert ended).");
+    put(p, "referral_stand_downs_total %llu\n", (unsigned long long)get(&m.stand_downs));
     head(p, "referral_escalation_worst_lateness_seconds", "gauge",
          "The latest an escalation deadline fired after its due time, since start.");
     put(p, "referral_escalation_worst_lateness_seconds %.3f\n",

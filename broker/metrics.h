@@ -80,6 +80,12 @@ void metrics_count_settle(Referral__V1__SettleVerb verb, Referral__V1__ResultCod
 /* A referral expired before delivery (UNDELIVERABLE; its sender is told). */
 void metrics_count_undeliverable(void);
 
+/* An escalation step was taken (action: policy_action, or 5 when its
+ * condition no longer held); an alert or stand-down notice of an AlertKind
+ * was queued for one agency. */
+void metrics_count_escalation_step(int action);
+void metrics_count_alert(int kind, bool is_stand_down);
+
 /* A turn acted on n escalation deadlines, the latest worst_late_ms after
  * its due time. */
 void metrics_observe_escalations(uint32_t n, uint64_t worst_late_ms);

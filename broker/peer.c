@@ -755,6 +755,7 @@ static store_err announce_stall(broker *b, MDB_txn *txn, peer_link *p, uint64_t 
         store_err e = delivery_notify(&b->dc, txn, &n, now_ms);
         if (e != STORE_OK)
             return e;
+        metrics_count_alert(REFERRAL__V1__ALERT_KIND__ALERT_KIND_PARTITION, !p->is_stalled);
     }
     log_warn("peer", "%s peer=%s to=%s", p->is_stalled ? "stall alert sent" : "stall stood down",
              p->id, b->cfg.stall_alert_to);

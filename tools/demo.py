@@ -18,6 +18,9 @@ through tools/demo.sh, which builds first.
 """
 
 import json
+import os
+import shutil
+import subprocess
 import sys
 import time
 
@@ -40,6 +43,7 @@ step = not_received alert_supervisor
 step = not_accepted alert_centre
 """
 SH, HUB, QD = "broker.shanghai", "broker.hub", "broker.qingdao"
+TRACE = os.environ.get("REFERRAL_TRACE", "referral-trace")
 
 
 def say(text):
@@ -169,7 +173,7 @@ def main():
 
         say(f"[escalation] a crisis for {NIGHT}, which nobody answers tonight; broker.qingdao "
             "runs its crisis policy (demo: copy at 2 s, supervisor at 4 s, centre at 6 s)")
-        show("[desk]  ", desk, "send", "--to", NIGHT, "--urgency", "crisis",
+        night = show("[desk]  ", desk, "send", "--to", NIGHT, "--urgency", "crisis",
                      "--category", "protection", "--pseudonym", "child-12", "--age", "9",
                      "--narrative", "Boy, 9, says his stepfather hit him and he is afraid to "
                      "go home tonight.", "--action", "visit tonight; school informed")
@@ -192,6 +196,28 @@ def main():
         wait_log(qd, "withdrawn undelivered", timeout_s=10)
         say(f"[{QD}] the police accepted first: {NIGHT}'s own copy, never collected, is "
             "withdrawn from its queue (state WITHDRAWN); the escalation stopped")
+
+        rid = night[0]["referral_id"]
+        say(f"[ops]    referral-trace {rid} at broker.shanghai: the events of all three "
+            "brokers, gathered over the federation links")
+        sock = os.path.join(sh.dir, "store", "admin.sock")
+        r = subprocess.run([TRACE, "--socket", sock, "--operator", "duty-officer", rid],
+                           capture_output=True, text=True, timeout=60)
+        for line in r.stdout.splitlines():
+            say(f"[ops]    {line}")
+        if r.returncode != 0:
+            raise RuntimeError(f"referral-trace failed: {r.stderr}")
+        dot = subprocess.run([TRACE, "--socket", sock, "--dot", rid], capture_output=True,
+                             text=True, timeout=60, check=True).stdout
+        out = os.path.join(os.environ.get("REFERRAL_DEMO_OUT", "."), "demo-trace.dot")
+        with open(out, "w") as f:
+            f.write(dot)
+        png = ""
+        if shutil.which("dot"):
+            subprocess.run(["dot", "-Tpng", "-o", out[:-4] + ".png", out], check=True,
+                           timeout=60)
+            png = f" and {out[:-4]}.png"
+        say(f"[ops]    referral-trace --dot: wrote {out}{png} (the path, escalation in red)")
         for b in (qd, hub, sh):
             rc = b.stop()
             say(f"[{b.id}] stopped with status {rc}")

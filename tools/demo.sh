@@ -11,4 +11,5 @@ ninja -C build
 
 PYTHONPATH="build/proto:test/integration" REFERRALD="build/broker/referrald" \
   REFERRALCTL="build/tools/referralctl" REFERRAL_DESK="build/tools/referral-desk" \
+  REFERRAL_TRACE="build/tools/referral-trace" REFERRAL_DEMO_OUT="build" \
   PYTHONDONTWRITEBYTECODE=1 /usr/bin/python3 tools/demo.py

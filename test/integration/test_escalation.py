@@ -11,6 +11,7 @@ import time
 
 import harness as h
 from harness import pb
+from test_metrics import parse, scrape
 
 DESK = "sh.12355.desk"
 DESK_SUP = "sh.12355.supervisor"
@@ -97,8 +98,10 @@ def wait_until(t_ms):
 def chain_fires_in_order_each_once():
     """Nobody acknowledges: backups, then supervisor, then regional centre,
     in order, each once; the desk sees every step; each alert names the
-    agency and the directory's emergency number."""
-    with h.Broker(trust=trust(), extra_config=CHAIN) as b:
+    agency and the directory's emergency number; the metrics count each."""
+    metrics_port = h.free_port()
+    with h.Broker(trust=trust(), extra_config=CHAIN,
+                  **{"metrics__listen": f"127.0.0.1:{metrics_port}"}) as b:
         desk = h.Client(b, DESK)
         env = crisis()
         hd = h.header_of(env)
@@ -133,6 +136,15 @@ def chain_fires_in_order_each_once():
         time.sleep(1.0)            # nothing fires twice
         for a in (POLICE, SCHOOL, SUP, CENTRE, DESK):
             assert not alerts(drain(h.Client(b, a), quiet_s=0.3)), a
+        m = parse(scrape(metrics_port)[1])
+        steps = {a: m[("referral_escalation_steps_total", f'{{action="{a}"}}')]
+                 for a in ("copy_next", "alert_supervisor", "alert_centre", "skipped")}
+        assert steps == {"copy_next": 2, "alert_supervisor": 1, "alert_centre": 1,
+                         "skipped": 0}, steps
+        # Four alerts to the desk, one each to the supervisor and the centre.
+        assert m[("referral_alerts_total", '{kind="not_delivered"}')] == 1
+        assert m[("referral_alerts_total", '{kind="not_received"}')] == 3
+        assert m[("referral_alerts_total", '{kind="not_accepted"}')] == 2
 
 
 LATE_ACCEPT = policy("test-received", 1000, 2500, 60000,

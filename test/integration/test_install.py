@@ -70,6 +70,7 @@ def expected_files(i):
         os.path.join(i.bindir, "referrald"): "bin/referrald",
         os.path.join(i.bindir, "referralctl"): "bin/referralctl",
         os.path.join(i.bindir, "referral-desk"): "bin/referral-desk",
+        os.path.join(i.bindir, "referral-trace"): "bin/referral-trace",
         os.path.join(i.libdir, "libreferral.so"): "libreferral.so",
         os.path.join(i.libdir, "libreferral.so.0"): "libreferral.so.0",
         os.path.join(i.libdir, "libreferral.so.0.1.0"): "libreferral.so.0.1.0",
@@ -87,6 +88,8 @@ def expected_files(i):
             os.path.join(i.mandir, "man8", "referrald.8"): "share/man/man8/referrald.8",
             os.path.join(i.mandir, "man8", "referralctl.8"): "share/man/man8/referralctl.8",
             os.path.join(i.mandir, "man1", "referral-desk.1"): "share/man/man1/referral-desk.1",
+            os.path.join(i.mandir, "man1", "referral-trace.1"):
+                "share/man/man1/referral-trace.1",
         })
     return files
 
@@ -119,7 +122,7 @@ def install_puts_every_file_where_the_docs_say():
         assert os.readlink(i.path(os.path.join(i.libdir, "libreferral.so.0"))) == \
             "libreferral.so.0.1.0"
         env = dict(os.environ, LD_LIBRARY_PATH=os.path.dirname(lib))
-        for tool in ("referrald", "referralctl", "referral-desk"):
+        for tool in ("referrald", "referralctl", "referral-desk", "referral-trace"):
             r = subprocess.run([i.path(os.path.join(i.bindir, tool)), "--help"], env=env,
                                capture_output=True, text=True, timeout=30)
             assert r.returncode == 0 and "Usage" in r.stdout, (tool, r.stderr)
@@ -142,7 +145,8 @@ def man_pages_render_and_name_every_option_of_help():
             sys.exit(SKIP)
         lib = i.path(i.libdir)
         env = dict(os.environ, LD_LIBRARY_PATH=lib, MANWIDTH="80")
-        for tool, section in (("referrald", 8), ("referralctl", 8), ("referral-desk", 1)):
+        for tool, section in (("referrald", 8), ("referralctl", 8), ("referral-desk", 1),
+                              ("referral-trace", 1)):
             page = i.path(os.path.join(i.mandir, f"man{section}", f"{tool}.{section}"))
             # groff warns about anything it cannot typeset; none is allowed.
             r = subprocess.run(["groff", "-man", "-Tutf8", "-ww", "-z", page],
