@@ -4,6 +4,7 @@
  */
 #include "sign.h"
 
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -44,10 +45,60 @@ static uint8_t *join(const char *domain, const uint8_t *a, size_t alen, const ui
     return buf;
 }
 
+/*
+ * Key objects, made once per key: importing a raw Ed25519 key costs about
+ * as much as the signature itself (docs/performance.md). A small cache per
+ * kind, shared by every thread under a mutex; a hit takes a reference, so
+ * the key is used outside the lock and freed by whoever drops the last
+ * reference. Replacement is round robin. The cached objects live until the
+ * process ends (reachable: leak checkers do not report them).
+ */
+#define CACHE_SLOTS 32
+
+typedef struct {
+    pthread_mutex_t lock;
+    uint8_t keys[CACHE_SLOTS][SIGN_PUBLIC_BYTES];
+    EVP_PKEY *objects[CACHE_SLOTS];
+    size_t next;
+} key_cache;
+
+static key_cache private_keys = {.lock = PTHREAD_MUTEX_INITIALIZER};
+static key_cache public_keys = {.lock = PTHREAD_MUTEX_INITIALIZER};
+
+/* A reference to the key object of raw (32 bytes), from the cache or new;
+ * NULL when OpenSSL fails. EVP_PKEY_free() it after use. */
+static EVP_PKEY *key_object(key_cache *c, const uint8_t raw[32], bool is_private)
+{
+    pthread_mutex_lock(&c->lock);
+    for (size_t i = 0; i < CACHE_SLOTS; i++) {
+        if (c->objects[i] != NULL && CRYPTO_memcmp(c->keys[i], raw, 32) == 0 &&
+            EVP_PKEY_up_ref(c->objects[i]) == 1) {
+            EVP_PKEY *k = c->objects[i];
+            pthread_mutex_unlock(&c->lock);
+            return k;
+        }
+    }
+    pthread_mutex_unlock(&c->lock);
+    EVP_PKEY *k = is_private
+                      ? EVP_PKEY_new_raw_private_key(EVP_PKEY_ED25519, NULL, raw, 32)
+                      : EVP_PKEY_new_raw_public_key(EVP_PKEY_ED25519, NULL, raw, 32);
+    if (k == NULL || EVP_PKEY_up_ref(k) != 1)
+        return k;   /* not cached: the caller's reference alone */
+    pthread_mutex_lock(&c->lock);
+    size_t slot = c->next;
+    c->next = (c->next + 1) % CACHE_SLOTS;
+    EVP_PKEY *old = c->objects[slot];
+    c->objects[slot] = k;
+    memcpy(c->keys[slot], raw, 32);
+    pthread_mutex_unlock(&c->lock);
+    EVP_PKEY_free(old);   /* the cache's reference; users may still hold theirs */
+    return k;
+}
+
 static bool raw_sign(const uint8_t sec[SIGN_SECRET_BYTES], const uint8_t *msg, size_t len,
                      uint8_t sig[SIGN_BYTES])
 {
-    EVP_PKEY *k = EVP_PKEY_new_raw_private_key(EVP_PKEY_ED25519, NULL, sec, SIGN_SECRET_BYTES);
+    EVP_PKEY *k = key_object(&private_keys, sec, true);
     EVP_MD_CTX *ctx = EVP_MD_CTX_new();
     size_t n = SIGN_BYTES;
     bool ok = k != NULL && ctx != NULL && EVP_DigestSignInit(ctx, NULL, NULL, NULL, k) == 1 &&
@@ -60,7 +111,7 @@ static bool raw_sign(const uint8_t sec[SIGN_SECRET_BYTES], const uint8_t *msg, s
 static bool raw_verify(const uint8_t pub[SIGN_PUBLIC_BYTES], const uint8_t *msg, size_t len,
                        const uint8_t sig[SIGN_BYTES])
 {
-    EVP_PKEY *k = EVP_PKEY_new_raw_public_key(EVP_PKEY_ED25519, NULL, pub, SIGN_PUBLIC_BYTES);
+    EVP_PKEY *k = key_object(&public_keys, pub, false);
     EVP_MD_CTX *ctx = EVP_MD_CTX_new();
     bool ok = k != NULL && ctx != NULL && EVP_DigestVerifyInit(ctx, NULL, NULL, NULL, k) == 1 &&
               EVP_DigestVerify(ctx, sig, SIGN_BYTES, msg, len) == 1;

@@ -25,6 +25,7 @@
 #include <cmocka.h>
 
 #include <fcntl.h>
+#include <pthread.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -1082,11 +1083,74 @@ static void padded_case_files_decode_at_every_edge(void **state)
 
 /* An optional argument runs only the tests whose names match it (a
  * cmocka pattern such as "*seals_and_opens"). */
+/* ---- the key-object cache (sign.c) ------------------------------------------- */
+
+#define CACHE_KEYS 48          /* more than the cache holds: evictions happen */
+#define CACHE_THREADS 4
+
+static uint8_t cache_pub[CACHE_KEYS][SIGN_PUBLIC_BYTES], cache_sec[CACHE_KEYS][SIGN_SECRET_BYTES];
+static uint8_t cache_sig[CACHE_KEYS][SIGN_BYTES];
+
+static void *verify_all(void *arg)
+{
+    size_t bad = 0, start = (size_t)(uintptr_t)arg;
+    for (size_t round = 0; round < 20; round++) {
+        for (size_t j = 0; j < CACHE_KEYS; j++) {
+            size_t i = (start + j * 7 + round) % CACHE_KEYS;
+            uint8_t msg[8] = {(uint8_t)i};
+            /* Its own signature verifies; a neighbour's key does not. */
+            bad += !sign_verify(cache_pub[i], "test", msg, sizeof msg, cache_sig[i]);
+            bad += sign_verify(cache_pub[(i + 1) % CACHE_KEYS], "test", msg, sizeof msg,
+                               cache_sig[i]);
+        }
+    }
+    return (void *)(uintptr_t)bad;
+}
+
+static void *sign_all(void *arg)
+{
+    size_t bad = 0;
+    (void)arg;
+    for (size_t round = 0; round < 10; round++) {
+        for (size_t i = 0; i < CACHE_KEYS; i++) {
+            uint8_t msg[8] = {(uint8_t)i}, sig[SIGN_BYTES];
+            bad += !sign_detached(cache_sec[i], "test", msg, sizeof msg, sig);
+            bad += memcmp(sig, cache_sig[i], SIGN_BYTES) != 0;   /* Ed25519 is deterministic */
+        }
+    }
+    return (void *)(uintptr_t)bad;
+}
+
+/* Key objects are cached and shared by threads: with more keys than slots,
+ * signing and verifying from several threads at once (evicting each
+ * other's keys) gives exactly the results of fresh keys. */
+static void key_cache_is_right_across_threads_and_evictions(void **state)
+{
+    (void)state;
+    for (size_t i = 0; i < CACHE_KEYS; i++) {
+        assert_true(sign_keypair(cache_pub[i], cache_sec[i]));
+        uint8_t msg[8] = {(uint8_t)i};
+        assert_true(sign_detached(cache_sec[i], "test", msg, sizeof msg, cache_sig[i]));
+    }
+    pthread_t t[CACHE_THREADS + 1];
+    for (size_t i = 0; i < CACHE_THREADS; i++)
+        assert_int_equal(pthread_create(&t[i], NULL, verify_all, (void *)(uintptr_t)i), 0);
+    assert_int_equal(pthread_create(&t[CACHE_THREADS], NULL, sign_all, NULL), 0);
+    size_t bad = 0;
+    for (size_t i = 0; i <= CACHE_THREADS; i++) {
+        void *r;
+        assert_int_equal(pthread_join(t[i], &r), 0);
+        bad += (size_t)(uintptr_t)r;
+    }
+    assert_int_equal(bad, 0);
+}
+
 int main(int argc, char **argv)
 {
     if (argc > 1)
         cmocka_set_test_filter(argv[1]);
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(key_cache_is_right_across_threads_and_evictions),
         cmocka_unit_test(envelope_signature_round_trips),
         cmocka_unit_test(envelope_signing_input_is_the_documented_bytes),
         cmocka_unit_test(flipped_bit_in_header_body_or_signature_fails),
