@@ -215,7 +215,11 @@ static store_err finish(const delivery_ctx *dc, MDB_txn *txn, store_msg *m, uint
     if (dc->keep_body != NULL)
         TRY(dc->keep_body(dc->on_final_ctx, txn, m));
     if (m->state == S_QUEUED) {
-        TRY(queue_remove(dc->st, txn, m));
+        store_err e = queue_remove(dc->st, txn, m);
+        if (e == STORE_NOT_FOUND)   /* out of its queue: an operator holds it (queue.h) */
+            e = queue_held_del(dc->st, txn, m->id);
+        if (e != STORE_OK)
+            return e;
     } else {
         store_err e = inflight_del(dc->st, txn, m->id);
         if (e != STORE_OK && e != STORE_NOT_FOUND)
@@ -432,8 +436,15 @@ store_err delivery_settle(const delivery_ctx *dc, MDB_txn *txn, const char *agen
     return STORE_OK;
 }
 
-static store_err expire(const delivery_ctx *dc, MDB_txn *txn, store_msg *m, uint64_t now_ms)
+/* m ends UNDELIVERABLE: traced with trace_why and its sender told
+ * notice_why (NULL: the natural expiry's sentences). */
+static store_err expire(const delivery_ctx *dc, MDB_txn *txn, store_msg *m, const char *trace_why,
+                        const char *notice_why, uint64_t now_ms)
 {
+    if (trace_why == NULL)
+        trace_why = "expired before the recipient acknowledged it";
+    if (notice_why == NULL)
+        notice_why = "expired before the recipient acknowledged it; call the agency";
     char idhex[IDS_HEX_LEN + 1];
     TRY(finish(dc, txn, m, S_UNDELIVERABLE, now_ms));
     log_warn("delivery", "undeliverable: expired before delivery msg=%s recipient=%s sender=%s "
@@ -445,12 +456,10 @@ static store_err expire(const delivery_ctx *dc, MDB_txn *txn, store_msg *m, uint
         return STORE_OK;
     metrics_count_undeliverable();
     TRY(delivery_trace(dc, txn, m, REFERRAL__V1__TRACE_EVENT_KIND__TRACE_EVENT_KIND_EXPIRED,
-                       REFERRAL__V1__RESULT_CODE__RESULT_UNDELIVERABLE,
-                       "expired before the recipient acknowledged it", now_ms));
+                       REFERRAL__V1__RESULT_CODE__RESULT_UNDELIVERABLE, trace_why, now_ms));
     TRY(notify_sender(dc, txn, m, REFERRAL__V1__NOTICE_KIND__NOTICE_KIND_UNDELIVERABLE,
                       REFERRAL__V1__ACK_LEVEL__ACK_LEVEL_UNSPECIFIED,
-                      REFERRAL__V1__RESULT_CODE__RESULT_UNDELIVERABLE,
-                      "expired before the recipient acknowledged it; call the agency", now_ms));
+                      REFERRAL__V1__RESULT_CODE__RESULT_UNDELIVERABLE, notice_why, now_ms));
     return tell_final(dc, txn, m, now_ms);
 }
 
@@ -488,7 +497,7 @@ store_err delivery_fire(const delivery_ctx *dc, MDB_txn *txn, deadline_kind kind
         return STORE_OK;
     case DEADLINE_EXPIRE:
         if (m.state == S_QUEUED || m.state == S_IN_FLIGHT)
-            return expire(dc, txn, &m, now_ms);
+            return expire(dc, txn, &m, NULL, NULL, now_ms);
         return STORE_OK;
     default: {   /* deadline_pop never hands one out; never fatal all the same */
         char idhex[IDS_HEX_LEN + 1];
@@ -648,4 +657,20 @@ store_err delivery_withdraw(const delivery_ctx *dc, MDB_txn *txn, const uint8_t 
              ids_hex(m.id, IDS_BYTES, idhex), m.recipient, why);
     *is_withdrawn = true;
     return STORE_OK;
+}
+
+/* ---- operators' actions (admin_cmds.c) ----------------------------------- */
+
+store_err delivery_requeue(const delivery_ctx *dc, MDB_txn *txn, store_msg *m, const char *why,
+                           uint64_t now_ms)
+{
+    assert(m->state == S_IN_FLIGHT);
+    return requeue(dc, txn, m, now_ms, why);
+}
+
+store_err delivery_expire(const delivery_ctx *dc, MDB_txn *txn, store_msg *m,
+                          const char *trace_why, const char *notice_why, uint64_t now_ms)
+{
+    assert(m->state == S_QUEUED || m->state == S_IN_FLIGHT);
+    return expire(dc, txn, m, trace_why, notice_why, now_ms);
 }

@@ -6,16 +6,22 @@
  *   (new) --enqueue--> QUEUED
  *   QUEUED --take--> IN_FLIGHT                 handed to a client session
  *   IN_FLIGHT --return--> QUEUED               ack timeout, NAK delay over, session
- *                                              ended, send failed
+ *                                              ended, send failed, an operator's
+ *                                              requeue (delivery_requeue)
  *   IN_FLIGHT --nak/in-progress--> IN_FLIGHT   new return deadline
  *   QUEUED|IN_FLIGHT --ack--> DELIVERED        final; body goes after the grace
  *   QUEUED|IN_FLIGHT --reject--> REJECTED      final; body goes after the grace;
  *                                              sender told
  *   QUEUED|IN_FLIGHT --expire--> UNDELIVERABLE final; body goes after the grace;
- *                                              sender told
+ *                                              sender told (also an operator's
+ *                                              expire, delivery_expire)
  *   QUEUED --corrupt body--> QUARANTINED       final; body kept apart; sender told
  *   QUEUED --withdraw--> WITHDRAWN             final; an escalation attempt another
  *                                              agency made moot (escalate.h)
+ *
+ * An operator may hold a QUEUED message (queue.h, queue_hold): it stays
+ * QUEUED, out of its queue, until released; every final move above
+ * deletes its held entry where it would delete its queue entry.
  *
  * The grace is body_grace_ms: 0 deletes the body in the move's own
  * transaction; otherwise a DEADLINE_BODY deadline deletes it then (durable:
@@ -170,6 +176,21 @@ store_err delivery_notify(const delivery_ctx *dc, MDB_txn *txn, const delivery_n
  * queued (in flight or final: it stays as it is). */
 store_err delivery_withdraw(const delivery_ctx *dc, MDB_txn *txn, const uint8_t id[IDS_BYTES],
                             const char *why, uint64_t now_ms, bool *is_withdrawn);
+
+/* An operator's requeue (admin_cmds.c): m, read in txn and IN_FLIGHT,
+ * goes back to its queue now, traced REDELIVERED with why (envelopes) and
+ * logged, as an ack timeout would. A late settle of the earlier delivery
+ * still counts (QUEUED|IN_FLIGHT --ack--> DELIVERED). */
+store_err delivery_requeue(const delivery_ctx *dc, MDB_txn *txn, store_msg *m, const char *why,
+                           uint64_t now_ms);
+
+/* An operator's expire (admin_cmds.c): m, read in txn and QUEUED (held or
+ * not) or IN_FLIGHT, ends UNDELIVERABLE now by the natural expiry's path
+ * (the body's grace, the trace EXPIRED with trace_why, the sender told
+ * notice_why, and on_final, so an escalation re-routes). NULL texts: the
+ * natural expiry's. */
+store_err delivery_expire(const delivery_ctx *dc, MDB_txn *txn, store_msg *m,
+                          const char *trace_why, const char *notice_why, uint64_t now_ms);
 
 /* Append a trace event for m. */
 store_err delivery_trace(const delivery_ctx *dc, MDB_txn *txn, const store_msg *m,

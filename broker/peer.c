@@ -798,3 +798,33 @@ void peers_tick(broker *b, uint64_t now_ms)
         metrics_observe_peer(p->id, p->is_up, p->is_stalled, p->n_flights);
     }
 }
+
+/* ---- the operators' view (admin "peers") --------------------------------- */
+
+void peers_describe(const broker *b, MDB_txn *txn, json_object *out)
+{
+    const peer_set *ps = b->peers;
+    uint64_t mono = clock_mono_ms();
+    for (size_t i = 0; ps != NULL && i < ps->n; i++) {
+        const peer_link *p = &ps->items[i];
+        json_object *o = json_object_new_object();
+        const char *state = p->is_stalled ? "stalled" : p->is_up ? "up"
+                          : p->is_connected ? "connected" : "down";
+        json_object_object_add(o, "peer", json_object_new_string(p->id));
+        json_object_object_add(o, "state", json_object_new_string(state));
+        json_object_object_add(o, "is_connected", json_object_new_boolean(p->is_connected));
+        json_object_object_add(o, "is_up", json_object_new_boolean(p->is_up));
+        json_object_object_add(o, "is_stalled", json_object_new_boolean(p->is_stalled));
+        json_object_object_add(o, "in_flight", json_object_new_int64((int64_t)p->n_flights));
+        json_object_object_add(o, "window", json_object_new_int64((int64_t)b->cfg.peer_window));
+        json_object_object_add(o, "frames_held", json_object_new_int64((int64_t)link_held(&p->out)));
+        json_object_object_add(o, "queued", json_object_new_int64(
+                                   (int64_t)queue_depth(b->st, txn, p->id, 1000000)));
+        json_object_object_add(o, "last_heard_ms_ago", p->last_heard_ms == 0
+                               ? NULL : json_object_new_int64((int64_t)(mono - p->last_heard_ms)));
+        json_object_object_add(o, "work_waiting_ms", p->work_since_ms == 0
+                               ? json_object_new_int64(0)
+                               : json_object_new_int64((int64_t)(mono - p->work_since_ms)));
+        json_object_array_add(out, o);
+    }
+}

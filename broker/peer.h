@@ -29,6 +29,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 
+#include <json-c/json.h>
 #include <lmdb.h>
 
 #include "broker.h"
@@ -89,5 +90,13 @@ bool peers_is_peer(const broker *b, const char *id);
 bool peers_send_trace_query(broker *b, const char *peer, const Referral__V1__TraceQuery *q);
 void peers_send_trace_reply(broker *b, const uint8_t *rid, size_t rid_len,
                             const Referral__V1__TraceReply *r);
+
+/* Append one object per outbound link to out (a JSON array), for the
+ * admin command "peers" (docs/operations.md gives the shape): its state
+ * (up, connected, stalled or down), forwards in flight and the window,
+ * frames held, messages queued for it (counted up to 1000000), ms since it
+ * was last heard from (null: never) and since when work waits without a
+ * hop ack (0: none). Reads the peer's queue in txn. */
+void peers_describe(const broker *b, MDB_txn *txn, json_object *out);
 
 #endif

@@ -9,6 +9,8 @@
 
 #include <string.h>
 
+#include "utf8.h"
+
 #define KEY_MAX (IDS_NAME_MAX + 1 + 1 + 8)
 
 static size_t queue_key(const store_msg *m, uint8_t key[KEY_MAX])
@@ -167,6 +169,94 @@ store_err inflight_each(store *s, MDB_txn *txn, inflight_fn fn, void *ctx)
 {
     MDB_cursor *c;
     int rc = mdb_cursor_open(txn, store_dbi(s, STORE_DB_INFLIGHT), &c);
+    if (rc != 0)
+        return store_err_from_mdb(rc);
+    MDB_val k, v;
+    while ((rc = mdb_cursor_get(c, &k, &v, MDB_NEXT)) == 0) {
+        if (k.mv_size == IDS_BYTES)
+            fn(k.mv_data, ctx);
+    }
+    mdb_cursor_close(c);
+    return rc == MDB_NOTFOUND ? STORE_OK : store_err_from_mdb(rc);
+}
+
+/* ---- held messages (queue.h) ----------------------------------------------- */
+
+#define HELD_MIN (1 + 8 + 1 + 1)
+
+static size_t put_text(uint8_t *p, const char *text)
+{
+    size_t n = strnlen(text, QUEUE_HELD_TEXT_MAX);
+    p[0] = (uint8_t)n;
+    memcpy(p + 1, text, n);
+    return 1 + n;
+}
+
+store_err queue_hold(store *s, MDB_txn *txn, const store_msg *m, const queue_held *h)
+{
+    uint8_t val[HELD_MIN + IDS_NAME_MAX + QUEUE_HELD_TEXT_MAX];
+    char op[IDS_NAME_MAX + 1], reason[QUEUE_HELD_TEXT_MAX + 1];
+    utf8_copy_cut(op, sizeof op, h->operator_name, IDS_NAME_MAX);
+    utf8_copy_cut(reason, sizeof reason, h->reason, QUEUE_HELD_TEXT_MAX);
+    val[0] = STORE_RECORD_V1;
+    store_put_u64(val + 1, h->held_at_ms);
+    size_t n = 9;
+    n += put_text(val + n, op);
+    n += put_text(val + n, reason);
+    store_err e = queue_remove(s, txn, m);
+    if (e != STORE_OK)
+        return e;
+    MDB_val k = {.mv_size = IDS_BYTES, .mv_data = (void *)(uintptr_t)m->id};
+    MDB_val v = {.mv_size = n, .mv_data = val};
+    return store_err_from_mdb(mdb_put(txn, store_dbi(s, STORE_DB_HELD), &k, &v, 0));
+}
+
+store_err queue_release(store *s, MDB_txn *txn, const store_msg *m)
+{
+    store_err e = queue_held_del(s, txn, m->id);
+    return e == STORE_OK ? queue_push(s, txn, m) : e;
+}
+
+static bool get_text(const uint8_t **p, const uint8_t *end, char *out, size_t room)
+{
+    if (*p >= end || (size_t)(end - *p) < 1u + **p || **p >= room)
+        return false;
+    size_t n = **p;
+    memcpy(out, *p + 1, n);
+    out[n] = '\0';
+    *p += 1 + n;
+    return true;
+}
+
+store_err queue_held_get(store *s, MDB_txn *txn, const uint8_t id[IDS_BYTES], queue_held *h)
+{
+    MDB_val k = {.mv_size = IDS_BYTES, .mv_data = (void *)(uintptr_t)id}, v;
+    int rc = mdb_get(txn, store_dbi(s, STORE_DB_HELD), &k, &v);
+    if (rc != 0)
+        return store_err_from_mdb(rc);
+    if (h == NULL)
+        return STORE_OK;
+    const uint8_t *p = v.mv_data, *end = p + v.mv_size;
+    if (v.mv_size < HELD_MIN || p[0] != STORE_RECORD_V1)
+        return STORE_CORRUPT;
+    h->held_at_ms = store_get_u64(p + 1);
+    p += 9;
+    if (!get_text(&p, end, h->operator_name, sizeof h->operator_name) ||
+        !get_text(&p, end, h->reason, sizeof h->reason) || p != end)
+        return STORE_CORRUPT;
+    return STORE_OK;
+}
+
+store_err queue_held_del(store *s, MDB_txn *txn, const uint8_t id[IDS_BYTES])
+{
+    MDB_val k = {.mv_size = IDS_BYTES, .mv_data = (void *)(uintptr_t)id};
+    return store_err_from_mdb(mdb_del(txn, store_dbi(s, STORE_DB_HELD), &k, NULL));
+}
+
+store_err queue_held_each(store *s, MDB_txn *txn, inflight_fn fn, void *ctx)
+{
+    MDB_cursor *c;
+    int rc = mdb_cursor_open(txn, store_dbi(s, STORE_DB_HELD), &c);
     if (rc != 0)
         return store_err_from_mdb(rc);
     MDB_val k, v;

@@ -34,7 +34,7 @@
 
 static const char *const db_names[STORE_DB_COUNT] = {
     "meta", "msgs", "bodies", "queue", "inflight", "dedup", "deadlines", "quarantine", "trace",
-    "referrals", "levels", "refmsgs", "escalations",
+    "referrals", "levels", "refmsgs", "escalations", "held",
 };
 
 struct store {

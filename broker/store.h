@@ -61,6 +61,14 @@
  *               'A' attempt message id -> the message id it is an attempt
  *               of; 'D' urgency rank, due_ms, message id -> [0] 1 (when it
  *               next acts, crisis first).
+ *   held        message id (16) -> [0] 1 | [1] held_at_ms u64 |
+ *               [9] operator [len][bytes] | reason [len][bytes] (queue.c):
+ *               a QUEUED message an operator holds (referralctl hold). Its
+ *               queue entry is removed while it is held, so it is never
+ *               taken; its record stays QUEUED and its deadlines stay, so
+ *               it still expires at expires_at (the final move deletes this
+ *               entry instead of the queue entry). Release puts the queue
+ *               entry back under its original rank and seq.
  *
  * Retention (retention.h, docs/operations.md "Retention"): a final
  * message's record, dedup entry, levels and refmsgs entry go together once
@@ -138,6 +146,7 @@ typedef enum {
     STORE_DB_LEVELS,        /* likewise */
     STORE_DB_REFMSGS,       /* likewise (retention) */
     STORE_DB_ESCALATIONS,   /* likewise (escalate.h) */
+    STORE_DB_HELD,          /* likewise (queue.h: messages an operator holds) */
     STORE_DB_COUNT
 } store_db;
 

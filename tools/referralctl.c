@@ -1,10 +1,12 @@
 /*
- * referralctl: keys and the signed directory, for operators.
+ * referralctl: keys, the signed directory, and a running broker's
+ * operators' socket (referralctl_admin.h), for operators.
  *
  *   referralctl keygen --id ID [--dir DIR] [--force]
  *   referralctl directory sign --in SOURCE.json --root-key ROOT.sign.pem --out FILE
  *   referralctl directory verify --file FILE --root ROOT
  *   referralctl directory show --file FILE --root ROOT [--json]
+ *   referralctl [--socket PATH | --config FILE] [--json] status | queues | ... (admin)
  *
  * The directory source is JSON (docs/operations.md, "The directory"); the
  * signed file is a SignedDirectory (referral.proto). This tool never prints
@@ -25,6 +27,7 @@
 #include "directory.h"
 #include "ids.h"
 #include "keys.h"
+#include "referralctl_admin.h"
 #include "ref_version.h"
 #include "sign.h"
 #include "wire.h"
@@ -40,7 +43,9 @@ static void usage(FILE *f)
         "                            [--force]\n"
         "  referralctl directory verify --file FILE --root ROOT [--min-version N]\n"
         "  referralctl directory show --file FILE --root ROOT [--json]\n"
-        "  referralctl --help | --version\n"
+        "  referralctl --help | --version\n");
+    ctl_admin_usage(f);
+    fprintf(f,
         "\n"
         "keygen      writes ID.sign.pem (Ed25519), ID.seal.pem (X25519) and ID.curve\n"
         "            (CURVE transport pair), all mode 0600, and ID.pub.json (public\n"
@@ -58,15 +63,44 @@ static void usage(FILE *f)
         "            seal_public, curve_public, escalation chain; brokers: endpoint,\n"
         "            sign_public, sign_key_id, curve_public) and revoked_key_ids.\n"
         "\n"
+        "On a running broker (its operators' socket, docs/operations.md \"The admin\n"
+        "socket\"; --socket PATH, or --config referrald.ini for its [admin] socket or\n"
+        "admin.sock in its [broker] data_dir; --operator NAME, default the login name;\n"
+        "--json prints the broker's JSON answer as it came):\n"
+        "status      the broker's id, version, sessions and store use.\n"
+        "queues      what waits, per recipient (agency or peer broker) and urgency, by\n"
+        "            age since creation: <1m 1-5m 5-60m 1-24h >1d; held and in flight.\n"
+        "oldest      the oldest crisis messages not yet settled (queued, held or in\n"
+        "            flight), --limit N (default 20).\n"
+        "peers       each federation link: up, connected, stalled or down; in flight,\n"
+        "            queued for it, when last heard from.\n"
+        "undeliverable  messages that ended UNDELIVERABLE, most recent first.\n"
+        "expired     messages whose expires_at passed before delivery, latest first.\n"
+        "show ID     one message's routing metadata and state (never its body), its\n"
+        "            referral's sender and addressees, whether an escalation runs.\n"
+        "hold ID     keep a queued (or a client's in-flight) message from delivery; it\n"
+        "            stays stored, survives restarts and still expires at expires_at.\n"
+        "release ID  put a held message back in its queue.\n"
+        "requeue ID  return an in-flight delivery to its queue now (or release a held\n"
+        "            one).\n"
+        "expire ID   end a queued or in-flight message UNDELIVERABLE now; its sender is\n"
+        "            told, as at a natural expiry, and an escalation re-routes.\n"
+        "            Every action needs --reason TEXT; it is recorded in the referral's\n"
+        "            trace with the operator's name, and logged.\n"
+        "\n"
         "Examples:\n"
         "  referralctl keygen --id root --dir keys\n"
         "  referralctl keygen --id qd.police.shibei --dir keys\n"
         "  referralctl directory sign --in etc/directory.example.json \\\n"
         "      --root-key keys/root.sign.pem --out directory.signed\n"
         "  referralctl directory verify --file directory.signed --root keys/root.pub.json\n"
+        "  referralctl --config /etc/referral/referrald.ini queues\n"
+        "  referralctl --socket /var/lib/referral/admin.sock hold 0190c3... \\\n"
+        "      --reason \"recipient asked us to pause during their migration\"\n"
         "\n"
-        "Exit status: 0 success, 1 the operation failed (the message says why),\n"
-        "2 bad usage.\n");
+        "Exit status: 0 success, 1 the operation failed or the broker refused it (the\n"
+        "message says why), 2 bad usage, 3 the broker's admin socket cannot be reached\n"
+        "(missing, no permission, or no answer).\n");
 }
 
 /* ---- keygen --------------------------------------------------------------- */
@@ -621,6 +655,8 @@ int main(int argc, char **argv)
         return cmd_keygen(argc - 1, argv + 1);
     if (strcmp(argv[1], "directory") == 0)
         return cmd_directory(argc - 1, argv + 1);
+    if (ctl_admin_is_command(argv[1]))
+        return ctl_admin_main(argc, argv);
     fprintf(stderr, "referralctl: unknown command %s\n\n", argv[1]);
     usage(stderr);
     return EXIT_USAGE;

@@ -298,6 +298,73 @@ static void unknown_deadline_kind_and_set_aside_records_are_passed_over(void **s
     fixture_commit(&c->f, txn);
 }
 
+/* A held message (queue.h): out of its queue, never taken, kept across a
+ * reopen of the store, still expired at expires_at (its held entry goes
+ * with it, the sender is told); released, it is taken again. Its record
+ * is versioned; a damaged one is reported, never trusted. */
+static void held_message_is_kept_never_taken_and_still_expires(void **state)
+{
+    ctx *c = *state;
+    uint64_t now = 1000000;
+    store_msg held, other, m;
+    const uint8_t *p;
+    size_t len;
+    MDB_txn *txn = fixture_begin(&c->f);
+    enqueue(c, txn, &held, 1, now);
+    enqueue(c, txn, &other, 2, now);
+    queue_held h = {.held_at_ms = now, .operator_name = "ops.alice", .reason = "wait"};
+    assert_int_equal(queue_hold(c->f.st, txn, &held, &h), STORE_OK);
+    assert_int_equal(queue_hold(c->f.st, txn, &held, &h), STORE_NOT_FOUND);   /* held already */
+    assert_int_equal(queue_depth(c->f.st, txn, "qd.police", 10), 1);
+    fixture_commit(&c->f, txn);
+
+    char why[300];
+    assert_int_equal(fixture_reopen(&c->f, why, sizeof why), STORE_OK);
+    c->dc.st = c->f.st;
+    txn = fixture_begin(&c->f);
+    queue_held got;
+    assert_int_equal(queue_held_get(c->f.st, txn, held.id, &got), STORE_OK);
+    assert_int_equal(got.held_at_ms, now);
+    assert_string_equal(got.operator_name, "ops.alice");
+    assert_string_equal(got.reason, "wait");
+    assert_int_equal(state_of(c, txn, held.id), QUEUED);
+    assert_int_equal(delivery_take(&c->dc, txn, "qd.police", now, &m, &p, &len), STORE_OK);
+    assert_memory_equal(m.id, other.id, IDS_BYTES);   /* the held one is passed over */
+    assert_int_equal(delivery_take(&c->dc, txn, "qd.police", now, &m, &p, &len),
+                     STORE_NOT_FOUND);
+
+    /* Its expiry comes all the same: final, out of the held set, sender told. */
+    assert_int_equal(delivery_fire(&c->dc, txn, DEADLINE_EXPIRE, held.id, held.expires_at_ms,
+                                   held.expires_at_ms), STORE_OK);
+    assert_int_equal(state_of(c, txn, held.id), UNDELIVERABLE);
+    assert_int_equal(queue_held_get(c->f.st, txn, held.id, NULL), STORE_NOT_FOUND);
+    assert_int_equal(notices_for_sender(c, txn), 1);
+
+    /* Hold, then release: back in its queue and taken. */
+    store_msg again;
+    enqueue(c, txn, &again, 3, now);
+    assert_int_equal(queue_hold(c->f.st, txn, &again, &h), STORE_OK);
+    assert_int_equal(queue_release(c->f.st, txn, &again), STORE_OK);
+    assert_int_equal(queue_release(c->f.st, txn, &again), STORE_NOT_FOUND);
+    assert_int_equal(delivery_take(&c->dc, txn, "qd.police", now, &m, &p, &len), STORE_OK);
+    assert_memory_equal(m.id, again.id, IDS_BYTES);
+
+    /* An operator's expire of a held message takes the same path. */
+    store_msg third;
+    enqueue(c, txn, &third, 4, now);
+    assert_int_equal(queue_hold(c->f.st, txn, &third, &h), STORE_OK);
+    assert_int_equal(delivery_expire(&c->dc, txn, &third, "expired by an operator", "moot", now),
+                     STORE_OK);
+    assert_int_equal(state_of(c, txn, third.id), UNDELIVERABLE);
+    assert_int_equal(fixture_count(&c->f, txn, STORE_DB_HELD), 0);
+
+    /* A held record of another version is reported, not read. */
+    const uint8_t bad[] = {9, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0};
+    fixture_put_raw(&c->f, txn, STORE_DB_HELD, third.id, IDS_BYTES, bad, sizeof bad);
+    assert_int_equal(queue_held_get(c->f.st, txn, third.id, &got), STORE_CORRUPT);
+    fixture_commit(&c->f, txn);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -307,6 +374,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(moves_outside_the_table_change_nothing, setup, teardown),
         cmocka_unit_test_setup_teardown(
             unknown_deadline_kind_and_set_aside_records_are_passed_over, setup, teardown),
+        cmocka_unit_test_setup_teardown(held_message_is_kept_never_taken_and_still_expires, setup,
+                                        teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
