@@ -719,6 +719,52 @@ static uint8_t *pack_plaintext_alert(size_t *len)
     return wire_pack(&p, len);
 }
 
+/* ---- the admin socket ------------------------------------------------------ */
+
+static uint8_t *pack_admin_request_status(size_t *len)
+{
+    Referral__V1__AdminRequest r = REFERRAL__V1__ADMIN_REQUEST__INIT;
+    r.version = REFERRAL__V1__PROTOCOL_VERSION__PROTOCOL_VERSION_1;
+    r.request_id = 41;
+    r.operator_name = str("ops.alice");
+    r.command = str("status");
+    return wire_pack(&r, len);
+}
+
+static uint8_t *pack_admin_request_hold(size_t *len)
+{
+    Referral__V1__AdminRequest r = REFERRAL__V1__ADMIN_REQUEST__INIT;
+    r.version = REFERRAL__V1__PROTOCOL_VERSION__PROTOCOL_VERSION_1;
+    r.request_id = 42;
+    r.operator_name = str("ops.alice");
+    r.command = str("hold");
+    r.id = bin(message_id, sizeof message_id);
+    r.limit = 20;
+    r.reason = str("the recipient asked for a pause");
+    return wire_pack(&r, len);
+}
+
+static uint8_t *pack_admin_reply_ok(size_t *len)
+{
+    Referral__V1__AdminReply r = REFERRAL__V1__ADMIN_REPLY__INIT;
+    r.version = REFERRAL__V1__PROTOCOL_VERSION__PROTOCOL_VERSION_1;
+    r.request_id = 41;
+    r.code = REFERRAL__V1__RESULT_CODE__RESULT_OK;
+    r.json = str("{\"broker\":\"broker.test\",\"sessions\":2}");
+    return wire_pack(&r, len);
+}
+
+static uint8_t *pack_admin_reply_refused(size_t *len)
+{
+    Referral__V1__AdminReply r = REFERRAL__V1__ADMIN_REPLY__INIT;
+    r.version = REFERRAL__V1__PROTOCOL_VERSION__PROTOCOL_VERSION_1;
+    r.request_id = 42;
+    r.code = REFERRAL__V1__RESULT_CODE__RESULT_UNKNOWN_MESSAGE;
+    r.detail = str("message 019b753a98007011 is already final (delivered)");
+    r.json = str("{}");
+    return wire_pack(&r, len);
+}
+
 /* ---- the table ------------------------------------------------------------ */
 
 const sample samples[] = {
@@ -756,6 +802,10 @@ const sample samples[] = {
     {"plaintext-receipt", SAMPLE_PLAINTEXT, false, pack_plaintext_receipt},
     {"plaintext-update", SAMPLE_PLAINTEXT, false, pack_plaintext_update},
     {"plaintext-alert", SAMPLE_PLAINTEXT, false, pack_plaintext_alert},
+    {"admin-request-status", SAMPLE_ADMIN_REQUEST, true, pack_admin_request_status},
+    {"admin-request-hold", SAMPLE_ADMIN_REQUEST, false, pack_admin_request_hold},
+    {"admin-reply-ok", SAMPLE_ADMIN_REPLY, false, pack_admin_reply_ok},
+    {"admin-reply-refused", SAMPLE_ADMIN_REPLY, false, pack_admin_reply_refused},
 };
 const size_t samples_count = sizeof samples / sizeof samples[0];
 
@@ -768,6 +818,8 @@ const char *sample_decoder_name(sample_decoder d)
     case SAMPLE_ENVELOPE: return "envelope";
     case SAMPLE_NOTICE: return "notice";
     case SAMPLE_PLAINTEXT: return "plaintext";
+    case SAMPLE_ADMIN_REQUEST: return "admin-request";
+    case SAMPLE_ADMIN_REPLY: return "admin-reply";
     case SAMPLE_DECODER_COUNT: break;
     }
     return "unknown";
@@ -782,6 +834,8 @@ const ProtobufCMessageDescriptor *sample_decoder_descriptor(sample_decoder d)
     case SAMPLE_ENVELOPE: return &referral__v1__envelope__descriptor;
     case SAMPLE_NOTICE: return &referral__v1__notice__descriptor;
     case SAMPLE_PLAINTEXT: return &referral__v1__body_plaintext__descriptor;
+    case SAMPLE_ADMIN_REQUEST: return &referral__v1__admin_request__descriptor;
+    case SAMPLE_ADMIN_REPLY: return &referral__v1__admin_reply__descriptor;
     case SAMPLE_DECODER_COUNT: break;
     }
     return NULL;

@@ -26,6 +26,8 @@ typedef enum {
     SAMPLE_ENVELOPE,       /* wire_decode_envelope, then wire_decode_header */
     SAMPLE_NOTICE,         /* wire_decode_notice */
     SAMPLE_PLAINTEXT,      /* wire_decode_plaintext */
+    SAMPLE_ADMIN_REQUEST,  /* wire_decode_admin_request (fixed size cap, no limits) */
+    SAMPLE_ADMIN_REPLY,    /* wire_decode_admin_reply (fixed size cap, no limits) */
     SAMPLE_DECODER_COUNT,
 } sample_decoder;
 
