@@ -3,7 +3,9 @@
  * (admin_cmds.h; the JSON shapes are in docs/operations.md, "The admin
  * socket").
  *
- * Listings read the store in the turn's transaction and never change it;
+ * Listings read the store in the turn's transaction and never change it
+ * (a message record that does not decode is set aside by store_msg_get,
+ * as for every reader);
  * each scans at most SCAN_MAX index entries or records and says so in its
  * answer ("is_truncated") when it stopped there. Actions move one message
  * through delivery.c's and queue.c's own functions (never by writing its
@@ -290,7 +292,8 @@ store_err admin_cmd_queues(broker *b, MDB_txn *txn, const Referral__V1__AdminReq
         count_into(&total, &m, (wait_kind)l.kinds[i], now_ms);
     }
     if (e == STORE_OK) {
-        qsort(t.rows, t.n, sizeof *t.rows, row_cmp);
+        if (t.n > 1)
+            qsort(t.rows, t.n, sizeof *t.rows, row_cmp);
         add_int(res->json, "now_ms", now_ms);
         json_object_object_add(res->json, "age_of", json_object_new_string("created_at_ms"));
         json_object *names = json_object_new_array();

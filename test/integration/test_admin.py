@@ -235,6 +235,29 @@ def hold_survives_a_restart_and_release_delivers_it():
         assert d.message_id == m.message_id
 
 
+def hold_of_a_delivery_in_flight_returns_it_first():
+    with h.Broker() as b:
+        desk = h.Client(b, DESK)
+        m = submit(desk, SCHOOL)
+        school = h.Client(b, SCHOOL)
+        school.credit(1)
+        assert school.deliveries(1, ack=False)[0].message_id == m.message_id
+        _, out, _ = ctl(b, "hold", m.message_id.hex(), "--reason", "wrong desk")
+        assert out["before"] == "in_flight" and out["message"]["state"] == "queued"
+        assert out["message"]["is_held"], out
+        school.credit(5)
+        try:
+            school.recv_kind("delivery", timeout_s=1.0)
+            raise AssertionError("a held message was delivered again")
+        except TimeoutError:
+            pass
+        # The client's late acknowledgement of the earlier delivery counts.
+        assert school.settle(m.message_id).code == pb.RESULT_OK
+        shown = ctl(b, "show", m.message_id.hex())[1]
+        assert shown["message"]["state"] == "delivered" and "held" not in shown, shown
+        assert ctl(b, "queues")[1]["total"]["held"] == 0
+
+
 def held_message_still_expires():
     with h.Broker() as b:
         desk = h.Client(b, DESK)
@@ -325,6 +348,7 @@ def admin_socket_is_the_brokers_users_alone():
 
 if __name__ == "__main__":
     h.run([commands_answer_in_their_documented_shape, actions_are_traced_with_the_operator,
-           hold_survives_a_restart_and_release_delivers_it, held_message_still_expires,
+           hold_survives_a_restart_and_release_delivers_it,
+           hold_of_a_delivery_in_flight_returns_it_first, held_message_still_expires,
            expire_tells_the_sender, agency_client_cannot_reach_admin_commands,
            admin_socket_is_the_brokers_users_alone])
