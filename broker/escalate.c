@@ -279,6 +279,8 @@ static bool decode(const uint8_t *buf, size_t len, esc_record *e, char *why, siz
     ok = ok && e->n_alerted <= ESC_MAX_ALERTED;
     for (size_t i = 0; ok && i < e->n_alerted; i++)
         get_str(&r, e->alerted[i], sizeof e->alerted[i], false);
+    ok = ok && e->round <= p->rounds &&
+         e->next_step <= (e->role == ROLE_WATCHDOG ? POLICY_LEVELS : p->n_steps);
     ok = ok && !r.is_bad && r.at == r.len && (e->role == ROLE_HOME || e->role == ROLE_WATCHDOG) &&
          e->state >= ESC_WATCHING && e->state <= ESC_ALERTED && e->urgency >= 1 &&
          e->urgency <= 4 && e->level <= LEVEL(CLOSED) && p->n_steps <= POLICY_MAX_STEPS &&
@@ -629,11 +631,14 @@ static uint8_t *pack_copy(const escalate_ctx *ec, const esc_record *e, const uin
     return buf;
 }
 
-/* A new attempt: a copy of the stored envelope for agency. */
+/* A new attempt: a copy of the stored envelope for agency. *is_made false
+ * when no copy could be made (no room for attempts, the envelope gone or
+ * damaged): the caller then treats the chain as ended. */
 static store_err make_copy(const escalate_ctx *ec, MDB_txn *txn, esc_record *e,
                            const char *agency, uint32_t step, const char *reason,
-                           uint64_t now_ms)
+                           uint64_t now_ms, bool *is_made)
 {
+    *is_made = false;
     if (e->n_attempts == ESC_MAX_ATTEMPTS)
         return STORE_OK;
     uint8_t key[1 + IDS_BYTES];
@@ -686,6 +691,7 @@ static store_err make_copy(const escalate_ctx *ec, MDB_txn *txn, esc_record *e,
     memcpy(val + 1, e->message_id, IDS_BYTES);
     TRY(put_raw(ec, txn, key, sizeof key, val, sizeof val));
     TRY(address(ec, txn, e, agency));
+    *is_made = true;
     char detail[600];
     snprintf(detail, sizeof detail, "copied to %s: %s", agency, reason);
     return trace(ec, txn, e, a->message_id, agency, TRACE(ESCALATED), detail, now_ms);
@@ -699,11 +705,17 @@ static store_err copy_on(const escalate_ctx *ec, MDB_txn *txn, esc_record *e, bo
 {
     *n_copied = 0;
     const char *next;
-    while ((next = next_in_chain(e)) != NULL && e->n_attempts < ESC_MAX_ATTEMPTS) {
-        TRY(make_copy(ec, txn, e, next, step, reason, now_ms));
-        copied[(*n_copied)++] = e->attempts[e->n_attempts - 1].agency;
+    bool is_made = true;
+    while (is_made && (next = next_in_chain(e)) != NULL && e->n_attempts < ESC_MAX_ATTEMPTS) {
+        TRY(make_copy(ec, txn, e, next, step, reason, now_ms, &is_made));
+        if (is_made)
+            copied[(*n_copied)++] = e->attempts[e->n_attempts - 1].agency;
         if (!is_all)
             break;
+    }
+    if (!is_made) {
+        e->n_chain = 0;   /* the envelope is gone: no copy can ever be made */
+        return STORE_OK;
     }
     if (next_in_chain(e) == NULL || e->n_attempts == ESC_MAX_ATTEMPTS) {
         uint8_t key[1 + IDS_BYTES];
@@ -828,16 +840,15 @@ static store_err settle_winner(const escalate_ctx *ec, MDB_txn *txn, esc_record 
     log_info("escalate", "accepted referral=%s by=%s attempts=%zu: escalation stopped",
              ids_hex(e->referral_id, IDS_BYTES, rhex), e->attempts[idx].agency, e->n_attempts);
     TRY(stand_down_others(ec, txn, e, now_ms));
-    uint8_t key[1 + IDS_BYTES];
-    key_of(K_BODY, e->message_id, key);
-    TRY(del_raw(ec, txn, key, sizeof key));   /* no more copies */
+    /* The stored envelope stays until the case is CLOSED or expires: should
+     * the winner reject it after all, the chain goes on from it. */
     return set_due(ec, txn, e, end_due(e, now_ms));
 }
 
 /* Attempt idx was rejected or ended fatally: the next agency of the chain
  * takes it, and the sender is told; nobody left: supervisor and centre. */
 static store_err reroute(const escalate_ctx *ec, MDB_txn *txn, esc_record *e, int idx,
-                         bool is_rejection, uint64_t now_ms)
+                         bool is_rejection, bool is_sender_told, uint64_t now_ms)
 {
     if (e->winner != NO_WINNER)
         return STORE_OK;
@@ -878,7 +889,9 @@ static store_err reroute(const escalate_ctx *ec, MDB_txn *txn, esc_record *e, in
                  "still open", why);
     } else {
         kind = is_rejection ? ALERT(REJECTED) : ALERT(FATAL_ERROR);
-        to[0] = is_rejection ? e->sender : NULL;
+        /* The sender heard of its original's fatal end from delivery; of a
+         * copy's, only from here. */
+        to[0] = is_rejection || !is_sender_told ? e->sender : NULL;
         to[1] = chain_target(ec, e, false);
         to[2] = chain_target(ec, e, true);
         snprintf(detail, sizeof detail, "%s; no agency of the escalation chain is left to take "
@@ -913,7 +926,19 @@ static store_err record_level(const escalate_ctx *ec, MDB_txn *txn, esc_record *
         if (a->state != ATT_LIVE)
             return STORE_OK;
         a->state = ATT_REJECTED;
-        return reroute(ec, txn, e, idx, true, now_ms);
+        if ((size_t)idx == e->winner) {
+            /* The agency that took the case gives it back: the chain goes
+             * on where it stood, never a dead end. */
+            e->winner = NO_WINNER;
+            e->state = ESC_WATCHING;
+            TRY(set_due(ec, txn, e, now_ms));
+        }
+        return reroute(ec, txn, e, idx, true, false, now_ms);
+    }
+    if (level == LEVEL(CLOSED)) {
+        uint8_t key[1 + IDS_BYTES];
+        key_of(K_BODY, e->message_id, key);
+        TRY(del_raw(ec, txn, key, sizeof key));   /* the case is closed: no more copies */
     }
     if (is_acceptance(level))
         return settle_winner(ec, txn, e, idx, now_ms);
@@ -1001,14 +1026,44 @@ static store_err watchdog_fire(const escalate_ctx *ec, MDB_txn *txn, esc_record 
 
 /* ---- the home watcher's steps ------------------------------------------- */
 
+/* Is an open attempt's message still queued or in flight here? */
+static store_err has_pending_attempt(const escalate_ctx *ec, MDB_txn *txn, const esc_record *e,
+                                     bool *is_pending)
+{
+    *is_pending = false;
+    for (size_t i = 0; i < e->n_attempts && !*is_pending; i++) {
+        if (e->attempts[i].state != ATT_LIVE)
+            continue;
+        store_msg m;
+        store_err s = store_msg_get(ec->st, txn, e->attempts[i].message_id, &m);
+        if (s != STORE_OK && s != STORE_NOT_FOUND)
+            return s;
+        *is_pending = s == STORE_OK && !delivery_is_final(m.state) &&
+                      m.expires_at_ms <= e->expires_ms + 120000;
+    }
+    return STORE_OK;
+}
+
 /* The chain ends (by its last step or by expiry) without an acceptance:
  * never silently. */
 static store_err home_fire(const escalate_ctx *ec, MDB_txn *txn, esc_record *e,
                            uint64_t now_ms)
 {
     if (e->state == ESC_WATCHING && now_ms > e->expires_ms) {
-        /* Expired before the chain ended: its last step now. */
+        /* An attempt still waiting in a queue expires by its own deadline
+         * first (undeliverable: the sender is told, the chain re-routes);
+         * this record looks again a second later. */
+        bool is_pending = false;
+        TRY(has_pending_attempt(ec, txn, e, &is_pending));
+        if (is_pending) {
+            TRY(set_due(ec, txn, e, now_ms + 1000));
+            return save(ec, txn, e);
+        }
+        /* Expired before the chain ended: its last timed step now (an
+         * alert on not_accepted: policy_finish() made sure). */
         size_t last = e->pol.n_steps - 1;
+        while (last > 0 && !policy_is_timed(e->pol.steps[last].condition))
+            last--;
         TRY(act(ec, txn, e, last, unresponsive(e), "the referral expired before any agency "
                 "accepted it", now_ms));
         return forget(ec, txn, e);
@@ -1030,7 +1085,10 @@ static store_err home_fire(const escalate_ctx *ec, MDB_txn *txn, esc_record *e,
         }
         uint64_t due = policy_step_due(&e->pol, i, e->round, e->created_ms);
         if (due > now_ms) {
-            TRY(set_due(ec, txn, e, due));
+            /* ... or the referral's end, if that comes first: its last step
+             * then fires on time, not after. */
+            uint64_t end = end_due(e, now_ms);
+            TRY(set_due(ec, txn, e, due < end ? due : end));
             return save(ec, txn, e);
         }
         const policy_step *st = &e->pol.steps[i];
@@ -1192,6 +1250,8 @@ store_err escalate_on_referral(const escalate_ctx *ec, MDB_txn *txn,
             }
         }
     }
+    if (is_home && first > end_due(e, now_ms))
+        first = end_due(e, now_ms);   /* a referral that ends first gets its last step then */
     if (s == STORE_OK)
         s = set_due(ec, txn, e, first > now_ms ? first : now_ms);
     if (s == STORE_OK)
@@ -1246,10 +1306,26 @@ store_err escalate_on_notice(const escalate_ctx *ec, MDB_txn *txn, const Referra
     if (e == NULL)
         return STORE_FAILED;
     store_err s = load(ec, txn, n->message_id.data, e);
-    if (s == STORE_OK && e->role == ROLE_WATCHDOG)
-        s = watchdog_word(ec, txn, e,
-                          n->kind == REFERRAL__V1__NOTICE_KIND__NOTICE_KIND_ACK_LEVEL
-                              ? (uint8_t)n->level : 0, now_ms);
+    const Referral__V1__DirectoryAgency *to = s == STORE_OK ? agency_of(ec, e->recipient) : NULL;
+    if (s == STORE_OK && e->role == ROLE_WATCHDOG && to != NULL &&
+        strcmp(to->home_broker, n->broker_id) != 0) {
+        char rhex[IDS_HEX_LEN + 1];
+        log_warn("escalate", "notice not counted by the watchdog referral=%s broker=%s: not "
+                 "the home broker %s of %s", ids_hex(e->referral_id, IDS_BYTES, rhex),
+                 n->broker_id, to->home_broker, e->recipient);
+    } else if (s == STORE_OK && e->role == ROLE_WATCHDOG) {
+        /* A level the home broker asserted; a final state it reports (the
+         * sender is told: nothing left to watch); any other notice (an
+         * alert) says the far side is alive. */
+        uint8_t level = 0;
+        if (n->kind == REFERRAL__V1__NOTICE_KIND__NOTICE_KIND_ACK_LEVEL &&
+            n->level <= LEVEL(CLOSED))
+            level = (uint8_t)n->level;
+        else if (n->kind == REFERRAL__V1__NOTICE_KIND__NOTICE_KIND_UNDELIVERABLE ||
+                 n->kind == REFERRAL__V1__NOTICE_KIND__NOTICE_KIND_QUARANTINED)
+            level = LEVEL(REJECTED);
+        s = watchdog_word(ec, txn, e, level, now_ms);
+    }
     free(e);
     return s == STORE_NOT_FOUND ? STORE_OK : s;
 }
@@ -1289,6 +1365,22 @@ store_err escalate_keep_body(void *ctx, MDB_txn *txn, const store_msg *m)
     return s;
 }
 
+/* At the origin: the referral ended here for good (the next broker
+ * refused it, or it expired before it could be handed on). The sender has
+ * been told by delivery: the watchdog has nothing left to watch. */
+static store_err watchdog_final(const escalate_ctx *ec, MDB_txn *txn, const store_msg *m,
+                                uint64_t now_ms)
+{
+    esc_record *e = malloc(sizeof *e);
+    if (e == NULL)
+        return STORE_FAILED;
+    store_err s = load(ec, txn, m->id, e);
+    if (s == STORE_OK && e->role == ROLE_WATCHDOG)
+        s = watchdog_word(ec, txn, e, LEVEL(REJECTED), now_ms);
+    free(e);
+    return s == STORE_NOT_FOUND ? STORE_OK : s;
+}
+
 store_err escalate_on_final(void *ctx, MDB_txn *txn, const store_msg *m, uint64_t now_ms)
 {
     const escalate_ctx *ec = ctx;
@@ -1298,6 +1390,8 @@ store_err escalate_on_final(void *ctx, MDB_txn *txn, const store_msg *m, uint64_
     key_of(K_ATTEMPT, m->id, key);
     MDB_val v;
     store_err s = get_raw(ec, txn, key, sizeof key, &v);
+    if (s == STORE_NOT_FOUND && m->state != STATE(DELIVERED))
+        return watchdog_final(ec, txn, m, now_ms);
     if (s != STORE_OK)
         return s == STORE_NOT_FOUND ? STORE_OK : s;
     if (v.mv_size != 1 + IDS_BYTES || ((const uint8_t *)v.mv_data)[0] != STORE_RECORD_V1)
@@ -1315,7 +1409,8 @@ store_err escalate_on_final(void *ctx, MDB_txn *txn, const store_msg *m, uint64_
             s = record_level(ec, txn, e, idx, LEVEL(DELIVERED), a->agency, now_ms);
         } else if (a->state == ATT_LIVE) {
             a->state = ATT_FAILED;
-            s = reroute(ec, txn, e, idx, false, now_ms);
+            s = reroute(ec, txn, e, idx, false, m->payload_kind == STORE_PAYLOAD_ENVELOPE,
+                        now_ms);
         }
         if (s == STORE_OK)
             s = save(ec, txn, e);

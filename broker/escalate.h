@@ -83,7 +83,9 @@ store_err escalate_on_receipt(const escalate_ctx *ec, MDB_txn *txn,
                               const Referral__V1__RoutingHeader *h, uint64_t now_ms);
 
 /* A peer relayed notice n about a message sent from here: word from afar
- * for the watchdog. */
+ * for the watchdog. The caller has checked n's signature against the key
+ * of its broker in the directory (peer.c); a notice counts only from the
+ * home broker of the referral's recipient. */
 store_err escalate_on_notice(const escalate_ctx *ec, MDB_txn *txn, const Referral__V1__Notice *n,
                              uint64_t now_ms);
 

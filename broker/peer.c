@@ -28,6 +28,7 @@
 #include "metrics.h"
 #include "queue.h"
 #include "route.h"
+#include "sign.h"
 #include "trace.h"
 #include "wire.h"
 #include "zap.h"
@@ -558,7 +559,16 @@ static store_err on_notice(broker *b, MDB_txn *txn, const char *peer,
         *detail = "a notice about a message this broker did not forward to you";
         return STORE_OK;
     }
-    e = escalate_on_notice(&b->ec, txn, n, now_ms);   /* word for the origin's watchdog */
+    /* Word for the origin's watchdog, from a notice whose broker signed it
+     * (the sender's library checks it again before showing it). */
+    const Referral__V1__DirectoryBroker *signer = directory_broker(b->dir, n->broker_id);
+    if (signer != NULL && sn->signature.len == SIGN_BYTES &&
+        sign_verify(signer->sign_public.data, "referral.v1 notice", sn->notice.data,
+                    sn->notice.len, sn->signature.data))
+        e = escalate_on_notice(&b->ec, txn, n, now_ms);
+    else
+        log_warn("peer", "notice from peer=%s not counted by the watchdog: not signed by its "
+                 "broker %s", peer, n->broker_id);
     if (e != STORE_OK) {
         wire_free(n);
         return e;
@@ -706,6 +716,13 @@ store_err peers_deliver(broker *b, MDB_txn *txn, uint64_t now_ms)
             if (e != STORE_OK && e != STORE_NOT_FOUND)
                 return e;
             has_work = e == STORE_OK;
+        }
+        if (!has_work && p->is_stalled) {
+            /* Nothing waits any more (what waited expired, or went another
+             * way): the stall is over even without a hop ack. */
+            log_info("peer", "link has no work waiting any more peer=%s", p->id);
+            p->is_stalled = false;
+            p->is_stall_news = !p->is_stall_news;
         }
         if (!has_work)
             p->work_since_ms = 0;

@@ -201,8 +201,12 @@ static store_err start(broker *b, MDB_txn *txn, gathering *g,
         bool is_visited = false;
         for (size_t j = 0; j < n_next; j++)
             is_visited |= strcmp(next_visited[j], peers[i]) == 0;
-        if (is_visited || wait_ms <= HOP_SHARE_MS)
+        if (is_visited)
             continue;
+        if (wait_ms <= HOP_SHARE_MS) {   /* too far to wait for: said, never hidden */
+            add_name(g->unanswered, &g->n_unanswered, peers[i]);
+            continue;
+        }
         Referral__V1__TraceQuery q = REFERRAL__V1__TRACE_QUERY__INIT;
         q.request_id = g->my_request_id;
         q.referral_id = (ProtobufCBinaryData){IDS_BYTES, g->referral_id};

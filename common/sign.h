@@ -10,7 +10,9 @@
  *   "referral.v1 envelope" 0x00 | uint32 BE len(header) | header | SHA-256(body)
  *
  * Key ids are the first 16 bytes of the SHA-256 of the raw public key.
- * Secrets are 32-byte Ed25519 seeds; nothing here keeps a copy.
+ * Secrets are 32-byte Ed25519 seeds. sign.c keeps the key objects it made
+ * (and the seeds they came from) in a small cache for the life of the
+ * process, as the broker and the library keep their own keys anyway.
  */
 #ifndef REF_SIGN_H
 #define REF_SIGN_H

@@ -212,6 +212,41 @@ def rejected_reroutes_and_is_never_a_dead_end():
         assert len(final) == 1
 
 
+def an_agency_that_accepted_then_rejects_is_no_dead_end():
+    """The winner gives the case back (REJECTED after ACCEPTED_BY_AGENCY):
+    the chain goes on, the next agency gets a copy, the desk is told."""
+    with h.Broker(trust=trust(), extra_config=SLOW) as b:
+        desk = h.Client(b, DESK)
+        env = crisis()
+        assert desk.submit(env).code == pb.RESULT_OK
+        league = h.Client(b, LEAGUE)
+        assert len(drain(league)) == 1
+        for level in (pb.ACK_LEVEL_ACCEPTED_BY_AGENCY, pb.ACK_LEVEL_REJECTED):
+            r = h.receipt_for(LEAGUE, env, level, trust=trust())
+            assert league.submit(r).code == pb.RESULT_OK
+        (c,) = copies(drain(h.Client(b, POLICE)))
+        assert "rejected" in c.reason, c.reason
+        rr = [n for n in alerts(drain(desk)) if n.alert.kind == pb.ALERT_KIND_REROUTED]
+        assert len(rr) == 1 and list(rr[0].alert.copied_to) == [POLICE], rr
+
+
+def expiry_before_the_chain_ends_fires_its_last_step_on_time():
+    """A referral delivered but never taken expires before its policy's
+    accepted deadline: the last step (an alert) fires at the expiry, not at
+    the deadline after it."""
+    with h.Broker(trust=trust(), extra_config=SLOW) as b:
+        desk = h.Client(b, DESK)
+        env = crisis(ttl_ms=3000)
+        hd = h.header_of(env)
+        assert desk.submit(env).code == pb.RESULT_OK
+        league = h.Client(b, LEAGUE)
+        assert len(drain(league)) == 1            # delivered: never undeliverable
+        wait_until(hd.expires_at_ms + 2500)
+        (n,) = alerts(drain(h.Client(b, SUP)))
+        assert "expired before any agency accepted" in n.alert.detail, n.alert.detail
+        assert n.alert.at_ms - hd.expires_at_ms < 2500, n.alert.at_ms - hd.expires_at_ms
+
+
 COPY_ALL = policy("test-copy-all", 1000, 60000, 60000,
                   ["not_delivered copy_all", "not_accepted alert_supervisor"])
 
@@ -423,6 +458,8 @@ if __name__ == "__main__":
            received_stops_the_chain_and_acceptance_withdraws_copies,
            rejected_reroutes_and_is_never_a_dead_end,
            two_backups_accept_and_exactly_one_wins,
+           an_agency_that_accepted_then_rejects_is_no_dead_end,
+           expiry_before_the_chain_ends_fires_its_last_step_on_time,
            restart_across_a_deadline_fires_it_exactly_once,
            forged_or_replayed_receipts_never_stop_an_escalation,
            watchdog_alerts_when_the_destination_is_cut_off_and_stands_down,
