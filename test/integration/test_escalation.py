@@ -7,6 +7,8 @@ centre); the desk's supervisor is sh.12355.supervisor. Every wait is
 bounded; brokers are stopped by PID (harness.py).
 """
 
+import os
+import re
 import time
 
 import harness as h
@@ -415,6 +417,38 @@ def desk_pins_a_policy_and_listen_shows_the_alert_plainly():
             sup.cleanup()
 
 
+GOLDEN = os.path.join(os.path.dirname(__file__), "golden", "desk-listen-escalation.txt")
+
+
+def desk_listen_prints_the_golden_blocks():
+    """referral-desk listen's text, with ids masked, for what an escalation
+    brings: the copy at the backup, the alert at the supervisor, the
+    stand-down at an agency that accepted second (golden file)."""
+    with h.Broker(trust=trust(), extra_config=COPY_ALL) as b:
+        desk = h.Client(b, DESK)
+        env = crisis(case=h.case_file(narrative="Girl, 12, afraid to go home tonight",
+                                      size=64))
+        hd = h.header_of(env)
+        assert desk.submit(env).code == pb.RESULT_OK
+        wait_until(hd.created_at_ms + 1600)
+        police, school = h.Desk(b, POLICE), h.Desk(b, SCHOOL)
+        try:
+            outputs = [d.run("listen", "--count", "1", "--timeout-s", "15").stdout
+                       for d in (police, school)]
+            mid = hd.message_id.hex()
+            for d in (police, school):      # both accept; the police were first
+                d.run("ack", mid, "--level", "accepted", "--person", "Officer Li")
+            outputs.append(school.run("listen", "--count", "1", "--timeout-s", "15").stdout)
+        finally:
+            police.cleanup()
+            school.cleanup()
+        text = "".join(outputs)
+        text = re.sub(r"[0-9a-f]{32}", "<id>", text)
+        with open(GOLDEN) as g:
+            want = g.read()
+        assert text == want, f"got:\n{text}\nwant:\n{want}"
+
+
 ONE_STEP = policy("test-load", 3000, 3000, 3000, ["not_accepted alert_supervisor"])
 
 
@@ -464,4 +498,5 @@ if __name__ == "__main__":
            forged_or_replayed_receipts_never_stop_an_escalation,
            watchdog_alerts_when_the_destination_is_cut_off_and_stands_down,
            desk_pins_a_policy_and_listen_shows_the_alert_plainly,
+           desk_listen_prints_the_golden_blocks,
            thousand_crisis_deadlines_fire_on_time_behind_a_routine_backlog])
