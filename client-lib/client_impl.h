@@ -75,6 +75,8 @@ struct ref_client {
     uint64_t next_request;
     ref_log_fn log;
     void *log_ctx;
+    ref_outcome_fn outcome;       /* ref_client_set_outcome_fn(), or NULL */
+    void *outcome_ctx;
     char last_detail[512];
     ref_delivery *ready[MAX_READY];
     size_t n_ready;

@@ -247,6 +247,25 @@ REF_API ref_err ref_send_async(ref_client *client, const ref_referral *referral,
  * deliveries are kept for ref_receive(). */
 REF_API ref_err ref_pump(ref_client *client);
 
+/*
+ * The outcome of each message handed to the broker (a referral, with
+ * ref_send_async() or ref_send(), or a receipt): fn is called when the
+ * broker's answer arrives, with the message id (hex), REF_OK (ACCEPTED:
+ * stored durably by the broker), or the refusal (REF_E_REFUSED,
+ * REF_E_TOO_LARGE, REF_E_UNKNOWN_AGENCY) with the broker's sentence in
+ * detail. A message not answered yet is pending: it stays in the outbox and
+ * is sent again after any reconnect or restart; answers that only say
+ * "later" (store full, busy) are not outcomes and are retried. After a
+ * crash the same message may be reported twice (the broker answers a
+ * resend as a duplicate, REF_OK): key your display by message id. fn runs
+ * inside ref_pump(), ref_receive(), ref_send() or ref_send_async(); it must
+ * not call the library. NULL fn turns it off. A desk pipelines with
+ * ref_send_async() and shows each referral's state from these calls.
+ */
+typedef void (*ref_outcome_fn)(const char *message_id_hex, ref_err outcome, const char *detail,
+                               void *ctx);
+REF_API void ref_client_set_outcome_fn(ref_client *client, ref_outcome_fn fn, void *ctx);
+
 /* What a delivery is. */
 typedef enum {
     REF_DELIVERY_REFERRAL = 1,   /* a referral addressed to this agency, or an escalation

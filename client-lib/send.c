@@ -84,6 +84,16 @@ void resend_due(ref_client *c)
     c->n_retry = kept;
 }
 
+void ref_client_set_outcome_fn(ref_client *c, ref_outcome_fn fn, void *ctx)
+{
+    if (c == NULL)
+        return;
+    c->outcome = fn;
+    c->outcome_ctx = ctx;
+}
+
+static ref_err map_refusal(Referral__V1__ResultCode code);
+
 void on_submit_reply(ref_client *c, batch *b, const Referral__V1__SubmitReply *r)
 {
     bool is_transient = r->code == R(STORE_FULL) || r->code == R(BUSY) ||
@@ -105,6 +115,11 @@ void on_submit_reply(ref_client *c, batch *b, const Referral__V1__SubmitReply *r
         c->answer = r->code;
     } else if (r->code != R(OK) && has_id) {
         refused_in_background(c, b, r);
+    }
+    if (c->outcome != NULL && has_id && !is_transient) {
+        char hex[REF_ID_HEX_LEN + 1];
+        c->outcome(ids_hex(r->message_id.data, 16, hex), map_refusal(r->code), r->detail,
+                   c->outcome_ctx);
     }
 }
 

@@ -23,6 +23,12 @@
  *       {"result": "...", "message_id": "..."}; between lines it keeps
  *       pumping so that the session stays alive.
  *
+ *   lib_agent send-async TO N
+ *       Send N crisis referrals to TO with ref_send_async() (pipelined, no
+ *       wait), then pump until every one's outcome came through the outcome
+ *       callback (at most 30 s); print one JSON line per outcome
+ *       {"outcome": "...", "message_id": "..."} and exit 0 when all N came.
+ *
  * Connection from the environment, as referral-desk: REFERRAL_AGENCY,
  * REFERRAL_KEYS, REFERRAL_DIRECTORY, REFERRAL_ROOT, REFERRAL_BROKER,
  * REFERRAL_ENDPOINT (optional), REFERRAL_STATE.
@@ -155,13 +161,56 @@ static int run_send(const char *to)
     return 0;
 }
 
+typedef struct {
+    size_t n;
+} outcomes;
+
+static void on_outcome(const char *mid, ref_err outcome, const char *detail, void *ctx)
+{
+    outcomes *o = ctx;
+    o->n++;
+    printf("{\"outcome\": \"%s\", \"code\": %d, \"message_id\": \"%s\", \"detail\": "
+           "\"%.100s\"}\n", ref_strerror(outcome), (int)outcome, mid, detail);
+    fflush(stdout);
+}
+
+static int run_send_async(const char *to, long n)
+{
+    ref_client *c = connect_from_env();
+    if (c == NULL)
+        return 1;
+    outcomes o = {0};
+    ref_client_set_outcome_fn(c, on_outcome, &o);
+    for (long i = 0; i < n; i++) {
+        ref_referral r = {.to_agency = to, .urgency = REF_URGENCY_CRISIS,
+                          .category = REF_CATEGORY_PSYCHOLOGICAL_SUPPORT,
+                          .narrative = "pipelined by lib_agent"};
+        ref_err e = ref_send_async(c, &r, NULL, NULL);
+        if (e != REF_OK) {
+            fprintf(stderr, "lib_agent: send %ld: %s\n", i, ref_strerror(e));
+            ref_client_destroy(&c);
+            return 1;
+        }
+    }
+    for (int tick = 0; tick < 300 && (long)o.n < n; tick++) {
+        struct pollfd p = {.fd = ref_client_fd(c), .events = POLLIN};
+        poll(&p, 1, 100);
+        ref_pump(c);
+    }
+    ref_client_destroy(&c);
+    return (long)o.n == n ? 0 : 1;
+}
+
 int main(int argc, char **argv)
 {
+    if (argc == 4 && strcmp(argv[1], "send-async") == 0)
+        return run_send_async(argv[2], strtol(argv[3], NULL, 10));
     if (argc == 6 && strcmp(argv[1], "receive") == 0)
         return run_receive(argv[2], argv[3], strtol(argv[4], NULL, 10),
                            strtol(argv[5], NULL, 10));
     if (argc == 3 && strcmp(argv[1], "send") == 0)
         return run_send(argv[2]);
-    fprintf(stderr, "usage: lib_agent receive OUT STEP N IDLE_MS | lib_agent send TO\n");
+    fprintf(stderr, "usage: lib_agent receive OUT STEP N IDLE_MS | lib_agent send TO | "
+            "lib_agent send-async TO N\n");
     return 2;
 }

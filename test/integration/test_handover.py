@@ -281,9 +281,33 @@ def listener_idle_across_a_broker_restart_hears_the_next_referral():
             league.cleanup()
 
 
+
+def every_async_referral_reports_its_outcome():
+    """50 referrals sent with ref_send_async, pipelined: the outcome callback
+    reports each one ACCEPTED, once, under its own message id, and each
+    reached the broker (issue 14, item 3)."""
+    with h.Broker() as b:
+        state = tempfile.mkdtemp(prefix="referral-async-")
+        try:
+            r = subprocess.run([AGENT, "send-async", LEAGUE, "50"],
+                               env=agent_env(b, DESK, state), capture_output=True, text=True,
+                               timeout=60)
+            assert r.returncode == 0, r.stderr
+            got = [json.loads(line) for line in r.stdout.splitlines() if line.startswith("{")]
+            assert len(got) == 50 and all(g["code"] == 0 for g in got), got[:3]
+            ids = {g["message_id"] for g in got}
+            assert len(ids) == 50
+            league = h.Client(b, LEAGUE)
+            league.credit(50)
+            seen = {d.message_id.hex() for d in league.deliveries(50, timeout_s=20)}
+            assert seen == ids
+        finally:
+            shutil.rmtree(state, ignore_errors=True)
+
 if __name__ == "__main__":
     h.run([every_accepted_referral_reaches_the_application_across_kills,
            confirmed_delivery_is_never_handed_again,
            idle_listener_receives_a_crisis_within_a_second,
            listener_and_sender_carry_on_across_a_broker_restart,
-           listener_idle_across_a_broker_restart_hears_the_next_referral])
+           listener_idle_across_a_broker_restart_hears_the_next_referral,
+           every_async_referral_reports_its_outcome])
