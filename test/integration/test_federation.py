@@ -626,9 +626,91 @@ def peer_socket_admits_brokers_only():
         wait_log(f.hub, "refused connection: unknown CURVE key")
 
 
+
+def paused_hub_is_alerted_and_everything_arrives_after():
+    """The hub is stopped with SIGSTOP for longer than the peer timeout and
+    the stall time: Shanghai's duty desk gets a signed stall alert, the
+    origin's watchdog alerts the desk and its supervisor (PARTITION); after
+    SIGCONT every referral reaches Qingdao once, and each alert is stood
+    down (issue 15, item 2, in part)."""
+    sup = "sh.12355.supervisor"
+    t = h.Trust(brokers=(SH, HUB, QD, LOST), agencies=[DESK, LEAGUE, POLICE, NOWHERE, DUTY, sup],
+                homes={DESK: SH, LEAGUE: QD, POLICE: QD, NOWHERE: LOST, DUTY: SH, sup: SH},
+                chains={DESK: {"supervisor_desk": sup}})
+    watch = ("[policy.watch]\nversion = 1\ndefault_for = crisis\ndelivered_within_ms = 2000\n"
+             "received_within_ms = 60000\naccepted_within_ms = 60000\nwatchdog_grace_ms = 500\n"
+             "step = not_accepted alert_supervisor\n")
+    with Federation(t, federation__stall_alert_to=DUTY) as f:
+        f.sh.extra_config = watch
+        f.sh.stop()
+        f.sh.start()
+        wait_log(f.sh, f"link connected peer={HUB}")
+        wait_log(f.qd, f"link connected peer={HUB}")
+        f.hub.proc.send_signal(signal.SIGSTOP)
+        try:
+            desk = h.Client(f.sh, DESK)
+            sent = [h.make_envelope(DESK, LEAGUE, urgency=pb.URGENCY_CRISIS, trust=t)
+                    for _ in range(10)]
+            for env in sent:
+                assert desk.submit(env).code == pb.RESULT_OK
+            wait_log(f.sh, f"link stalled peer={HUB}", timeout_s=15)
+            wait_log(f.sh, "stall alert sent", timeout_s=10)
+            deadline = time.monotonic() + 15
+            while f.sh.read_log().count("kind=6") < 10 and time.monotonic() < deadline:
+                time.sleep(0.1)            # the watchdog's partition alerts (AlertKind 6)
+        finally:
+            f.hub.proc.send_signal(signal.SIGCONT)
+        league = h.Client(f.qd, LEAGUE)
+        league.credit(20)
+        got = {}
+        deadline = time.monotonic() + 30
+        while len(got) < 10 and time.monotonic() < deadline:
+            try:
+                d = league.recv_kind("delivery", 1.0).delivery
+            except TimeoutError:
+                continue
+            league.settle(d.message_id, wait=False)
+            got[d.message_id] = got.get(d.message_id, 0) + 1
+        want = {h.header_of(e).message_id for e in sent}
+        assert set(got) == want and all(n == 1 for n in got.values()), (len(got), got)
+        for env in sent:                   # word comes back: the watchdog stands down
+            assert league.submit(h.receipt_for(LEAGUE, env, pb.ACK_LEVEL_DELIVERED,
+                                               trust=t)).code == pb.RESULT_OK
+
+        def notices(agency, want_stand_downs):
+            c = h.Client(f.sh, agency)
+            c.credit(100)
+            kinds = []
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline:
+                try:
+                    d = c.recv_kind("delivery", 1.0).delivery
+                except TimeoutError:
+                    if kinds.count(pb.NOTICE_KIND_STAND_DOWN) >= want_stand_downs:
+                        break
+                    continue
+                c.settle(d.message_id, wait=False)
+                if d.WhichOneof("payload") == "notice":
+                    n = pb.Notice()
+                    n.ParseFromString(d.notice.notice)
+                    if n.alert.kind == pb.ALERT_KIND_PARTITION:
+                        kinds.append(n.kind)
+            return kinds
+
+        duty = notices(DUTY, 1)
+        assert duty.count(pb.NOTICE_KIND_ALERT) == 1 and \
+            duty.count(pb.NOTICE_KIND_STAND_DOWN) == 1, duty
+        for who in (DESK, sup):
+            k = notices(who, 10)
+            assert k.count(pb.NOTICE_KIND_ALERT) == 10 and \
+                k.count(pb.NOTICE_KIND_STAND_DOWN) == 10, (who, k)
+        print(f"hub paused; delivered={len(got)} duplicates=0 stall alerts={len(duty)} "
+              f"partition alerts and stand-downs per desk=10+10", flush=True)
+
 if __name__ == "__main__":
     h.run([crisis_referral_crosses_the_hub_and_receipts_come_back,
            no_route_and_route_loops_end_in_reported_refusals,
            hub_killed_repeatedly_loses_nothing,
            link_cut_heals_and_other_route_keeps_moving,
-           peer_socket_admits_brokers_only])
+           peer_socket_admits_brokers_only,
+           paused_hub_is_alerted_and_everything_arrives_after])
