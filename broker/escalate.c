@@ -290,6 +290,12 @@ static bool decode(const uint8_t *buf, size_t len, esc_record *e, char *why, siz
     return ok;
 }
 
+bool escalate_record_check(const uint8_t *buf, size_t len, char *why, size_t why_len)
+{
+    esc_record e;
+    return decode(buf, len, &e, why, why_len);
+}
+
 /* ---- keys and the store ------------------------------------------------- */
 
 static void key_of(uint8_t kind, const uint8_t id[IDS_BYTES], uint8_t key[1 + IDS_BYTES])

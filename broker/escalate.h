@@ -108,4 +108,10 @@ store_err escalate_fire(const escalate_ctx *ec, MDB_txn *txn, uint64_t now_ms, u
 /* The earliest due time of any escalation, STORE_NOT_FOUND if none. */
 store_err escalate_next_due(const escalate_ctx *ec, MDB_txn *txn, uint64_t *due_ms);
 
+/* Test-only (the fuzz target test/fuzz/fuzz_escalation_record.c): decode
+ * buf/len as a stored escalation record into a local record and return
+ * whether it decoded; when not, why (size why_len) says why. The broker
+ * itself reads records only through its own loader. */
+bool escalate_record_check(const uint8_t *buf, size_t len, char *why, size_t why_len);
+
 #endif

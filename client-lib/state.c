@@ -243,6 +243,33 @@ static bool copy_ref_decode(const uint8_t *p, size_t len, state_copy_ref *r)
     return true;
 }
 
+bool state_record_check(state_record_kind kind, const uint8_t *p, size_t len)
+{
+    switch (kind) {
+    case STATE_RECORD_SEEN: {
+        state_seen seen;
+        return seen_decode(p, len, &seen);
+    }
+    case STATE_RECORD_SEEN_LEGACY: {
+        state_seen seen;
+        return seen_decode_legacy(p, len, &seen);
+    }
+    case STATE_RECORD_SENT: {
+        state_sent sent;
+        return sent_decode(p, len, &sent);
+    }
+    case STATE_RECORD_INBOX: {
+        state_inbox_entry e;
+        return inbox_decode(p, len, &e);
+    }
+    case STATE_RECORD_COPY: {
+        state_copy_ref r;
+        return copy_ref_decode(p, len, &r);
+    }
+    }
+    return false;
+}
+
 /* ---- open and migrate ----------------------------------------------------- */
 
 void state_destroy(state **sp)

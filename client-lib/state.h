@@ -155,4 +155,18 @@ int state_copy_ref_get(state *s, const uint8_t id[16], state_copy_ref *ref);
 /* Forget seen, sent and copies entries past their time; returns how many. */
 size_t state_prune(state *s, uint64_t now_ms);
 
+/* Test-only (the fuzz target test/fuzz/fuzz_client_state.c; not part of
+ * libreferral's API, which exports only ref_ symbols): decode p/len as a
+ * stored record of the given kind into a local record, with the decoder the
+ * library uses when it reads that database, and return whether it decoded. */
+typedef enum {
+    STATE_RECORD_SEEN = 0,          /* seen, current format */
+    STATE_RECORD_SEEN_LEGACY = 1,   /* seen, format 1 (read by the migration) */
+    STATE_RECORD_SENT = 2,
+    STATE_RECORD_INBOX = 3,
+    STATE_RECORD_COPY = 4,          /* copies */
+} state_record_kind;
+#define STATE_RECORD_KINDS 5
+bool state_record_check(state_record_kind kind, const uint8_t *p, size_t len);
+
 #endif
