@@ -6,6 +6,7 @@ import itertools
 import json
 import multiprocessing
 import os
+import random
 import shutil
 import signal
 import socket
@@ -384,6 +385,106 @@ def hub_killed_repeatedly_loses_nothing():
             agent.cleanup()
 
 
+CRASH_CYCLES = int(os.environ.get("REFERRAL_CRASH_CYCLES", "20"))
+CRASH_BATCH = 25
+SUPERVISOR = "qd.league-supervisor"
+ALERT_EACH = """[policy.alert-each]
+version = 1
+default_for = routine
+delivered_within_ms = 2000
+received_within_ms = 2000
+accepted_within_ms = 2000
+step = not_accepted alert_supervisor
+"""
+
+
+def crash_loop_across_the_federation_with_escalation():
+    """CRASH_CYCLES cycles (20 in CI; REFERRAL_CRASH_CYCLES=1000 by hand):
+    a batch of referrals from Shanghai to Qingdao, then kill -9 at a random
+    moment of, in turn, the Shanghai broker, the hub, the Qingdao broker and
+    the agency's process, and a restart. Qingdao runs a policy whose one
+    step alerts the supervisor 2 s after each referral's creation (nobody
+    accepts). At the end every referral the desk saw ACCEPTED reached the
+    agency application (duplicates only of ids it deduplicates), and every
+    escalation deadline fired exactly once: one distinct alert per referral
+    (issue 15, item 1)."""
+    t = h.Trust(brokers=(SH, HUB, QD, LOST), agencies=[DESK, LEAGUE, POLICE, NOWHERE, SUPERVISOR],
+                homes={DESK: SH, LEAGUE: QD, POLICE: QD, NOWHERE: LOST, SUPERVISOR: QD},
+                chains={LEAGUE: {"supervisor_desk": SUPERVISOR}})
+    f = Federation(t)
+    f.qd.extra_config = ALERT_EACH
+    rng = random.Random(12355)
+    with f:
+        wait_log(f.sh, f"link connected peer={HUB}")
+        wait_log(f.qd, f"link connected peer={HUB}")
+        made = envelopes_made_aside(t, CRASH_CYCLES * CRASH_BATCH)
+        agent = Agent(f.qd, LEAGUE)
+        agent_args = agent.proc.args
+        agent_env = dict(os.environ, REFERRAL_AGENCY=LEAGUE, REFERRAL_KEYS=t.keydir,
+                         REFERRAL_DIRECTORY=t.directory, REFERRAL_ROOT=t.root_pub(),
+                         REFERRAL_BROKER=QD, REFERRAL_ENDPOINT=f.qd.endpoint,
+                         REFERRAL_STATE=os.path.join(agent.state, "lib"))
+        accepted, sent, kills = set(), 0, {}
+        victims = ("shanghai", "hub", "qingdao", "agent")
+        try:
+            for cycle in range(CRASH_CYCLES):
+                desk = h.Client(f.sh, DESK)
+                outstanding = {}
+                for _ in range(CRASH_BATCH):
+                    e = next(made)
+                    outstanding[desk.submit(e, wait=False)] = h.header_of(e).message_id.hex()
+                    sent += 1
+                while outstanding:
+                    r = desk.recv_kind("submit_reply", timeout_s=30).submit_reply
+                    mid = outstanding.pop(r.request_id)
+                    if r.code == pb.RESULT_OK:
+                        accepted.add(mid)
+                desk.close()
+                time.sleep(rng.uniform(0.0, 0.4))     # a random moment downstream
+                victim = victims[cycle % len(victims)]
+                kills[victim] = kills.get(victim, 0) + 1
+                if victim == "agent":
+                    agent.proc.kill()
+                    agent.proc.wait(timeout=10)
+                    agent.proc = subprocess.Popen(agent_args, env=agent_env,
+                                                  stderr=subprocess.PIPE, text=True)
+                else:
+                    b = {"shanghai": f.sh, "hub": f.hub, "qingdao": f.qd}[victim]
+                    b.kill()
+                    b.start()
+            taken = agent.wait_for(accepted, 120)
+            lost = accepted - set(taken)
+            dups = len(taken) - len(set(taken))
+            # Every deadline passed: each referral's one alert, counted once
+            # by its notice id however often it was delivered.
+            time.sleep(2.5)
+            sup = h.Client(f.qd, SUPERVISOR)
+            sup.credit(1000)
+            alerts = {}
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                try:
+                    d = sup.recv_kind("delivery", timeout_s=2.0).delivery
+                except TimeoutError:
+                    if accepted <= set(alerts):
+                        break
+                    continue
+                sup.settle(d.message_id, wait=False)
+                n = pb.Notice()
+                n.ParseFromString(d.notice.notice)
+                alerts.setdefault(n.alert.message_id.hex(), set()).add(n.notice_id)
+            twice = [m for m, ids in alerts.items() if len(ids) != 1]
+            print(f"cycles={CRASH_CYCLES} kills={kills} sent={sent} accepted={len(accepted)} "
+                  f"delivered={len(set(taken) & accepted)} lost={len(lost)} "
+                  f"duplicates={dups} (deduplicated by id) alerts={len(alerts)} "
+                  f"alerted_twice={len(twice)}", flush=True)
+            assert not lost, f"lost {len(lost)} accepted referrals"
+            assert accepted <= set(alerts), f"{len(accepted - set(alerts))} deadlines never fired"
+            assert not twice, f"{len(twice)} deadlines fired twice"
+        finally:
+            agent.cleanup()
+
+
 CUT_S = 6.0                      # how long the Shanghai-hub link is cut
 TICK_S = 0.1                     # one referral on each route per tick
 
@@ -713,4 +814,5 @@ if __name__ == "__main__":
            hub_killed_repeatedly_loses_nothing,
            link_cut_heals_and_other_route_keeps_moving,
            peer_socket_admits_brokers_only,
-           paused_hub_is_alerted_and_everything_arrives_after])
+           paused_hub_is_alerted_and_everything_arrives_after,
+           crash_loop_across_the_federation_with_escalation])
