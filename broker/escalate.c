@@ -1133,11 +1133,9 @@ static store_err home_fire(const escalate_ctx *ec, MDB_txn *txn, esc_record *e,
 /* ---- the entry points --------------------------------------------------- */
 
 static store_err start_home(const escalate_ctx *ec, MDB_txn *txn, esc_record *e,
-                            const Referral__V1__RoutingHeader *h, const uint8_t *env, size_t len,
-                            bool is_submitted, uint64_t now_ms)
+                            const Referral__V1__RoutingHeader *h, const uint8_t *sealed,
+                            size_t sealed_len, bool is_submitted, uint64_t now_ms)
 {
-    /* env is the stored envelope; only its sealed body's readers are read
-     * here (the original's body is what copies carry, escalate_keep_body). */
     /* The chain: the sender's named backups, then the directory's, each one
      * the sender sealed the body for and served by this broker. */
     const Referral__V1__DirectoryAgency *d = agency_of(ec, h->to_agency);
@@ -1147,12 +1145,10 @@ static store_err start_home(const escalate_ctx *ec, MDB_txn *txn, esc_record *e,
         cand[n_cand++] = h->backup_recipients[i];
     for (size_t i = 0; d != NULL && i < d->n_backup_agencies && n_cand < ESC_MAX_CHAIN * 2; i++)
         cand[n_cand++] = d->backup_agencies[i];
-    Referral__V1__Envelope *ev = referral__v1__envelope__unpack(NULL, len, env);
-    char (*readers)[SEAL_READER_NAME_MAX + 1] = calloc(32, sizeof *readers);
-    size_t n_readers = ev != NULL && readers != NULL
-                           ? seal_readers(ev->sealed_body.data, ev->sealed_body.len, readers, 32)
-                           : 0;
-    referral__v1__envelope__free_unpacked(ev, NULL);
+    /* Whom the sender sealed the body for (only when there is a chain to
+     * check: most referrals have none). */
+    char (*readers)[SEAL_READER_NAME_MAX + 1] = n_cand > 0 ? calloc(32, sizeof *readers) : NULL;
+    size_t n_readers = readers != NULL ? seal_readers(sealed, sealed_len, readers, 32) : 0;
     for (size_t i = 0; i < n_cand && e->n_chain < ESC_MAX_CHAIN; i++) {
         const Referral__V1__DirectoryAgency *b = agency_of(ec, cand[i]);
         bool is_reader = false, is_dup = strcmp(cand[i], h->to_agency) == 0;
@@ -1192,8 +1188,9 @@ static store_err start_home(const escalate_ctx *ec, MDB_txn *txn, esc_record *e,
 }
 
 store_err escalate_on_referral(const escalate_ctx *ec, MDB_txn *txn,
-                               const Referral__V1__RoutingHeader *h, const uint8_t *env,
-                               size_t len, bool is_home, bool is_submitted, uint64_t now_ms)
+                               const Referral__V1__RoutingHeader *h, const uint8_t *sealed,
+                               size_t sealed_len, bool is_home, bool is_submitted,
+                               uint64_t now_ms)
 {
     if (h->kind != REFERRAL__V1__MESSAGE_KIND__MESSAGE_KIND_REFERRAL || (!is_home && !is_submitted))
         return STORE_OK;
@@ -1230,7 +1227,7 @@ store_err escalate_on_referral(const escalate_ctx *ec, MDB_txn *txn,
     snprintf(e->recipient, sizeof e->recipient, "%s", h->to_agency);
     e->pol = *p;
     if (is_home) {
-        s = start_home(ec, txn, e, h, env, len, is_submitted, now_ms);
+        s = start_home(ec, txn, e, h, sealed, sealed_len, is_submitted, now_ms);
     } else {
         s = STORE_OK;
         e->attempts[0] = (esc_attempt){.state = ATT_LIVE, .at_ms = now_ms};

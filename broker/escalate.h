@@ -68,14 +68,17 @@ typedef struct {
 } escalate_ctx;
 
 /* A referral message was stored here (in txn, which is the submission's
- * child transaction): start watching it. env/len are the envelope as
- * stored; is_home: its recipient is an agency of this broker; is_submitted:
- * it came from the sender's own session (else a peer forwarded it). Only
- * REFERRAL messages are watched; a home broker starts the home watcher, an
- * origin broker of a referral homed elsewhere the watchdog. */
+ * child transaction): start watching it. sealed/sealed_len are the
+ * envelope's sealed body, already decoded by ingress (only its list of
+ * readers is read: whom the sender sealed it for); is_home: its recipient is
+ * an agency of this broker; is_submitted: it came from the sender's own
+ * session (else a peer forwarded it). Only REFERRAL messages are watched; a
+ * home broker starts the home watcher, an origin broker of a referral homed
+ * elsewhere the watchdog. */
 store_err escalate_on_referral(const escalate_ctx *ec, MDB_txn *txn,
-                               const Referral__V1__RoutingHeader *h, const uint8_t *env,
-                               size_t len, bool is_home, bool is_submitted, uint64_t now_ms);
+                               const Referral__V1__RoutingHeader *h, const uint8_t *sealed,
+                               size_t sealed_len, bool is_home, bool is_submitted,
+                               uint64_t now_ms);
 
 /* A receipt h passed the binding checks and is stored: record its level
  * for its signer's attempt (home) or as word from afar (watchdog). */

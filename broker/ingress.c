@@ -286,8 +286,7 @@ static store_err record_binding(broker *b, MDB_txn *txn, const Referral__V1__Rou
 typedef struct {
     broker *b;
     const Referral__V1__RoutingHeader *h;
-    const uint8_t *payload;       /* the envelope as stored */
-    size_t len;
+    const Referral__V1__Envelope *env;   /* as decoded at ingress */
     bool is_home;                 /* its recipient is an agency of this broker */
     bool is_submitted;            /* from the sender's session, not a peer */
     uint64_t now_ms;
@@ -304,7 +303,8 @@ static store_err record_binding_in(void *ctx, MDB_txn *child)
         return e;
     if (bc->h->kind == REFERRAL__V1__MESSAGE_KIND__MESSAGE_KIND_RECEIPT)
         return escalate_on_receipt(&bc->b->ec, child, bc->h, bc->now_ms);
-    return escalate_on_referral(&bc->b->ec, child, bc->h, bc->payload, bc->len, bc->is_home,
+    return escalate_on_referral(&bc->b->ec, child, bc->h, bc->env->sealed_body.data,
+                                bc->env->sealed_body.len, bc->is_home,
                                 bc->is_submitted, bc->now_ms);
 }
 
@@ -485,7 +485,7 @@ static store_err accept_envelope(broker *b, MDB_txn *txn, const ingress_from *by
     m.expires_at_ms = h->expires_at_ms;
     snprintf(m.recipient, sizeof m.recipient, "%s", recipient);
     snprintf(m.sender, sizeof m.sender, "%s", h->from_agency);
-    binding_ctx bc = {b, h, payload, len, strcmp(recipient, h->to_agency) == 0,
+    binding_ctx bc = {b, h, env, strcmp(recipient, h->to_agency) == 0,
                       by->sess != NULL, now_ms};
     store_err e = delivery_enqueue_alone(&b->dc, txn, &m, payload, len, now_ms,
                                          record_binding_in, &bc);
