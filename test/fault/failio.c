@@ -31,27 +31,16 @@
 #include <sys/uio.h>
 #include <unistd.h>
 
+#include "shim.h"
+
 #define EXPORT __attribute__((visibility("default")))
 
-typedef ssize_t (*write_fn)(int, const void *, size_t);
 typedef ssize_t (*pwrite_fn)(int, const void *, size_t, off_t);
 typedef ssize_t (*pwrite64_fn)(int, const void *, size_t, off64_t);
 typedef ssize_t (*writev_fn)(int, const struct iovec *, int);
 typedef ssize_t (*pwritev_fn)(int, const struct iovec *, int, off_t);
 typedef ssize_t (*pwritev64_fn)(int, const struct iovec *, int, off64_t);
 typedef int (*sync_fn)(int);
-
-/* The next definition of name (libc's, or a sanitizer's interceptor). A
- * data pointer becomes a function pointer through memcpy (ISO C has no
- * cast between them). */
-#define NEXT(type, name, var)                                   \
-    static type var;                                            \
-    if (var == NULL) {                                          \
-        void *p_ = dlsym(RTLD_NEXT, name);                      \
-        if (p_ == NULL)                                         \
-            abort();                                            \
-        memcpy(&var, &p_, sizeof var);                          \
-    }
 
 /* Is name one of the comma-separated names in list? */
 static bool is_listed(const char *list, const char *name)
@@ -78,13 +67,8 @@ static bool should_fail(int fd, const char *call)
         return false;
     if (calls != NULL && calls[0] != '\0' && !is_listed(calls, call))
         return false;
-    char link[64], target[PATH_MAX];
-    snprintf(link, sizeof link, "/proc/self/fd/%d", fd);
-    ssize_t n = readlink(link, target, sizeof target - 1);
-    if (n <= 0)
-        return false;
-    target[n] = '\0';
-    if (strcmp(target, file) != 0)
+    char target[PATH_MAX];
+    if (!shim_fd_is(fd, file, target))
         return false;
     const char *name = getenv("FAILIO_ERRNO");
     int err = name != NULL && strcmp(name, "ENOSPC") == 0 ? ENOSPC : EIO;

@@ -33,9 +33,10 @@
 #include <sys/uio.h>
 #include <unistd.h>
 
+#include "shim.h"
+
 #define EXPORT __attribute__((visibility("default")))
 
-typedef ssize_t (*write_fn)(int, const void *, size_t);
 typedef ssize_t (*pwrite_fn)(int, const void *, size_t, off_t);
 typedef ssize_t (*pwrite64_fn)(int, const void *, size_t, off64_t);
 typedef ssize_t (*writev_fn)(int, const struct iovec *, int);
@@ -43,31 +44,10 @@ typedef ssize_t (*pwritev_fn)(int, const struct iovec *, int, off_t);
 typedef ssize_t (*pwritev64_fn)(int, const struct iovec *, int, off64_t);
 typedef int (*sync_fn)(int);
 
-/* The next definition of name (libc's, or a sanitizer's interceptor). A
- * data pointer becomes a function pointer through memcpy (ISO C has no
- * cast between them). */
-#define NEXT(type, name, var)                                   \
-    static type var;                                            \
-    if (var == NULL) {                                          \
-        void *p_ = dlsym(RTLD_NEXT, name);                      \
-        if (p_ == NULL)                                         \
-            abort();                                            \
-        memcpy(&var, &p_, sizeof var);                          \
-    }
-
 /* Is fd the watched file? */
 static bool is_watched(int fd)
 {
-    const char *file = getenv("POWERLOSS_FILE");
-    if (file == NULL || file[0] == '\0' || fd < 0)
-        return false;
-    char link[64], target[PATH_MAX];
-    snprintf(link, sizeof link, "/proc/self/fd/%d", fd);
-    ssize_t n = readlink(link, target, sizeof target - 1);
-    if (n <= 0)
-        return false;
-    target[n] = '\0';
-    return strcmp(target, file) == 0;
+    return shim_fd_is(fd, getenv("POWERLOSS_FILE"), NULL);
 }
 
 static bool is_sync_fd(int fd)
