@@ -19,10 +19,12 @@
 #define REF_BROKER_ZAP_H
 
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 
 #include "directory.h"
 #include "ids.h"
+#include "log.h"
 
 #define ZAP_DOMAIN_PEERS "referral.peers"   /* ZMQ_ZAP_DOMAIN of the peer socket */
 /* ZMQ_ZAP_DOMAIN of the operators' ipc socket (admin.h): the NULL mechanism
@@ -31,6 +33,32 @@
 #define ZAP_DOMAIN_ADMIN "referral.admin"
 #define ZAP_BROKER_PREFIX "broker:"          /* User-Id of a peer: "broker:ID#KEYID" */
 #define ZAP_USER_ID_MAX (sizeof ZAP_BROKER_PREFIX + IDS_NAME_MAX + 1 + 32 + 1)
+
+#define ZAP_MAX_FRAMES 8     /* frames of a request kept; a longer one is refused */
+#define ZAP_NOTE_BYTES 320   /* a decision's log line */
+
+/* One frame of a ZAP request (borrowed bytes). */
+typedef struct {
+    const uint8_t *data;
+    size_t size;
+} zap_frame;
+
+/* What to answer one ZAP request, and what to log about it. */
+typedef struct {
+    const char *status_code;         /* "200" or "400" (static) */
+    const char *status_text;         /* "OK", or why it was refused (static) */
+    char user_id[ZAP_USER_ID_MAX];   /* the admitted identity; "" when refused */
+    zap_frame request_id;            /* to echo back: frames[1], or empty */
+    log_level note_level;            /* level of note */
+    char note[ZAP_NOTE_BYTES];       /* the line to log; "" for none */
+} zap_decision;
+
+/* Decide one ZAP request against d, without any I/O (zap_handle() does the
+ * socket work around it, the fuzz target calls it on arbitrary frames).
+ * frames holds the first min(n, ZAP_MAX_FRAMES) of the request's n frames:
+ * version, request id, domain, address, routing id, mechanism, then the
+ * mechanism's credentials. Borrowed; out->request_id points into them. */
+void zap_decide(const zap_frame *frames, size_t n, const directory *d, zap_decision *out);
 
 /* Create and bind the ZAP socket in zctx. NULL on failure (errno set). */
 void *zap_open(void *zctx);
