@@ -1384,6 +1384,24 @@ static store_err watchdog_final(const escalate_ctx *ec, MDB_txn *txn, const stor
     return s == STORE_NOT_FOUND ? STORE_OK : s;
 }
 
+/* DELIVERED is this broker's word, not the agency's: the referral's
+ * sender gets a notice signed here when agency's client settled the stored
+ * delivery of an attempt (the referral itself or a copy), naming the
+ * sender's message id. It travels back like every notice. */
+static store_err tell_delivered(const escalate_ctx *ec, MDB_txn *txn, const esc_record *e,
+                                const char *agency, uint64_t now_ms)
+{
+    char detail[IDS_NAME_MAX + 64];
+    snprintf(detail, sizeof detail, "stored by the client of %s", agency);
+    delivery_notice n = {
+        .referral_id = e->referral_id, .message_id = e->message_id, .to = e->sender,
+        .about_agency = agency, .kind = REFERRAL__V1__NOTICE_KIND__NOTICE_KIND_ACK_LEVEL,
+        .level = LEVEL(DELIVERED), .code = REFERRAL__V1__RESULT_CODE__RESULT_OK,
+        .detail = detail, .alert = NULL, .urgency = e->urgency,
+    };
+    return delivery_notify(ec->dc, txn, &n, now_ms);
+}
+
 store_err escalate_on_final(void *ctx, MDB_txn *txn, const store_msg *m, uint64_t now_ms)
 {
     const escalate_ctx *ec = ctx;
@@ -1409,7 +1427,10 @@ store_err escalate_on_final(void *ctx, MDB_txn *txn, const store_msg *m, uint64_
     if (idx >= 0) {
         esc_attempt *a = &e->attempts[idx];
         if (m->state == STATE(DELIVERED)) {
+            bool is_new = a->level < LEVEL(DELIVERED);
             s = record_level(ec, txn, e, idx, LEVEL(DELIVERED), a->agency, now_ms);
+            if (s == STORE_OK && is_new)
+                s = tell_delivered(ec, txn, e, a->agency, now_ms);
         } else if (a->state == ATT_LIVE) {
             a->state = ATT_FAILED;
             s = reroute(ec, txn, e, idx, false, m->payload_kind == STORE_PAYLOAD_ENVELOPE,

@@ -219,6 +219,7 @@ static void grant_session_credit(ref_client *c)
                         ? (uint32_t)(MAX_UNCONFIRMED - c->n_unconfirmed) : 0;
     uint32_t grant = want < room ? want : room;
     c->owed_credit = want - grant;
+    c->credit_to_send = 0;   /* given back to the old session: this grant replaces it */
     if (grant > 0)
         send_credit(c, grant);
 }
@@ -333,15 +334,17 @@ static void on_frame(ref_client *c, batch *b, const Referral__V1__BrokerFrame *f
  * BATCH_MAX frames committed once each. */
 ref_err pump(ref_client *c)
 {
+    c->pumped_at_ms = clock_mono_ms();
     if (c->monitor != NULL)
         read_monitor(c);
     keep_alive(c);
     resend_due(c);
     ref_err result = REF_OK;
-    for (bool is_more = true; is_more;) {
+    for (bool is_first = true, is_more = true; is_more; is_first = false) {
         batch b;
         memset(&b, 0, sizeof b);
-        batch_done(c, &b);   /* confirmations ride with whatever this batch commits */
+        if (is_first)
+            batch_sends(c, &b);   /* queued referrals: in this commit, then submitted */
         size_t n = 0;
         for (; n < BATCH_MAX; n++) {
             zmq_msg_t m;
@@ -366,10 +369,18 @@ ref_err pump(ref_client *c)
             on_frame(c, &b, f);
             wire_free(f);
         }
+        /* Confirmations ride with a commit made anyway; alone only when
+         * many wait or the application has taken everything ready. */
+        if (b.txn != NULL || c->n_done >= DONE_FLUSH_AT || (n == 0 && c->n_ready == 0))
+            batch_done(c, &b);
         is_more = n == BATCH_MAX;
         ref_err e = batch_finish(c, &b);
         if (e != REF_OK)
             result = e;
+    }
+    if (c->credit_to_send > 0 && c->session == SESSION_OPEN) {
+        send_credit(c, c->credit_to_send);
+        c->credit_to_send = 0;
     }
     return result;
 }
@@ -484,8 +495,12 @@ ref_err ref_client_new(const ref_config *cfg, ref_client **out, char *detail, si
         return REF_E_INVALID;
     }
     ref_client *c = calloc(1, sizeof *c);
-    if (c == NULL)
+    if (c != NULL)
+        c->pending = calloc(MAX_PENDING_SENDS, sizeof c->pending[0]);
+    if (c == NULL || c->pending == NULL) {
+        free(c);
         return REF_E_NO_MEMORY;
+    }
     c->timeout_ms = cfg->timeout_ms ? cfg->timeout_ms : DEFAULT_TIMEOUT_MS;
     c->credit = cfg->credit ? cfg->credit : DEFAULT_CREDIT;
     if (c->credit > MAX_UNCONFIRMED / 2)
@@ -547,6 +562,12 @@ void ref_client_destroy(ref_client **cp)
     if (cp == NULL || *cp == NULL)
         return;
     ref_client *c = *cp;
+    if (c->st != NULL && c->sock != NULL && c->n_pending > 0 && flush_sends(c) != REF_OK)
+        say(c, REF_LOG_ERROR, "referrals sent with ref_send_async() could not be written to "
+            "the outbox and are lost count=%zu", c->n_pending);
+    for (size_t i = 0; c->pending != NULL && i < c->n_pending; i++)
+        free(c->pending[i].env);
+    free(c->pending);
     if (c->st != NULL && flush_done(c) != REF_OK)
         say(c, REF_LOG_WARN, "confirmations not recorded; those deliveries come again at the "
             "next start count=%zu", c->n_done);

@@ -26,7 +26,10 @@
 #define MAX_TEXT (64u << 10)
 #define MAX_RETRY 256u
 #define RETRY_AFTER_MS 1000u
-#define BATCH_MAX 64u                 /* frames read per durable commit */
+#define BATCH_MAX 256u                /* frames read per durable commit */
+#define MAX_PENDING_SENDS 256u        /* ref_send_async() referrals waiting for one commit */
+#define DONE_FLUSH_AT 128u            /* confirmations that commit without other writes */
+#define RECEIVE_PUMP_MS 1u            /* ref_receive() with deliveries ready pumps this often */
 #define DEFAULT_IDLE_MS 120000u       /* when Welcome does not say */
 #define MIN_PING_MS 100u
 #define MAX_PING_MS 30000u
@@ -84,6 +87,18 @@ struct ref_client {
     uint32_t owed_credit;           /* held back while n_unconfirmed >= MAX_UNCONFIRMED */
     uint8_t done[MAX_UNCONFIRMED][16];  /* confirmed, dropped from the inbox at the next commit */
     size_t n_done;
+    uint32_t credit_to_send;        /* granted back since the last pump: one Credit frame */
+    uint64_t pumped_at_ms;          /* the last pump's start */
+    /* Referrals sealed and signed but not yet in the outbox: the next pump
+     * (or ref_flush) writes them all in its one commit, then submits them. */
+    struct pending_send {
+        uint8_t id[16];
+        uint8_t *env;               /* packed envelope (owned) */
+        size_t len;
+        bool has_sent;              /* a referral: write its sent record too */
+        state_sent sent;
+    } *pending;                     /* MAX_PENDING_SENDS */
+    size_t n_pending;
     /* the session */
     session_state session;
     unsigned handshakes;            /* successful CURVE handshakes seen by the monitor */
@@ -115,13 +130,8 @@ typedef struct {
     size_t n_arrived;
     uint8_t ack[BATCH_MAX][16];     /* deliveries to settle ACK after the commit */
     size_t n_ack;
-    struct {
-        uint8_t *env;
-        size_t len;
-        char of[REF_ID_HEX_LEN + 1];
-    } receipt[BATCH_MAX];           /* DELIVERED receipts to submit after the commit */
-    size_t n_receipt;
     size_t n_done;                  /* confirmed deliveries' deletions carried */
+    size_t n_sends;                 /* pending sends carried (the first n_sends) */
 } batch;
 
 /* client.c: logging, frames, the pump */
@@ -147,6 +157,14 @@ void batch_done(ref_client *c, batch *b);
 void batch_done_finish(ref_client *c, const batch *b, bool is_ok);
 /* Commit confirmed deliveries' deletions now (a batch of their own). */
 ref_err flush_done(ref_client *c);
+/* Put the pending sends into batch b (outbox and sent records); they are
+ * submitted once b committed (batch_finish). */
+void batch_sends(ref_client *c, batch *b);
+/* After b committed (is_ok): submit and forget the sends it carried; else
+ * they stay pending for the next commit. */
+void batch_sends_finish(ref_client *c, const batch *b, bool is_ok);
+/* Commit and submit the pending sends now. */
+ref_err flush_sends(ref_client *c);
 state_txn *batch_txn(ref_client *c, batch *b);
 void batch_write(ref_client *c, batch *b, int rc, const char *what);
 ref_err batch_finish(ref_client *c, batch *b);

@@ -1,10 +1,10 @@
 /*
  * delivery: what libreferral receives, and the hand-over to the
  * application (referral.h, steps 1 to 4). A delivery is verified and
- * opened, then written whole to the inbox with its seen record and, for a
- * referral, its DELIVERED receipt in the outbox, all in the pump's one
- * commit (batch_finish); only after that commit is it settled with the
- * broker. ref_delivery_done() removes it from the inbox; until then every
+ * opened, then written whole to the inbox with its seen record, all in the
+ * pump's one commit (batch_finish); only after that commit is it settled
+ * with the broker, whose settle makes the referral DELIVERED (the broker
+ * tells the sender with a notice it signs: no receipt from here). ref_delivery_done() removes it from the inbox; until then every
  * start hands it again (reload_one). An escalation copy is verified as a
  * referral, but accepted because the sender sealed the body for this
  * agency, and kept under the copy's own id; alerts and stand-downs are
@@ -173,13 +173,11 @@ static ref_delivery *delivery_of_notice(const uint8_t wire_id[16], const Referra
         ids_hex(a->referral_id.data, 16, d->referral_id);
     snprintf(d->from, sizeof d->from, "%s", n->broker_id);
     d->level = n->kind == REFERRAL__V1__NOTICE_KIND__NOTICE_KIND_ACK_LEVEL ? (int)n->level : 0;
-    if (is_alert || is_stand_down) {
-        const char *about = is_alert && a != NULL && a->to_agency[0] ? a->to_agency
-                                                                     : n->about_agency;
-        snprintf(d->about_agency, sizeof d->about_agency, "%s", about);
-        if (a != NULL && !fill_from_alert(d, a))
-            ref_delivery_destroy(&d);
-    }
+    const char *about = is_alert && a != NULL && a->to_agency[0] ? a->to_agency
+                                                                 : n->about_agency;
+    snprintf(d->about_agency, sizeof d->about_agency, "%s", about);
+    if ((is_alert || is_stand_down) && a != NULL && !fill_from_alert(d, a))
+        ref_delivery_destroy(&d);
     return d;
 }
 
@@ -420,7 +418,7 @@ static void batch_ack(batch *b, const uint8_t id[16])
     memcpy(b->ack[b->n_ack++], id, 16);
 }
 
-/* Commit the batch; then settle, submit receipts, and keep deliveries.
+/* Commit the batch; then settle and keep deliveries.
  * A failed commit settles nothing: the broker delivers those again. */
 ref_err batch_finish(ref_client *c, batch *b)
 {
@@ -431,6 +429,7 @@ ref_err batch_finish(ref_client *c, batch *b)
         b->is_failed = true;
     }
     batch_done_finish(c, b, !b->is_failed);
+    batch_sends_finish(c, b, !b->is_failed);
     if (b->is_failed) {
         state_abort(&b->txn);
         e = REF_E_STATE;
@@ -449,13 +448,6 @@ ref_err batch_finish(ref_client *c, batch *b)
         char hex[REF_ID_HEX_LEN + 1];
         send_settle(c, b->ack[i], REFERRAL__V1__SETTLE_VERB__SETTLE_VERB_ACK, NULL);
         say(c, REF_LOG_DEBUG, "delivery settled msg=%s", ids_hex(b->ack[i], 16, hex));
-    }
-    for (size_t i = 0; i < b->n_receipt; i++) {
-        if (!b->is_failed) {
-            submit_bytes(c, b->receipt[i].env, b->receipt[i].len);
-            say(c, REF_LOG_DEBUG, "delivered receipt sent msg=%s", b->receipt[i].of);
-        }
-        free(b->receipt[i].env);
     }
     memset(b, 0, sizeof *b);
     return e;
@@ -517,10 +509,11 @@ void on_notice(ref_client *c, batch *b, const Referral__V1__Delivery *dl)
 
 /* A referral or receipt in an envelope that arrived in dl (env: the
  * envelope itself or the one inside an escalation copy with labels copy):
- * verify, open, store and answer DELIVERED, in batch b. A copy is kept
- * under its own id (dl's message id), so that the original and each copy
- * are distinct, and its DELIVERED receipt answers the sender's message id
- * with the copy's attempt id. */
+ * verify, open and store, in batch b (the settle after the commit is what
+ * makes it DELIVERED). A copy is kept under its own id (dl's message id),
+ * so that the original and each copy are distinct; its copies record lets
+ * later receipts answer the sender's message id with the copy's attempt
+ * id. */
 static void on_case(ref_client *c, batch *b, const Referral__V1__Delivery *dl,
                     const Referral__V1__Envelope *env, const state_copy_labels *copy)
 {
@@ -561,24 +554,6 @@ static void on_case(ref_client *c, batch *b, const Referral__V1__Delivery *dl,
         memcpy(ref.copy_id, mid, 16);
         memcpy(ref.attempt_id, copy->attempt_id, 16);
         batch_write(c, b, state_copy_ref_put(txn, env_mid, &ref), "copies");
-    }
-    /* A referral (not a receipt) is answered DELIVERED: the receipt goes
-     * through the outbox in the same commit, so it is never lost either. */
-    if (d->kind == REF_DELIVERY_REFERRAL && !b->is_failed) {
-        uint8_t rmid[16];
-        uint8_t *renv = NULL;
-        size_t rlen = 0;
-        if (compose_receipt(c, env_mid, &seen, copy != NULL ? copy->attempt_id : NULL,
-                            REF_LEVEL_DELIVERED, "", "", &renv, &rlen, rmid) == REF_OK) {
-            batch_write(c, b, state_outbox_put(txn, rmid, renv, rlen), "outbox");
-            b->receipt[b->n_receipt].env = renv;
-            b->receipt[b->n_receipt].len = rlen;
-            memcpy(b->receipt[b->n_receipt].of, hex, sizeof hex);
-            b->n_receipt++;
-        } else {
-            say(c, REF_LOG_WARN, "cannot compose the DELIVERED receipt msg=%s detail=%s", hex,
-                c->last_detail);
-        }
     }
     say(c, REF_LOG_DEBUG, "verified and opened msg=%s referral=%s from=%s copy_of=%s", hex,
         d->referral_id, d->from, copy != NULL ? d->message_id : "");
@@ -654,12 +629,13 @@ static bool has_ready(const ref_client *c)
     return c->n_ready > 0;
 }
 
-/* One more delivery may come from the broker (credit given back), unless
- * the application holds too many unconfirmed ones. */
+/* One more delivery may come from the broker (credit given back, in one
+ * Credit frame at the end of the next pump), unless the application holds
+ * too many unconfirmed ones. */
 static void give_credit(ref_client *c)
 {
     if (c->n_unconfirmed < MAX_UNCONFIRMED) {
-        send_credit(c, 1);
+        c->credit_to_send++;
         return;
     }
     if (c->owed_credit == 0)
@@ -675,7 +651,12 @@ ref_err ref_receive(ref_client *c, uint32_t timeout_ms, ref_delivery **out)
     *out = NULL;
     if (c->sock == NULL)
         return REF_E_CLOSED;
-    ref_err e = wait_for(c, has_ready, timeout_ms);
+    /* With deliveries ready, hand them without reading the socket each
+     * time (at most every RECEIVE_PUMP_MS): what arrives meanwhile is
+     * stored in one commit, not one per call. */
+    ref_err e = REF_OK;
+    if (c->n_ready == 0 || clock_mono_ms() - c->pumped_at_ms >= RECEIVE_PUMP_MS)
+        e = wait_for(c, has_ready, timeout_ms);
     if (e == REF_E_TIMEOUT || (e == REF_OK && c->n_ready == 0))
         return REF_E_AGAIN;
     if (e != REF_OK && c->n_ready == 0)
@@ -711,6 +692,41 @@ void batch_done_finish(ref_client *c, const batch *b, bool is_ok)
     c->n_done -= b->n_done;
 }
 
+void batch_sends(ref_client *c, batch *b)
+{
+    if (c->n_pending == 0)
+        return;
+    state_txn *txn = batch_txn(c, b);
+    for (size_t i = 0; txn != NULL && i < c->n_pending; i++) {
+        const struct pending_send *p = &c->pending[i];
+        batch_write(c, b, state_outbox_put(txn, p->id, p->env, p->len), "outbox");
+        if (p->has_sent)
+            batch_write(c, b, state_sent_put(txn, p->id, &p->sent), "sent");
+    }
+    b->n_sends = c->n_pending;
+}
+
+void batch_sends_finish(ref_client *c, const batch *b, bool is_ok)
+{
+    if (!is_ok || b->n_sends == 0)
+        return;   /* kept: the next commit carries them again */
+    for (size_t i = 0; i < b->n_sends; i++) {
+        submit_bytes(c, c->pending[i].env, c->pending[i].len);
+        free(c->pending[i].env);
+    }
+    memmove(c->pending, c->pending + b->n_sends,
+            (c->n_pending - b->n_sends) * sizeof c->pending[0]);
+    c->n_pending -= b->n_sends;
+}
+
+ref_err flush_sends(ref_client *c)
+{
+    batch b;
+    memset(&b, 0, sizeof b);
+    batch_sends(c, &b);
+    return b.n_sends == 0 ? REF_OK : batch_finish(c, &b);
+}
+
 ref_err flush_done(ref_client *c)
 {
     batch b;
@@ -719,9 +735,10 @@ ref_err flush_done(ref_client *c)
     return b.n_done == 0 ? REF_OK : batch_finish(c, &b);
 }
 
-/* Confirmations are committed with the next batch (the next ref_receive()
- * or ref_pump(), or ref_client_destroy()): one fsync for many, never one
- * per delivery. A crash before then hands the delivery again, which the
+/* Confirmations are committed with the next commit the library makes
+ * anyway, or alone once DONE_FLUSH_AT wait or the application has taken
+ * everything ready (a pump that reads nothing), or at
+ * ref_client_destroy(): one fsync for many, never one per delivery. A crash before then hands the delivery again, which the
  * application already deduplicates by message id. */
 ref_err ref_delivery_done(ref_client *c, const ref_delivery *d)
 {
@@ -736,7 +753,7 @@ ref_err ref_delivery_done(ref_client *c, const ref_delivery *d)
         c->n_unconfirmed--;
     if (c->owed_credit > 0 && c->n_unconfirmed < MAX_UNCONFIRMED) {
         c->owed_credit--;
-        send_credit(c, 1);
+        c->credit_to_send++;
     }
     say(c, REF_LOG_DEBUG, "confirmed msg=%s", d->message_id);
     return REF_OK;

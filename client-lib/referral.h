@@ -16,9 +16,10 @@
  *   1. A delivery arrives: the library verifies and opens it, then stores
  *      it in the inbox (fsync). A crash before this point: the broker
  *      still holds it unsettled and delivers it again.
- *   2. Stored: the library settles it with the broker and, for a referral,
- *      sends the DELIVERED receipt to its sender (through the outbox, so
- *      the receipt is not lost either). From here the library holds it.
+ *   2. Stored: the library settles it with the broker, which records the
+ *      referral DELIVERED and tells its sender with a notice the broker
+ *      signs (no receipt from this agency for that level). From here the
+ *      library holds it.
  *   3. ref_receive() hands it to the application. A crash of the process
  *      at any time before step 4: the next ref_client_new() on the same
  *      state directory hands it again, with the same message id.
@@ -114,9 +115,12 @@ typedef enum {
     REF_CATEGORY_OTHER = 6,
 } ref_category;
 
-/* Acknowledgement levels an agency asserts (DESIGN.md). */
+/* Acknowledgement levels (DESIGN.md). DELIVERED is asserted by the
+ * recipient's home broker when the recipient's library settles a stored
+ * delivery; the sender sees it as a REF_DELIVERY_NOTICE of that level.
+ * An agency asserts RECEIVED and above with ref_acknowledge(). */
 typedef enum {
-    REF_LEVEL_DELIVERED = 3,           /* sent by the library once a delivery is stored */
+    REF_LEVEL_DELIVERED = 3,           /* the broker's word: never passed to ref_acknowledge() */
     REF_LEVEL_RECEIVED = 4,            /* a named person picked it up */
     REF_LEVEL_ACCEPTED_BY_AGENCY = 5,
     REF_LEVEL_REJECTED = 6,            /* with a reason */
@@ -237,9 +241,19 @@ typedef struct {
 REF_API ref_err ref_send(ref_client *client, const ref_referral *referral,
                          char *message_id_hex, char *referral_id_hex);
 
-/* As ref_send() but returns once the referral is in the outbox and on the
- * wire; the ACCEPTED answer is processed by later calls (ref_pump(),
- * ref_receive()). */
+/*
+ * As ref_send() but returns at once, with the ids, once the referral is
+ * sealed, signed and queued in the library (at most 256 queued; the 257th
+ * commits the queue first). The next call that pumps (ref_pump(),
+ * ref_receive(), ref_send(), ref_acknowledge(), ref_status()) or
+ * ref_client_destroy() writes every queued referral to the outbox in one
+ * commit (one fsync for the burst) and only then puts them on the wire;
+ * from there they survive a crash as with ref_send(). Until that pump a
+ * queued referral lives only in this process: call ref_pump() when you
+ * need the burst on disk now. The broker's answer, ACCEPTED or a refusal,
+ * comes through ref_client_set_outcome_fn(); show the referral as pending
+ * until then.
+ */
 REF_API ref_err ref_send_async(ref_client *client, const ref_referral *referral,
                                char *message_id_hex, char *referral_id_hex);
 
@@ -296,8 +310,8 @@ typedef enum {
  *                                       sender's), as for the referral
  *                                       itself: pass it to ref_acknowledge()
  * and every other accessor as for a referral. The library keeps the copy
- * under the broker's own id for it, settles it under that id and sends its
- * DELIVERED receipt to the sender; ref_acknowledge() with the message id
+ * under the broker's own id for it and settles it under that id (the
+ * broker tells the sender it was DELIVERED); ref_acknowledge() with the message id
  * answers the sender for this agency, naming the copy's attempt.
  *
  * Alerts and stand-downs. A broker of the directory signs them; the
@@ -405,7 +419,9 @@ REF_API const char *ref_delivery_original_recipient(const ref_delivery *d);
 REF_API const char *ref_delivery_alert_kind(const ref_delivery *d);
 /* For an alert: the agency that did not respond; for a stand-down: the
  * agency that accepted the referral (or, ending a partition alert, the
- * agency it was about); "" for other deliveries. */
+ * agency it was about); for a notice: the agency whose message it is
+ * about (a DELIVERED notice: the agency whose client stored the referral
+ * or its escalation copy); "" for referrals and receipts. */
 REF_API const char *ref_delivery_about_agency(const ref_delivery *d);
 /* For an alert: the escalation policy's step that fired (0-based) and the
  * repetition of the chain (0 for the first); 0 otherwise. */
@@ -420,14 +436,15 @@ REF_API const char *ref_delivery_contacts(const ref_delivery *d);
 REF_API const char *ref_delivery_copied_to(const ref_delivery *d);
 
 /*
- * Acknowledge a referral this agency received, at a level above
- * DELIVERED: a receipt signed by this agency and sealed for the sender,
+ * Acknowledge a referral this agency received, at a level from RECEIVED
+ * to CLOSED (DELIVERED is the broker's, never an agency's: REF_E_INVALID):
+ * a receipt signed by this agency and sealed for the sender,
  * who sees it as a REF_DELIVERY_RECEIPT (level and text).
  * referral_message_id_hex: ref_delivery_message_id() of the referral; for
  * an escalation copy that is the sender's message id, and the receipt
  * answers it (in_reply_to) naming the copy's attempt, so the sender and
  * the brokers see this agency's answer to the referral itself. person: who
- * (required from RECEIVED on). reason: free text, required for REJECTED
+ * (required). reason: free text, required for REJECTED
  * (why; the sender re-routes), for CLOSED the outcome, for ACTION_TAKEN
  * what was done; may be NULL otherwise. Waits for the broker's ACCEPTED of
  * the receipt. Errors: REF_E_INVALID (bad id, missing person or reason, or

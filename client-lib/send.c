@@ -141,24 +141,55 @@ static ref_err map_refusal(Referral__V1__ResultCode code)
     return REF_E_REFUSED;
 }
 
-/* Store in the outbox (with sent, for a referral, in the same commit),
- * submit, and (if wait) wait for the broker's answer. */
-static ref_err hand_over(ref_client *c, const uint8_t *env, size_t len, const uint8_t id[16],
-                         const state_sent *sent, bool wait)
+/* Queue env (owned from here on) for the next commit, which writes it to
+ * the outbox (with sent, for a referral) before it is submitted. A full
+ * queue is committed and submitted first. */
+static ref_err queue_send(ref_client *c, uint8_t *env, size_t len, const uint8_t id[16],
+                          const state_sent *sent)
 {
-    state_txn *txn;
-    if (state_begin(c->st, &txn) != REF_OK)
-        return REF_E_STATE;
-    if (state_outbox_put(txn, id, env, len) != REF_OK ||
-        (sent != NULL && state_sent_put(txn, id, sent) != REF_OK)) {
-        state_abort(&txn);
+    if (c->n_pending == MAX_PENDING_SENDS && flush_sends(c) != REF_OK) {
+        free(env);
         return REF_E_STATE;
     }
-    if (state_commit(&txn) != REF_OK)
-        return REF_E_STATE;
-    ref_err e = submit_bytes(c, env, len);
+    struct pending_send *p = &c->pending[c->n_pending++];
+    memcpy(p->id, id, 16);
+    p->env = env;
+    p->len = len;
+    p->has_sent = sent != NULL;
+    if (sent != NULL)
+        p->sent = *sent;
+    return REF_OK;
+}
+
+/* Drop the pending send of id (its commit failed and the caller is told). */
+static void unqueue_send(ref_client *c, const uint8_t id[16])
+{
+    for (size_t i = 0; i < c->n_pending; i++) {
+        if (memcmp(c->pending[i].id, id, 16) != 0)
+            continue;
+        free(c->pending[i].env);
+        memmove(c->pending + i, c->pending + i + 1,
+                (c->n_pending - i - 1) * sizeof c->pending[0]);
+        c->n_pending--;
+        return;
+    }
+}
+
+/* Hand env (owned from here on) over: without wait, it is queued and the
+ * next pump commits it with everything else then submits it; with wait,
+ * the queue is committed and submitted now and the broker's answer
+ * awaited. */
+static ref_err hand_over(ref_client *c, uint8_t *env, size_t len, const uint8_t id[16],
+                         const state_sent *sent, bool wait)
+{
+    ref_err e = queue_send(c, env, len, id, sent);
     if (e != REF_OK || !wait)
         return e;
+    e = flush_sends(c);
+    if (e != REF_OK) {
+        unqueue_send(c, id);   /* the caller hears it failed: never sent later */
+        return e;
+    }
     memcpy(c->awaited_id, id, 16);
     c->is_awaiting = true;
     c->has_answer = false;
@@ -213,10 +244,11 @@ static ref_err send_body(ref_client *c, const Referral__V1__BodyPlaintext *p,
     for (size_t i = 0; i < n && sent.n < STATE_SENT_MAX; i++)
         snprintf(sent.agencies[sent.n++], sizeof sent.agencies[0], "%s", readers[i]);
     e = seal_and_sign(c, p, spec, &env, &len, mid, rid);
-    if (e == REF_OK)
-        e = hand_over(c, env, len, mid, &sent, wait);
-    free(env);
-    return e;
+    if (e != REF_OK) {
+        free(env);
+        return e;
+    }
+    return hand_over(c, env, len, mid, &sent, wait);
 }
 
 static bool is_text_ok(const char *s)
@@ -334,10 +366,14 @@ ref_err ref_acknowledge(ref_client *c, const char *mid_hex, ref_level level, con
                         const char *reason)
 {
     uint8_t mid[16];
-    if (c == NULL || !ids_from_hex(mid_hex, mid) || level < REF_LEVEL_DELIVERED ||
-        level > REF_LEVEL_CLOSED)
+    if (c == NULL || !ids_from_hex(mid_hex, mid))
         return REF_E_INVALID;
-    if ((level >= REF_LEVEL_RECEIVED && (person == NULL || person[0] == '\0')) ||
+    if (level < REF_LEVEL_RECEIVED || level > REF_LEVEL_CLOSED) {
+        set_detail(c, "an agency acknowledges from RECEIVED to CLOSED; DELIVERED is the "
+                   "broker's, reported to the sender when this library settles the delivery");
+        return REF_E_INVALID;
+    }
+    if ((person == NULL || person[0] == '\0') ||
         (level == REF_LEVEL_REJECTED && (reason == NULL || reason[0] == '\0')))
         return REF_E_INVALID;
     if (!is_text_ok(person) || !is_text_ok(reason) || strnlen(person ? person : "", 200) >= 200)
@@ -360,10 +396,11 @@ ref_err ref_acknowledge(ref_client *c, const char *mid_hex, ref_level level, con
     size_t len = 0;
     ref_err e = compose_receipt(c, mid, &seen, attempt_id, level, person, reason, &env, &len,
                                 rmid);
-    if (e == REF_OK)
-        e = hand_over(c, env, len, rmid, NULL, true);
-    free(env);
-    return e;
+    if (e != REF_OK) {
+        free(env);
+        return e;
+    }
+    return hand_over(c, env, len, rmid, NULL, true);
 }
 
 static bool has_status(const ref_client *c)

@@ -385,10 +385,13 @@ static wire_err check_header(const Referral__V1__RoutingHeader *h,
                     "header padded_size %u differs from the sealed body's %zu bytes",
                     h->padded_size, env->sealed_body.len);
     bool is_receipt = h->kind == REFERRAL__V1__MESSAGE_KIND__MESSAGE_KIND_RECEIPT;
-    if (is_receipt && (h->receipt_level < REFERRAL__V1__ACK_LEVEL__ACK_LEVEL_DELIVERED ||
+    /* DELIVERED (3) is the recipient's home broker's word (a signed notice
+     * when the client settles), never an agency's receipt. */
+    if (is_receipt && (h->receipt_level < REFERRAL__V1__ACK_LEVEL__ACK_LEVEL_RECEIVED ||
                        h->receipt_level > REFERRAL__V1__ACK_LEVEL__ACK_LEVEL_CLOSED))
         return fail(why, why_len, WIRE_INVALID, "a receipt's header must carry receipt_level "
-                    "DELIVERED (3) to CLOSED (8), not %d", (int)h->receipt_level);
+                    "RECEIVED (4) to CLOSED (8), not %d; DELIVERED is asserted by the "
+                    "recipient's broker", (int)h->receipt_level);
     if (is_receipt && h->in_reply_to.len == 0)
         return fail(why, why_len, WIRE_INVALID, "a receipt's header must name in_reply_to");
     if (!is_receipt && h->receipt_level != 0)

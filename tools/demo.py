@@ -9,8 +9,9 @@ stores it durably and forwards it, store-and-forward, through the hub to
 Qingdao (each hop acknowledged after its own commit), even though the hub
 is killed with kill -9 on the way. The youth league's desk receives the
 crisis before the routine referral, opens and acknowledges it; the Shanghai
-desk sees every receipt come back through the hub, and a signed notice
-from the Qingdao broker about a referral nobody collected.
+desk sees the Qingdao broker's signed DELIVERED notices and the league's
+receipts come back through the hub, and a signed notice from the Qingdao
+broker about a referral nobody collected.
 
 It makes its own demo keys and directory (referralctl), starts its own
 brokers, stops them by PID, and leaves nothing running or on disk. Run it
@@ -76,6 +77,10 @@ def show(prefix, desk, *args):
         elif e["event"] == "receipt":
             say(f"{prefix} receipt from {e['from']}: {e['level'].upper()} "
                 f"(for message {e['in_reply_to'][-10:]}; signed by the agency)")
+        elif e["event"] == "notice" and e["level"] == "delivered":
+            say(f"{prefix} notice from broker {e['from']}: DELIVERED (for message "
+                f"{e['in_reply_to'][-10:]}; the client of {e['about']} stored it; "
+                "signed by the broker)")
         elif e["event"] == "notice":
             say(f"{prefix} notice from broker {e['from']}: {e['detail']}")
     return events

@@ -63,10 +63,13 @@ def receipts_are_bound_to_the_referral_at_the_broker():
         assert submit(b, POLICE, received).is_duplicate          # a resend is fine
         refused(b, POLICE, h.receipt_for(POLICE, ref, pb.ACK_LEVEL_RECEIVED),
                 pb.RESULT_RECEIPT_REFUSED)                          # same level again
+        # DELIVERED is the broker's word (its notice at the settle), never a receipt.
         refused(b, POLICE, h.receipt_for(POLICE, ref, pb.ACK_LEVEL_DELIVERED),
-                pb.RESULT_RECEIPT_REFUSED)                          # backwards
+                pb.RESULT_INVALID_FIELD)
         accepted = h.receipt_for(POLICE, ref, ACC)
         assert submit(b, POLICE, accepted).code == pb.RESULT_OK
+        refused(b, POLICE, h.receipt_for(POLICE, ref, pb.ACK_LEVEL_RECEIVED),
+                pb.RESULT_RECEIPT_REFUSED)                          # backwards
         backup = h.receipt_for(LEAGUE, ref, pb.ACK_LEVEL_RECEIVED)
         assert submit(b, LEAGUE, backup).code == pb.RESULT_OK      # a backup was addressed
         # The sender gets exactly the three genuine receipts.

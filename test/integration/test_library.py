@@ -56,10 +56,14 @@ def send_receive_acknowledge_with_receipts():
             league.run("ack", mid, "--level", "accepted", "--person", "Wang Li")
             league.run("ack", mid, "--level", "closed", "--person", "Wang Li", "--reason",
                        "family and school engaged")
-            receipts = desk.events("listen", "--count", "4", "--timeout-s", "15")
-            levels = [e["level"] for e in receipts if e["event"] == "receipt"]
-            assert levels == ["delivered", "received", "accepted", "closed"], receipts
-            assert receipts[3]["detail"] == "family and school engaged", receipts[3]
+            events = desk.events("listen", "--count", "4", "--timeout-s", "15")
+            # DELIVERED is the broker's signed notice; the agency's receipts follow.
+            (delivered,) = [e for e in events if e["event"] == "notice"]
+            assert delivered["level"] == "delivered" and delivered["from"] == b.id, delivered
+            assert delivered["in_reply_to"] == mid, delivered
+            receipts = [e for e in events if e["event"] == "receipt"]
+            assert [e["level"] for e in receipts] == ["received", "accepted", "closed"], events
+            assert receipts[2]["detail"] == "family and school engaged", receipts[2]
             # A JSON case file, with a flag overriding one of its fields.
             case = os.path.join(desk.state, "case.json")
             with open(case, "w") as f:
@@ -93,9 +97,17 @@ def python_client_and_c_library_interoperate():
             got = league.events("listen", "--count", "1", "--timeout-s", "10")
             assert got[0]["narrative"] == "made in Python, read in C", got
             assert got[0]["message_id"] == h.header_of(env).message_id.hex()
-            # Its DELIVERED receipt comes back to the Python desk, signed and sealed in C.
+            # DELIVERED comes back as the broker's signed notice; the league's
+            # RECEIVED receipt, signed and sealed in C, follows it.
+            league.run("ack", got[0]["message_id"], "--level", "received", "--person", "Wang Li")
             py_desk.credit(5)
-            d = py_desk.deliveries(1)[0]
+            (n, d) = sorted(py_desk.deliveries(2), key=lambda x: x.HasField("envelope"))
+            notice = pb.Notice()
+            notice.ParseFromString(n.notice.notice)
+            assert notice.kind == pb.NOTICE_KIND_ACK_LEVEL
+            assert notice.level == pb.ACK_LEVEL_DELIVERED and notice.about_agency == LEAGUE
+            b.trust.identity(b.id).sign_key.public_key().verify(
+                n.notice.signature, b"referral.v1 notice\x00" + n.notice.notice)
             hdr = h.header_of(d.envelope)
             assert hdr.kind == pb.MESSAGE_KIND_RECEIPT and hdr.from_agency == LEAGUE
             data = (b"referral.v1 envelope\x00" + len(d.envelope.header).to_bytes(4, "big")
@@ -103,7 +115,7 @@ def python_client_and_c_library_interoperate():
             b.trust.identity(LEAGUE).sign_key.public_key().verify(d.envelope.signature, data)
             receipt = h.open_sealed(d.envelope.sealed_body, d.envelope.header,
                                     b.trust.identity(DESK)).receipt
-            assert receipt.level == pb.ACK_LEVEL_DELIVERED
+            assert receipt.level == pb.ACK_LEVEL_RECEIVED and receipt.person == "Wang Li"
             assert receipt.message_id == h.header_of(env).message_id
             # And the other way: C sends, Python opens.
             desk = Desk(b, DESK)

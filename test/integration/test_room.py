@@ -125,8 +125,8 @@ def drain(client, expected, timeout_s=120):
     return seen
 
 
-def delivered_receipt(referral):
-    """A DELIVERED receipt for referral, from its recipient to its sender,
+def received_receipt(referral):
+    """A RECEIVED receipt for referral, from its recipient to its sender,
     bound to it (in_reply_to, referral id, and the signed receipt level
     where the schema has one)."""
     ref = h.header_of(referral)
@@ -135,7 +135,7 @@ def delivered_receipt(referral):
         hd.in_reply_to = ref.message_id
         hd.referral_id = ref.referral_id
         if "receipt_level" in hd.DESCRIPTOR.fields_by_name:
-            hd.receipt_level = pb.ACK_LEVEL_DELIVERED
+            hd.receipt_level = pb.ACK_LEVEL_RECEIVED
     return h.make_envelope(ref.to_agency, ref.from_agency, kind=pb.MESSAGE_KIND_RECEIPT,
                            body_size=100, header_edit=bind)
 
@@ -165,7 +165,7 @@ def drained_store_accepts_again_and_receipts_flow_while_full():
 
         # While referrals are refused: a receipt is accepted, a settle is OK.
         hospital_desk = h.Client(b, "qd.hospital")
-        receipt = delivered_receipt(answered)
+        receipt = received_receipt(answered)
         r = hospital_desk.submit(receipt)
         assert r.code == pb.RESULT_OK, f"receipt refused while referrals are: {r}"
         r = desk.submit(h.make_envelope(DESK, "qd.hospital", body_size=4000))
