@@ -495,12 +495,8 @@ ref_err ref_client_new(const ref_config *cfg, ref_client **out, char *detail, si
         return REF_E_INVALID;
     }
     ref_client *c = calloc(1, sizeof *c);
-    if (c != NULL)
-        c->pending = calloc(MAX_PENDING_SENDS, sizeof c->pending[0]);
-    if (c == NULL || c->pending == NULL) {
-        free(c);
+    if (c == NULL)
         return REF_E_NO_MEMORY;
-    }
     c->timeout_ms = cfg->timeout_ms ? cfg->timeout_ms : DEFAULT_TIMEOUT_MS;
     c->credit = cfg->credit ? cfg->credit : DEFAULT_CREDIT;
     if (c->credit > MAX_UNCONFIRMED / 2)

@@ -97,7 +97,7 @@ struct ref_client {
         size_t len;
         bool has_sent;              /* a referral: write its sent record too */
         state_sent sent;
-    } *pending;                     /* MAX_PENDING_SENDS */
+    } *pending;                     /* MAX_PENDING_SENDS, made at the first send */
     size_t n_pending;
     /* the session */
     session_state session;

@@ -147,6 +147,12 @@ static ref_err map_refusal(Referral__V1__ResultCode code)
 static ref_err queue_send(ref_client *c, uint8_t *env, size_t len, const uint8_t id[16],
                           const state_sent *sent)
 {
+    if (c->pending == NULL)   /* made at the first send: a listener never needs it */
+        c->pending = calloc(MAX_PENDING_SENDS, sizeof c->pending[0]);
+    if (c->pending == NULL) {
+        free(env);
+        return REF_E_NO_MEMORY;
+    }
     if (c->n_pending == MAX_PENDING_SENDS && flush_sends(c) != REF_OK) {
         free(env);
         return REF_E_STATE;

@@ -6,6 +6,7 @@
 #include "seal.h"
 
 #include <assert.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -16,11 +17,13 @@
 #include <openssl/evp.h>
 #include <openssl/kdf.h>
 #include <openssl/rand.h>
+#include <sodium.h>
 
 #include "digest.h"
 #include "ids.h"
 #include "pemkey.h"
 #include "referral.pb-c.h"
+#include "sign.h"
 
 #define NONCE_BYTES 12
 #define TAG_BYTES 16
@@ -162,6 +165,25 @@ static bool aead(bool is_encrypt, const uint8_t key[KEY_BYTES], const uint8_t no
 
 typedef enum { WRAP_OK, WRAP_ZERO_SHARED, WRAP_FAILED } wrap_result;
 
+/* X25519 is libsodium's: on raw keys it needs no key objects, which cost
+ * OpenSSL 3.0 as much again as the multiplication (docs/performance.md).
+ * Results are RFC 7748's, as OpenSSL's (test_crypto.c checks both). */
+static void ephemeral_keypair(uint8_t pub[32], uint8_t sec[32])
+{
+    randombytes_buf(sec, 32);
+    crypto_scalarmult_base(pub, sec);
+}
+
+/* HKDF, fetched from OpenSSL's provider once per process (a fetch is a
+ * registry lookup per call otherwise). */
+static EVP_KDF *hkdf;
+static pthread_once_t hkdf_once = PTHREAD_ONCE_INIT;
+
+static void hkdf_fetch(void)
+{
+    hkdf = EVP_KDF_fetch(NULL, "HKDF", NULL);
+}
+
 /* wrap key = HKDF-SHA256(shared, salt = eph_pub || reader_pub, "referral.v1 wrap"),
  * shared = X25519(my_sec, peer_pub): the ephemeral secret and the reader's
  * public key when sealing, the reader's secret and the ephemeral public key
@@ -170,25 +192,14 @@ static wrap_result wrap_key(const uint8_t my_sec[32], const uint8_t peer_pub[32]
                             const uint8_t eph_pub[32], const uint8_t reader_pub[32],
                             uint8_t out[KEY_BYTES])
 {
-    static const uint8_t zero[32];
-    EVP_PKEY *mine = EVP_PKEY_new_raw_private_key(EVP_PKEY_X25519, NULL, my_sec, 32);
-    EVP_PKEY *peer = EVP_PKEY_new_raw_public_key(EVP_PKEY_X25519, NULL, peer_pub, 32);
-    EVP_PKEY_CTX *dc = mine != NULL ? EVP_PKEY_CTX_new(mine, NULL) : NULL;
     uint8_t shared[32] = {0}, salt[64];
-    size_t slen = sizeof shared;
-    wrap_result r = WRAP_FAILED;
-    if (dc != NULL && peer != NULL && EVP_PKEY_derive_init(dc) == 1 &&
-        EVP_PKEY_derive_set_peer(dc, peer) == 1) {
-        /* OpenSSL itself fails the derivation on an all-zero result; the
-         * comparison below says so explicitly, whatever the provider. */
-        bool is_derived = EVP_PKEY_derive(dc, shared, &slen) == 1 && slen == 32;
-        r = is_derived && CRYPTO_memcmp(shared, zero, 32) != 0 ? WRAP_OK : WRAP_ZERO_SHARED;
-    }
-    EVP_PKEY_CTX_free(dc);
-    EVP_PKEY_free(mine);
-    EVP_PKEY_free(peer);
-    EVP_KDF *kdf = r == WRAP_OK ? EVP_KDF_fetch(NULL, "HKDF", NULL) : NULL;
-    EVP_KDF_CTX *kc = kdf != NULL ? EVP_KDF_CTX_new(kdf) : NULL;
+    if (!sodium_ready())
+        return WRAP_FAILED;
+    /* crypto_scalarmult fails on an all-zero result: a low-order peer key. */
+    wrap_result r = crypto_scalarmult(shared, my_sec, peer_pub) == 0 ? WRAP_OK
+                                                                     : WRAP_ZERO_SHARED;
+    pthread_once(&hkdf_once, hkdf_fetch);
+    EVP_KDF_CTX *kc = r == WRAP_OK && hkdf != NULL ? EVP_KDF_CTX_new(hkdf) : NULL;
     if (kc != NULL) {
         memcpy(salt, eph_pub, 32);
         memcpy(salt + 32, reader_pub, 32);
@@ -205,7 +216,6 @@ static wrap_result wrap_key(const uint8_t my_sec[32], const uint8_t peer_pub[32]
         r = WRAP_FAILED;
     }
     EVP_KDF_CTX_free(kc);
-    EVP_KDF_free(kdf);
     OPENSSL_cleanse(shared, sizeof shared);
     return r;
 }
@@ -285,9 +295,12 @@ seal_err seal_body(const uint8_t *plaintext, size_t len, const uint8_t header_di
     for (size_t i = 0; i < n && e == SEAL_OK; i++) {
         uint8_t wk[KEY_BYTES];
         wrap_result w = WRAP_FAILED;
-        if (!seal_keypair(eph_pub[i], eph_sec) || RAND_bytes(wnonce[i], NONCE_BYTES) != 1)
-            e = fail(why, why_len, SEAL_FAILED, "cannot make an ephemeral X25519 key (OpenSSL)");
-        else if ((w = wrap_key(eph_sec, r[i].seal_public, eph_pub[i], r[i].seal_public, wk)) ==
+        if (!sodium_ready() || RAND_bytes(wnonce[i], NONCE_BYTES) != 1) {
+            e = fail(why, why_len, SEAL_FAILED, "cannot make an ephemeral X25519 key");
+            break;
+        }
+        ephemeral_keypair(eph_pub[i], eph_sec);
+        if ((w = wrap_key(eph_sec, r[i].seal_public, eph_pub[i], r[i].seal_public, wk)) ==
                  WRAP_ZERO_SHARED)
             e = fail(why, why_len, SEAL_FAILED, "the sealing public key of %s is not usable "
                      "(a low-order X25519 point); fix its entry in the directory",

@@ -1,5 +1,6 @@
 /*
- * sign: Ed25519 signatures (OpenSSL EVP, one-shot) with domain separation.
+ * sign: Ed25519 signatures (libsodium; key files through OpenSSL) with
+ * domain separation.
  *
  * Every signature in the federation covers ASCII domain || 0x00 || message,
  * so that a signature made for one purpose can never be replayed as
@@ -10,9 +11,11 @@
  *   "referral.v1 envelope" 0x00 | uint32 BE len(header) | header | SHA-256(body)
  *
  * Key ids are the first 16 bytes of the SHA-256 of the raw public key.
- * Secrets are 32-byte Ed25519 seeds. sign.c keeps the key objects it made
- * (and the seeds they came from) in a small cache for the life of the
- * process, as the broker and the library keep their own keys anyway.
+ * Secrets are 32-byte Ed25519 seeds. sign.c keeps the expanded secret keys
+ * it made in a small cache for the life of the process, as the broker and
+ * the library keep their own keys anyway. Signatures are byte-identical to
+ * OpenSSL's (and every RFC 8032 implementation's); verification refuses
+ * public keys and points of small order, which no generated key has.
  */
 #ifndef REF_SIGN_H
 #define REF_SIGN_H
@@ -25,6 +28,10 @@
 #define SIGN_SECRET_BYTES 32
 #define SIGN_BYTES 64
 #define SIGN_KEY_ID_BYTES 16
+
+/* libsodium, initialised once for the process (thread-safe): false if it
+ * cannot start. sign.c and seal.c call it before any libsodium function. */
+bool sodium_ready(void);
 
 /* A new Ed25519 key pair (raw public key, raw 32-byte seed). False only
  * if OpenSSL fails. */

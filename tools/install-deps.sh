@@ -7,7 +7,7 @@ set -euo pipefail
 packages=(
   build-essential meson ninja-build pkg-config clang libclang-rt-14-dev
   libzmq3-dev libprotobuf-c-dev protobuf-c-compiler scdoc libmicrohttpd-dev
-  liblmdb-dev lmdb-utils libssl-dev
+  liblmdb-dev lmdb-utils libssl-dev libsodium-dev
   libinih-dev libjson-c-dev libcmocka-dev
   python3 python3-zmq python3-protobuf python3-cryptography protobuf-compiler
 )

@@ -30,6 +30,7 @@
 #include <unistd.h>
 
 #include <openssl/evp.h>
+#include <sodium.h>
 
 #include "digest.h"
 #include "referral.pb-c.h"
@@ -1145,12 +1146,131 @@ static void key_cache_is_right_across_threads_and_evictions(void **state)
     assert_int_equal(bad, 0);
 }
 
+/* ---- libsodium against OpenSSL --------------------------------------------- */
+
+/* OpenSSL's Ed25519 signature of domain || 0x00 || msg with seed sec. */
+static void openssl_sign(const uint8_t sec[32], const char *domain, const uint8_t *msg,
+                         size_t len, uint8_t sig[SIGN_BYTES])
+{
+    size_t dlen = strlen(domain) + 1, n = SIGN_BYTES;
+    uint8_t *buf = malloc(dlen + len + 1);
+    assert_non_null(buf);
+    memcpy(buf, domain, dlen);
+    memcpy(buf + dlen, msg, len);
+    EVP_PKEY *k = EVP_PKEY_new_raw_private_key(EVP_PKEY_ED25519, NULL, sec, 32);
+    EVP_MD_CTX *ctx = EVP_MD_CTX_new();
+    assert_non_null(k);
+    assert_non_null(ctx);
+    assert_int_equal(EVP_DigestSignInit(ctx, NULL, NULL, NULL, k), 1);
+    assert_int_equal(EVP_DigestSign(ctx, sig, &n, buf, dlen + len), 1);
+    assert_int_equal(n, SIGN_BYTES);
+    EVP_MD_CTX_free(ctx);
+    EVP_PKEY_free(k);
+    free(buf);
+}
+
+/* sign.c (libsodium) signs exactly as OpenSSL does and accepts OpenSSL's
+ * signatures, for many keys and message lengths; one flipped bit in
+ * message, signature or key is refused. */
+static void signatures_match_openssl_both_ways(void **state)
+{
+    (void)state;
+    uint8_t msg[300];
+    for (size_t i = 0; i < sizeof msg; i++)
+        msg[i] = (uint8_t)(i * 131u + 7u);
+    for (size_t len = 0; len <= sizeof msg; len += 23) {
+        uint8_t pub[SIGN_PUBLIC_BYTES], sec[SIGN_SECRET_BYTES];
+        uint8_t ours[SIGN_BYTES], theirs[SIGN_BYTES];
+        assert_true(sign_keypair(pub, sec));
+        openssl_sign(sec, "referral.v1 notice", msg, len, theirs);
+        assert_true(sign_detached(sec, "referral.v1 notice", msg, len, ours));
+        assert_memory_equal(ours, theirs, SIGN_BYTES);
+        assert_true(sign_verify(pub, "referral.v1 notice", msg, len, theirs));
+        theirs[len % SIGN_BYTES] ^= 0x01;
+        assert_false(sign_verify(pub, "referral.v1 notice", msg, len, theirs));
+        theirs[len % SIGN_BYTES] ^= 0x01;
+        if (len > 0) {
+            msg[len - 1] ^= 0x80;
+            assert_false(sign_verify(pub, "referral.v1 notice", msg, len, theirs));
+            msg[len - 1] ^= 0x80;
+        }
+        pub[len % SIGN_PUBLIC_BYTES] ^= 0x04;
+        assert_false(sign_verify(pub, "referral.v1 notice", msg, len, theirs));
+    }
+}
+
+/* RFC 8032, section 7.1, TEST 1 (the empty message), as OpenSSL
+ * computes them: the reference the test above compares with is right. */
+static void openssl_reference_matches_rfc8032(void **state)
+{
+    (void)state;
+    static const uint8_t sec1[32] = {
+        0x9d, 0x61, 0xb1, 0x9d, 0xef, 0xfd, 0x5a, 0x60, 0xba, 0x84, 0x4a, 0xf4, 0x92, 0xec,
+        0x2c, 0xc4, 0x44, 0x49, 0xc5, 0x69, 0x7b, 0x32, 0x69, 0x19, 0x70, 0x3b, 0xac, 0x03,
+        0x1c, 0xae, 0x7f, 0x60};
+    static const uint8_t sig1[64] = {
+        0xe5, 0x56, 0x43, 0x00, 0xc3, 0x60, 0xac, 0x72, 0x90, 0x86, 0xe2, 0xcc, 0x80, 0x6e,
+        0x82, 0x8a, 0x84, 0x87, 0x7f, 0x1e, 0xb8, 0xe5, 0xd9, 0x74, 0xd8, 0x73, 0xe0, 0x65,
+        0x22, 0x49, 0x01, 0x55, 0x5f, 0xb8, 0x82, 0x15, 0x90, 0xa3, 0x3b, 0xac, 0xc6, 0x1e,
+        0x39, 0x70, 0x1c, 0xf9, 0xb4, 0x6b, 0xd2, 0x5b, 0xf5, 0xf0, 0x59, 0x5b, 0xbe, 0x24,
+        0x65, 0x51, 0x41, 0x43, 0x8e, 0x7a, 0x10, 0x0b};
+    uint8_t sig[SIGN_BYTES];
+    size_t n = SIGN_BYTES;
+    EVP_PKEY *k = EVP_PKEY_new_raw_private_key(EVP_PKEY_ED25519, NULL, sec1, 32);
+    EVP_MD_CTX *ctx = EVP_MD_CTX_new();
+    assert_int_equal(EVP_DigestSignInit(ctx, NULL, NULL, NULL, k), 1);
+    assert_int_equal(EVP_DigestSign(ctx, sig, &n, (const uint8_t *)"", 0), 1);
+    assert_memory_equal(sig, sig1, SIGN_BYTES);
+    EVP_MD_CTX_free(ctx);
+    EVP_PKEY_free(k);
+}
+
+/* RFC 7748, section 6.1: libsodium (what seal.c uses) and OpenSSL agree
+ * on the X25519 shared secret of Alice and Bob, and it is the RFC's. */
+static void x25519_matches_openssl_and_rfc7748(void **state)
+{
+    (void)state;
+    static const char *const alice_sec =
+        "77076d0a7318a57d3c16c17251b26645df4c2f87ebc0992ab177fba51db92c2a";
+    static const char *const alice_pub =
+        "8520f0098930a754748b7ddcb43ef75a0dbf3a0d26381af4eba4a98eaa9b4e6a";
+    static const char *const bob_pub =
+        "de9edb7d7b7dc1b4d35b61c2ece435373f8343c85b78674dadfc7e146f882b4f";
+    static const char *const shared =
+        "4a5d9d5ba4ce2de1728e3bf480350f25e07e21c947d19e3376f09b3c1e161742";
+    uint8_t a[32], ap[32], bp[32], want[32], got[32], pub[32];
+    assert_int_equal(sodium_hex2bin(a, 32, alice_sec, 64, NULL, NULL, NULL), 0);
+    assert_int_equal(sodium_hex2bin(ap, 32, alice_pub, 64, NULL, NULL, NULL), 0);
+    assert_int_equal(sodium_hex2bin(bp, 32, bob_pub, 64, NULL, NULL, NULL), 0);
+    assert_int_equal(sodium_hex2bin(want, 32, shared, 64, NULL, NULL, NULL), 0);
+    assert_true(sodium_ready());
+    assert_int_equal(crypto_scalarmult_base(pub, a), 0);
+    assert_memory_equal(pub, ap, 32);
+    assert_int_equal(crypto_scalarmult(got, a, bp), 0);
+    assert_memory_equal(got, want, 32);
+    EVP_PKEY *mine = EVP_PKEY_new_raw_private_key(EVP_PKEY_X25519, NULL, a, 32);
+    EVP_PKEY *peer = EVP_PKEY_new_raw_public_key(EVP_PKEY_X25519, NULL, bp, 32);
+    EVP_PKEY_CTX *dc = EVP_PKEY_CTX_new(mine, NULL);
+    size_t n = sizeof got;
+    memset(got, 0, sizeof got);
+    assert_int_equal(EVP_PKEY_derive_init(dc), 1);
+    assert_int_equal(EVP_PKEY_derive_set_peer(dc, peer), 1);
+    assert_int_equal(EVP_PKEY_derive(dc, got, &n), 1);
+    assert_memory_equal(got, want, 32);
+    EVP_PKEY_CTX_free(dc);
+    EVP_PKEY_free(mine);
+    EVP_PKEY_free(peer);
+}
+
 int main(int argc, char **argv)
 {
     if (argc > 1)
         cmocka_set_test_filter(argv[1]);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(key_cache_is_right_across_threads_and_evictions),
+        cmocka_unit_test(signatures_match_openssl_both_ways),
+        cmocka_unit_test(openssl_reference_matches_rfc8032),
+        cmocka_unit_test(x25519_matches_openssl_and_rfc7748),
         cmocka_unit_test(envelope_signature_round_trips),
         cmocka_unit_test(envelope_signing_input_is_the_documented_bytes),
         cmocka_unit_test(flipped_bit_in_header_body_or_signature_fails),
