@@ -197,6 +197,71 @@ def the_agency_library_loses_nothing_across_power_cuts():
         assert cuts >= 5, "the shim made no copies: nothing was tested"
         assert not lost, f"{len(lost)} accepted referrals never reached the application"
 
+
+def the_federation_loses_nothing_across_power_cuts():
+    """Shanghai, the hub and Qingdao each run with the shim. CYCLES times,
+    while a Shanghai desk streams referrals for the Qingdao youth league,
+    all three lose power at once (kill -9, each store file put back as of
+    its last sync) and start again. At the end every referral Shanghai
+    answered ACCEPTED reaches the league: a broker acknowledges a hop only
+    after its own commit, so no cut loses what a peer was told is stored."""
+    import test_federation as fed
+    rng = random.Random(4410)
+    f = fed.Federation(fed.trust())
+    brokers = (f.sh, f.hub, f.qd)
+    cuts = {b: PowerLoss(b) for b in brokers}
+
+    def power_on():
+        for b in brokers:
+            with cuts[b]:
+                b.start()
+
+    accepted = set()
+    try:
+        power_on()
+        for cycle in range(CYCLES):
+            desk = h.Client(f.sh, fed.DESK)
+            pending = {}
+            for _ in range(rng.randint(5, 25)):
+                e = h.make_envelope(fed.DESK, fed.LEAGUE, trust=f.trust, body_size=128)
+                pending[desk.submit(e, wait=False)] = h.header_of(e).message_id.hex()
+            deadline = time.monotonic() + rng.uniform(0.05, 0.6)
+            while pending and time.monotonic() < deadline:
+                try:
+                    r = desk.recv_kind("submit_reply", timeout_s=0.05).submit_reply
+                except TimeoutError:
+                    continue
+                mid = pending.pop(r.request_id)
+                if r.code == pb.RESULT_OK:
+                    accepted.add(mid)
+            for b in brokers:                  # the power goes, everywhere at once
+                b.kill()
+            desk.close()
+            for b in brokers:
+                if os.path.exists(cuts[b].shadow):
+                    cuts[b].cut()
+            power_on()
+        league = h.Client(f.qd, fed.LEAGUE)
+        league.credit(1000)
+        got = set()
+        deadline = time.monotonic() + 60
+        while not accepted <= got and time.monotonic() < deadline:
+            try:
+                d = league.recv_kind("delivery", timeout_s=1.0).delivery
+            except TimeoutError:
+                continue
+            league.settle(d.message_id, wait=False)
+            got.add(d.message_id.hex())
+        lost = accepted - got
+        print(f"cycles={CYCLES} accepted={len(accepted)} delivered={len(accepted & got)} "
+              f"lost={len(lost)}", flush=True)
+        assert accepted and not lost, f"lost {len(lost)} acknowledged referrals"
+    finally:
+        for b in brokers:
+            b.cleanup()
+        f.trust.cleanup()
+
 if __name__ == "__main__":
     h.run([acknowledged_referrals_survive_power_loss, the_checker_sees_loss_when_a_sync_is_undone,
-           the_agency_library_loses_nothing_across_power_cuts])
+           the_agency_library_loses_nothing_across_power_cuts,
+           the_federation_loses_nothing_across_power_cuts])
