@@ -407,8 +407,51 @@ def failed_commit_at_start_exits_3():
         restart_holds(b, "qd.civil", acknowledged)
 
 
+
+def failing_disks_at_the_hub_and_the_destination_lose_nothing():
+    """Across the federation (issue 15, item 4): while a Shanghai desk
+    refers to Qingdao through the hub, the hub's syncs fail (EIO) and it
+    exits 3 naming the failure; Shanghai keeps what the hub never
+    acknowledged. Then Qingdao's disk fills (ENOSPC) and it exits 3 too.
+    Healed and restarted, every referral Shanghai accepted reaches the
+    league, once."""
+    import test_federation as fed
+    f = fed.Federation(fed.trust())
+    hub_disk = FailingDisk(f.hub, "EIO", "fsync,fdatasync")
+    qd_disk = FailingDisk(f.qd, "ENOSPC")
+    try:
+        f.sh.start()
+        with hub_disk:
+            f.hub.start()
+        with qd_disk:
+            f.qd.start()
+        fed.wait_log(f.sh, f"link connected peer={fed.HUB}")
+        fed.wait_log(f.qd, f"link connected peer={fed.HUB}")
+        desk = h.Client(f.sh, fed.DESK)
+        desk.trust = f.trust
+        accepted = accept(desk, fed.LEAGUE, 10)
+        for b, disk, why in ((f.hub, hub_disk, "I/O error"), (f.qd, qd_disk, "disk full")):
+            disk.fail()
+            accepted |= accept(desk, fed.LEAGUE, 10)     # Shanghai's disk is fine
+            rc, log = wait_exit(b)
+            assert rc == 3, f"{b.id} exit {rc} after a failed commit:\n{log[-3000:]}"
+            assert "commit failed" in log and why in log, log[-3000:]
+            disk.heal()
+            with disk:
+                b.start()
+        league = h.Client(f.qd, fed.LEAGUE)
+        seen = drain(league, accepted, timeout_s=60)
+        print(f"accepted={len(accepted)} delivered={len(seen & accepted)} "
+              f"lost={len(accepted - seen)}", flush=True)
+        assert seen == accepted, f"{len(accepted - seen)} accepted referrals lost"
+    finally:
+        for b in (f.sh, f.hub, f.qd):
+            b.cleanup()
+        f.trust.cleanup()
+
 if __name__ == "__main__":
     h.run([drained_store_accepts_again_and_receipts_flow_while_full,
            burst_cannot_overshoot_the_disk_guard,
            failed_commit_in_a_turn_exits_3_and_answers_nothing,
-           failed_commit_in_a_reload_exits_3, failed_commit_at_start_exits_3])
+           failed_commit_in_a_reload_exits_3, failed_commit_at_start_exits_3,
+           failing_disks_at_the_hub_and_the_destination_lose_nothing])
