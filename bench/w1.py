@@ -16,8 +16,8 @@ stamps at the end. Modes:
           rusage); the broker's commits; the disk's flush requests per
           referral (/proc/diskstats: every fsync of broker and clients);
           the 1-minute load; the bare 4 KiB write + fsync p50 of the
-          store's file system. Then the crypto
-          bound (see crypto_per_referral below) and measured/bound.
+          store's file system. Then the crypto bound (crypto_costs and
+          crypto_per_referral below) and measured/bound.
   bare    bare_loop (bench/bare_loop.c) with the same count and window,
           then one W1 run (--runs to change), and in the same invocation:
           broker CPU per referral outside its signature work, and its ratio
@@ -45,6 +45,8 @@ Prints one line per run, a summary, and a final JSON line.
 """
 
 import argparse
+import ctypes
+import ctypes.util
 import json
 import os
 import re
@@ -378,16 +380,61 @@ def openssl_speed(*args):
     return r.stdout
 
 
+def sodium_costs(seconds=0.5):
+    """Seconds per Ed25519 sign and verify (of 256 bytes, about an
+    envelope's signing input) and per X25519 multiplication (variable and
+    fixed base), on one core, through libsodium as common/sign.c and
+    common/seal.c call it (ctypes: about a microsecond per call more);
+    None when libsodium cannot be loaded."""
+    name = ctypes.util.find_library("sodium")
+    if name is None:
+        return None
+    na = ctypes.CDLL(name)
+    if na.sodium_init() < 0:
+        return None
+    buf = ctypes.create_string_buffer
+    pk, sk, sig, msg = buf(32), buf(64), buf(64), buf(bytes(range(256)), 256)
+    q, n, p = buf(32), buf(bytes(range(1, 33)), 32), buf(32)
+    na.crypto_sign_ed25519_seed_keypair(pk, sk, buf(bytes(32), 32))
+    na.crypto_scalarmult_base(p, n)
+    mlen = ctypes.c_ulonglong(256)
+    calls = {
+        "sign": lambda: na.crypto_sign_ed25519_detached(sig, None, msg, mlen, sk),
+        "verify": lambda: na.crypto_sign_ed25519_verify_detached(sig, msg, mlen, pk),
+        "x25519": lambda: na.crypto_scalarmult(q, n, p),
+        "x25519_base": lambda: na.crypto_scalarmult_base(q, n),
+    }
+    costs = {}
+    for op, call in calls.items():
+        done, start = 0, time.perf_counter()
+        while time.perf_counter() - start < seconds:
+            for _ in range(50):
+                call()
+            done += 50
+        costs[op] = (time.perf_counter() - start) / done
+    return costs
+
+
 def crypto_costs():
-    """Seconds per operation on one core, from openssl speed."""
-    ed = re.search(r"EdDSA \(Ed25519\)\s+\S+\s+\S+\s+([\d.]+)\s+([\d.]+)", openssl_speed("ed25519"))
+    """Seconds per operation on one core. openssl speed for Ed25519 and
+    X25519 (OpenSSL's own figures, printed for reference) and for
+    AES-256-GCM (which seal.c does with OpenSSL); libsodium, timed here,
+    for Ed25519 and X25519, which sign.c and seal.c do with libsodium. The
+    bound uses the library the code uses."""
+    ed = re.search(r"EdDSA \(Ed25519\)\s+\S+\s+\S+\s+([\d.]+)\s+([\d.]+)",
+                   openssl_speed("ed25519"))
     x = re.search(r"ecdh \(X25519\)\s+\S+\s+([\d.]+)", openssl_speed("ecdhx25519"))
-    costs = {"sign": 1 / float(ed.group(1)), "verify": 1 / float(ed.group(2)),
-             "x25519": 1 / float(x.group(1))}
+    costs = {"openssl_sign": 1 / float(ed.group(1)), "openssl_verify": 1 / float(ed.group(2)),
+             "openssl_x25519": 1 / float(x.group(1))}
     for size in (1024, 4096):
         out = openssl_speed("-evp", "aes-256-gcm", "-bytes", str(size))
         g = re.search(r"AES-256-GCM\s+([\d.]+)k", out)
         costs[f"aes{size}"] = size / (float(g.group(1)) * 1000)   # '1000s of bytes'/s
+    sodium = sodium_costs()
+    costs.update(sodium or {"sign": costs["openssl_sign"], "verify": costs["openssl_verify"],
+                            "x25519": costs["openssl_x25519"],
+                            "x25519_base": costs["openssl_x25519"]})
+    costs["source"] = "libsodium" if sodium else "openssl speed"
     return costs
 
 
@@ -395,40 +442,39 @@ def crypto_per_referral(receipts, notices, readers=1):
     """Crypto operations per referral on the real path, by process, from
     the code (client-lib/envelope.c, common/sign.c, common/seal.c,
     broker/ingress.c, broker/verify.c, broker/delivery.c,
-    client-lib/delivery.c):
+    broker/escalate.c, client-lib/delivery.c):
 
     The referral. The sender signs the envelope once (envelope_compose,
     sign_envelope) and seals the body (seal_body): per reader an ephemeral
-    X25519 key pair (a scalar multiplication), the import of that raw
-    private key in wrap_key (OpenSSL 3.0 computes the public key again on
-    import: one more multiplication, measured at the cost of a derive),
-    and the derive: 3 X25519 operations per reader, and AES-256-GCM over
-    the padded body (a 1 KiB narrative lands in the 4 KiB bucket) plus 32
+    X25519 key (crypto_scalarmult_base) and the shared secret with the
+    reader's key (crypto_scalarmult, in wrap_key), and AES-256-GCM over the
+    padded body (a 1 KiB narrative lands in the 4 KiB bucket) plus 32
     bytes per reader (neglected). The readers are the recipient and its
     escalation chain in the directory: 1 here. The broker verifies the
     signature once at ingress (broker/ingress.c, on a verify worker,
     broker/verify.c); its SubmitReply (ACCEPTED) is not signed. The
-    receiver verifies (open_checked) and opens (seal_open: the import of
-    its own X25519 key, one multiplication, and the derive; AES-256-GCM
-    over 4 KiB).
+    receiver verifies (open_checked) and opens (seal_open: one
+    crypto_scalarmult, AES-256-GCM over 4 KiB).
 
-    Its DELIVERED word, counted per referral from what the desk received:
-    a receipt (receipts per referral) is composed by the receiving
-    library (compose_receipt: a sign and a seal for the desk alone, 3
-    X25519, AES over the 1 KiB bucket), verified at the broker's ingress,
-    and verified and opened at the desk (2 X25519, AES 1 KiB). A notice
-    (notices per referral) is signed by the broker (delivery_notify,
-    sign_detached) and verified at the desk (delivery_from_notice).
+    Its DELIVERED word, counted per referral from what the desk received.
+    A notice (notices per referral): the recipient's broker signs it when
+    the receiver settles (escalate_on_final, tell_delivered,
+    delivery_notify: sign_detached), and the desk verifies it
+    (delivery_from_notice). A receipt (receipts per referral; what the
+    library sent before the broker's notice replaced it): the receiving
+    library signs and seals it for the desk alone (a fixed-base and a
+    variable-base multiplication, AES over the 1 KiB bucket), the broker
+    verifies it at ingress, the desk verifies and opens it (one
+    multiplication, AES 1 KiB).
 
     Hashes (SHA-256 of headers and bodies, HKDF) and CURVE's per-frame
     XSalsa20-Poly1305 are not counted: small against these."""
     return {
-        "sender": {"sign": 1, "x25519": 3 * readers, "aes4096": 1,
-                   "verify": receipts + notices, "x25519_r": 2 * receipts,
-                   "aes1024": receipts},
+        "sender": {"sign": 1, "x25519_base": readers, "x25519": readers, "aes4096": 1,
+                   "verify": receipts + notices, "x25519_r": receipts, "aes1024": receipts},
         "broker": {"verify": 1 + receipts, "sign": notices},
-        "receiver": {"verify": 1, "x25519": 2, "aes4096": 1,
-                     "sign": receipts, "x25519_r": 3 * receipts, "aes1024": receipts},
+        "receiver": {"verify": 1, "x25519": 1, "aes4096": 1, "sign": receipts,
+                     "x25519_base": receipts, "x25519_r": receipts, "aes1024": receipts},
     }
 
 
@@ -443,20 +489,27 @@ def crypto_bound(costs, receipts, notices):
     return os.cpu_count() / sum(by_proc.values()), by_proc, per
 
 
+def us(costs, key):
+    return f"{costs[key] * 1e6:.1f} us"
+
+
 def print_bound(costs, runs):
     receipts = statistics.median(r["receipts_per_ref"] for r in runs)
     notices = statistics.median(r["notices_per_ref"] for r in runs)
     bound, by_proc, per = crypto_bound(costs, receipts, notices)
     measured = statistics.median(r["throughput"] for r in runs)
-    print(f"crypto per op (openssl speed, one core): Ed25519 sign {costs['sign'] * 1e6:.1f} us, "
-          f"verify {costs['verify'] * 1e6:.1f} us, X25519 {costs['x25519'] * 1e6:.1f} us, "
-          f"AES-256-GCM 1 KiB {costs['aes1024'] * 1e6:.2f} us, "
-          f"4 KiB {costs['aes4096'] * 1e6:.2f} us")
+    print(f"crypto per op, one core: openssl speed Ed25519 sign {us(costs, 'openssl_sign')}, "
+          f"verify {us(costs, 'openssl_verify')}, X25519 {us(costs, 'openssl_x25519')}, "
+          f"AES-256-GCM 1 KiB {us(costs, 'aes1024')}, 4 KiB {us(costs, 'aes4096')}; "
+          f"{costs['source']} (used) Ed25519 sign {us(costs, 'sign')}, verify "
+          f"{us(costs, 'verify')}, X25519 {us(costs, 'x25519')}, fixed base "
+          f"{us(costs, 'x25519_base')}")
     print(f"crypto per referral (receipts/ref {receipts:.2f}, notices/ref {notices:.2f}): "
           + ", ".join(f"{p} {s * 1e6:.0f} us" for p, s in by_proc.items())
           + f"; bound {bound:.0f}/s on {os.cpu_count()} cores; measured {measured:.0f}/s = "
           f"{measured / bound:.2f} of the bound", flush=True)
-    return {"costs_us": {k: v * 1e6 for k, v in costs.items()}, "ops": per,
+    return {"costs_us": {k: v * 1e6 for k, v in costs.items() if k != "source"},
+            "source": costs["source"], "ops": per,
             "crypto_us": {p: s * 1e6 for p, s in by_proc.items()}, "bound": bound,
             "measured_over_bound": measured / bound}
 
@@ -464,11 +517,12 @@ def print_bound(costs, runs):
 # ---- bare ---------------------------------------------------------------------
 
 def frames_per_referral(receipts, notices):
-    """Frames through the broker's client socket per referral (in + out):
-    the referral's Submit, SubmitReply, Delivery, Settle, SettleReply and
-    the receiver's Credit (one per hand-over); per DELIVERED receipt the
-    same six again (desk side); per DELIVERED notice its Delivery, Settle,
-    SettleReply and the desk's Credit."""
+    """Frames through the broker's client socket per referral (in + out),
+    at most: the referral's Submit, SubmitReply, Delivery, Settle,
+    SettleReply and the receiver's Credit; per DELIVERED receipt the same
+    six again (desk side); per DELIVERED notice its Delivery, Settle,
+    SettleReply and the desk's Credit. A Credit frame is counted whole,
+    though libreferral may give back the credit of many deliveries in one."""
     return 6 + 6 * receipts + 4 * notices
 
 

@@ -17,13 +17,13 @@
  * receiver runs with credit 256 and takes as fast as it can, so what the
  * broker accepted and has not handed over waits in its queue, the backlog
  * it has to serve. Open loop with --rate R --seconds S: referral i is due
- * at i/R seconds and sent then (or at once when late), never waiting for
- * an answer. Each referral is stamped on CLOCK_MONOTONIC just before
- * ref_send_async() and just after it returns. Meanwhile the desk takes
- * whatever the broker delivers to it (DELIVERED receipts or notices),
- * confirms each and counts them by kind; at the end it waits up to
- * --drain-ms of silence for one DELIVERED word per referral (0: it does
- * not wait).
+ * at i/R seconds and sent then (when late, at once with the others due by
+ * then), never waiting for an answer. Each referral is stamped on
+ * CLOCK_MONOTONIC just before ref_send_async() and just after it returns.
+ * Meanwhile the desk takes whatever the broker delivers to it (DELIVERED
+ * receipts or notices), confirms each and counts them by kind; at the end
+ * it waits up to --drain-ms of silence for one DELIVERED word per referral
+ * (0: it does not wait).
  *
  * receive takes deliveries with ref_receive() (credit --credit, 256),
  * stamps each referral on CLOCK_MONOTONIC as it is handed over, confirms
@@ -135,8 +135,8 @@ static void send_usage(FILE *f)
         "  --count N              referrals to send (required unless --rate)\n"
         "  --window W             closed loop: at most W sent and not yet answered\n"
         "                         by the broker (default 256)\n"
-        "  --burst K              closed loop: send at most K in a row before taking\n"
-        "                         what the broker sent (default 64)\n"
+        "  --burst K              send at most K in a row before taking what the\n"
+        "                         broker sent (default 64; open loop: those due)\n"
         "  --rate R --seconds S   open loop instead: R referrals/s for S s (count R*S)\n"
         "  --narrative-bytes B    narrative length (default 1024)\n"
         "  --drain-ms MS          at the end, wait up to MS of silence for one\n"
@@ -301,17 +301,28 @@ static ref_err send_closed(ref_client *c, const send_opts *o, const char *narrat
     return REF_OK;
 }
 
-/* Open loop: referral i at t0 + i/rate, whatever the answers. */
+/* When referral i is due in the open loop that starts at t0. */
+static usec due_of(const send_opts *o, usec t0, long i)
+{
+    return t0 + (usec)i * 1000000u / (usec)o->rate;
+}
+
+/* Open loop: referral i is due at t0 + i/rate, whatever the answers.
+ * Every referral due by now goes out (at most --burst in a row) before
+ * the next take of what the broker sent, so a sender that fell behind
+ * catches up with the referrals waiting together, as a desk would. */
 static ref_err send_paced(ref_client *c, const send_opts *o, const char *narrative,
                           send_stamp *st, desk_tally *t)
 {
     usec t0 = mono_us() + 10000u;
-    for (long i = 0; i < o->count; i++) {
-        usec due = t0 + (usec)i * 1000000u / (usec)o->rate;
-        ref_err e = wait_until(c, t, due);
-        st[i].due_us = due;
-        if (e == REF_OK)
+    long i = 0;
+    while (i < o->count) {
+        ref_err e = wait_until(c, t, due_of(o, t0, i));
+        for (long k = 0; e == REF_OK && k < o->burst && i < o->count &&
+                         due_of(o, t0, i) <= mono_us(); k++, i++) {
+            st[i].due_us = due_of(o, t0, i);
             e = send_one(c, o, narrative, &st[i]);
+        }
         if (e != REF_OK)
             return e;
     }
