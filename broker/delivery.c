@@ -158,7 +158,9 @@ store_err delivery_notify(const delivery_ctx *dc, MDB_txn *txn, const delivery_n
     store_err e = delivery_enqueue(dc, txn, &n, payload, plen, now_ms);
     free(payload);
     char nhex[IDS_HEX_LEN + 1], idhex[IDS_HEX_LEN + 1];
-    log_info("delivery", "notice queued notice=%s msg=%s to=%s via=%s kind=%d code=%d",
+    /* Per message, so debug (a DELIVERED notice for every referral); alerts
+     * and stand-downs log their own lines at warn. */
+    log_debug("delivery", "notice queued notice=%s msg=%s to=%s via=%s kind=%d code=%d",
              ids_hex(n.id, IDS_BYTES, nhex), ids_hex(spec->message_id, IDS_BYTES, idhex),
              spec->to, n.recipient, (int)spec->kind, (int)spec->code);
     return e;
@@ -431,7 +433,8 @@ store_err delivery_settle(const delivery_ctx *dc, MDB_txn *txn, const char *agen
         *detail = "unknown settle verb";
         return STORE_OK;
     }
-    log_info("delivery", "settled msg=%s recipient=%s verb=%s attempts=%u",
+    /* Per message, so debug: the trace keeps every settle (ACKNOWLEDGED). */
+    log_debug("delivery", "settled msg=%s recipient=%s verb=%s attempts=%u",
              ids_hex(m.id, IDS_BYTES, idhex), m.recipient, verb, m.attempts);
     return STORE_OK;
 }

@@ -129,20 +129,12 @@ static Referral__V1__ResultCode route_envelope(const broker *b,
  * content that dedup compares (hops are not content). */
 static bool content_digest(const Referral__V1__Envelope *env, uint8_t out[DIGEST_BYTES])
 {
-    size_t n = 4 + env->header.len + env->sealed_body.len;
-    uint8_t *buf = malloc(n);
-    if (buf == NULL)
-        return false;
     uint32_t hl = (uint32_t)env->header.len;
-    buf[0] = (uint8_t)(hl >> 24);
-    buf[1] = (uint8_t)(hl >> 16);
-    buf[2] = (uint8_t)(hl >> 8);
-    buf[3] = (uint8_t)hl;
-    memcpy(buf + 4, env->header.data, env->header.len);
-    memcpy(buf + 4 + env->header.len, env->sealed_body.data, env->sealed_body.len);
-    bool ok = digest_sha256(buf, n, out);
-    free(buf);
-    return ok;
+    uint8_t be[4] = {(uint8_t)(hl >> 24), (uint8_t)(hl >> 16), (uint8_t)(hl >> 8), (uint8_t)hl};
+    digest_part parts[] = {{be, sizeof be},
+                           {env->header.data, env->header.len},
+                           {env->sealed_body.data, env->sealed_body.len}};
+    return digest_sha256_parts(parts, 3, out);
 }
 
 static void reply(broker *b, const session *sess, const Referral__V1__Submit *submit,

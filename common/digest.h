@@ -13,4 +13,12 @@
 /* SHA-256 of len bytes at data into out. False only if OpenSSL fails. */
 bool digest_sha256(const void *data, size_t len, uint8_t out[DIGEST_BYTES]);
 
+/* SHA-256 of the n parts one after the other (as if joined, without
+ * copying them). False only if OpenSSL fails. */
+typedef struct {
+    const void *data;
+    size_t len;
+} digest_part;
+bool digest_sha256_parts(const digest_part *parts, size_t n, uint8_t out[DIGEST_BYTES]);
+
 #endif
