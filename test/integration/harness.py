@@ -15,11 +15,19 @@ Environment (set by meson):
   REFERRALD     path of the referrald binary under test
   REFERRALCTL   path of referralctl (keys and directory)
   PYTHONPATH    includes the directory with the generated referral_pb2.py
+Optional:
+  REFERRAL_WRAP words (shell quoting) put before every program of the build
+                (REFERRAL_BUILD_ROOT) that a test starts: referrald, the
+                tools, the C test agents; tools/valgrind.sh sets it to a
+                valgrind command line. Python and system programs run as
+                they are. Brokers are then stopped with SIGTERM at cleanup
+                (not kill -9), so the wrapper reports at their exit.
 """
 
 import atexit
 import os
 import secrets
+import shlex
 import shutil
 import signal
 import socket
@@ -50,6 +58,22 @@ AGENCIES = ["sh.12355.desk", "qd.youth-league", "qd.police", "qd.school", "qd.ho
 BUCKETS = [1024, 4096, 16384, 65536, 262144, 786432]
 
 _started = []          # Broker objects to stop at exit
+
+_WRAP = shlex.split(os.environ.get("REFERRAL_WRAP", ""))
+if _WRAP:
+    _BUILD_ROOT = os.path.realpath(os.environ.get("REFERRAL_BUILD_ROOT", "build")) + os.sep
+
+    class _WrappedPopen(subprocess.Popen):
+        """Popen (and so subprocess.run) with REFERRAL_WRAP before a
+        program of the build, wherever a test starts it."""
+
+        def __init__(self, args, *rest, **kw):
+            if (isinstance(args, (list, tuple)) and args and isinstance(args[0], str)
+                    and os.path.realpath(args[0]).startswith(_BUILD_ROOT)):
+                args = [*_WRAP, *args]
+            super().__init__(args, *rest, **kw)
+
+    subprocess.Popen = _WrappedPopen
 
 
 def _cleanup():
@@ -292,6 +316,8 @@ class Broker:
                 raise AssertionError("referrald sanitizer report:\n" + log[at - 200:at + 3000])
 
     def cleanup(self):
+        if _WRAP and self.proc is not None and self.proc.poll() is None:
+            self.stop(timeout_s=120)   # not kill -9: the wrapper reports leaks at exit
         self.kill()
         if os.environ.get("REFERRAL_KEEP_LOGS"):   # debugging aid: keep store and log
             print(f"kept {self.id} in {self.dir}", flush=True)
