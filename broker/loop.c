@@ -43,6 +43,7 @@
 #include "monitor.h"
 #include "metrics.h"
 #include "peer.h"
+#include "ref_version.h"
 #include "retention.h"
 #include "trace.h"
 #include "verify.h"
@@ -914,6 +915,11 @@ int loop_run(broker *b)
 {
     int rc = loop_open(b);
     bool is_done = rc != BROKER_EXIT_OK;
+    /* Only now: every socket (clients, peers, admin) is bound, and tools
+     * and tests that wait for this line may use any of them. */
+    if (!is_done)
+        log_info("main", "started broker=%s listen=%s store=%s version=%s", b->cfg.id,
+                 b->cfg.listen, b->cfg.data_dir, REF_VERSION);
     while (!is_done && !*b->stop) {
         int t = loop_turn(b);
         is_done = t >= 0;

@@ -115,11 +115,8 @@ int main(int argc, char **argv)
     b.reload = &reload_requested;
     if (rc == BROKER_EXIT_OK && !metrics_start(&b.cfg))
         rc = BROKER_EXIT_TRANSPORT;
-    if (rc == BROKER_EXIT_OK) {
-        log_info("main", "started broker=%s listen=%s store=%s version=%s", b.cfg.id,
-                 b.cfg.listen, b.cfg.data_dir, REF_VERSION);
-        rc = loop_run(&b);
-    }
+    if (rc == BROKER_EXIT_OK)
+        rc = loop_run(&b);   /* it says "started" once every socket is open */
     metrics_stop();
     broker_close(&b);
     log_info("main", "stopped broker=%s status=%d", b.cfg.id, rc);
