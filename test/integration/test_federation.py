@@ -80,7 +80,9 @@ class CutProxy:
     """A TCP forwarder on 127.0.0.1 that the test controls: one thread
     accepts, two threads per connection copy bytes each way. cut() drops
     every connection and refuses (accepts and closes at once) new ones until
-    heal(). Stops, and joins its threads, on close()."""
+    heal(). stall() holds every byte, connections open (a link that goes
+    silent), until unstall(); delay_s holds each chunk that long (a slow
+    link). Stops, and joins its threads, on close()."""
 
     def __init__(self, upstream_port):
         self.upstream = ("127.0.0.1", upstream_port)
@@ -94,6 +96,8 @@ class CutProxy:
         self.conns = []                  # open sockets, both sides
         self.is_cut = False
         self.is_closed = False
+        self.is_stalled = False
+        self.delay_s = 0.0
         self.dropped = 0                 # connections cut or refused
         self.threads = [threading.Thread(target=self._accept, daemon=True)]
         self.threads[0].start()
@@ -129,6 +133,10 @@ class CutProxy:
                 data = src.recv(65536)
                 if not data:
                     break
+                while self.is_stalled and not (self.is_cut or self.is_closed):
+                    time.sleep(0.01)      # held: the sender's buffers fill behind it
+                if self.delay_s:
+                    time.sleep(self.delay_s)
                 dst.sendall(data)
         except OSError:
             pass
@@ -160,6 +168,12 @@ class CutProxy:
     def heal(self):
         with self.lock:
             self.is_cut = False
+
+    def stall(self):
+        self.is_stalled = True
+
+    def unstall(self):
+        self.is_stalled = False
 
     def close(self):
         self.is_closed = True
@@ -485,6 +499,77 @@ def crash_loop_across_the_federation_with_escalation():
             assert not twice, f"{len(twice)} deadlines fired twice"
         finally:
             agent.cleanup()
+
+
+def stalled_then_slow_link_delivers_everything():
+    """The Shanghai-hub link, through a proxy the test controls, first goes
+    silent for 4 s (every byte held, connections open: longer than the
+    peer timeout and the stall time), then runs slow (each chunk held
+    50 ms) for 3 s, while the desk keeps referring cases to Qingdao
+    (issue 15, item 2). Shanghai's stall detector fires during the silence;
+    afterwards every referral Shanghai accepted reaches the league, once."""
+    t = trust()
+    ports = {b: h.free_port() for b in (SH, HUB, QD)}
+
+    def ep(b, port=None):
+        return f"tcp://127.0.0.1:{port or ports[b]}"
+
+    proxy = CutProxy(ports[HUB])
+    sh = h.Broker(SH, trust=t, **{"federation__peer_listen": ep(SH),
+                                  f"peers__{HUB}": ep(HUB, proxy.port),
+                                  "routes__default": HUB}, **FAST)
+    hub = h.Broker(HUB, trust=t, **{"federation__peer_listen": ep(HUB), f"peers__{SH}": ep(SH),
+                                    f"peers__{QD}": ep(QD)}, **FAST)
+    qd = h.Broker(QD, trust=t, **{"federation__peer_listen": ep(QD), f"peers__{HUB}": ep(HUB),
+                                  "routes__default": HUB}, **FAST)
+    brokers = (hub, qd, sh)
+    try:
+        for b in brokers:
+            b.start()
+        wait_log(sh, f"link connected peer={HUB}")
+        desk = h.Client(sh, DESK)
+        accepted = set()
+
+        def refer(seconds):
+            until = time.monotonic() + seconds
+            while time.monotonic() < until:
+                env = h.make_envelope(DESK, LEAGUE, trust=t, body_size=256)
+                if desk.submit(env).code == pb.RESULT_OK:
+                    accepted.add(h.header_of(env).message_id)
+                time.sleep(0.1)
+
+        refer(1.0)
+        proxy.stall()
+        try:
+            refer(4.0)                     # the silence under test
+        finally:
+            proxy.unstall()
+        proxy.delay_s = 0.05
+        refer(3.0)                         # the slow link under test
+        proxy.delay_s = 0.0
+        league = h.Client(qd, LEAGUE)
+        league.credit(1000)
+        got = {}
+        deadline = time.monotonic() + 60
+        while not accepted <= set(got) and time.monotonic() < deadline:
+            try:
+                d = league.recv_kind("delivery", timeout_s=1.0).delivery
+            except TimeoutError:
+                continue
+            league.settle(d.message_id, wait=False)
+            got[d.message_id] = got.get(d.message_id, 0) + 1
+        lost = accepted - set(got)
+        twice = [m for m, n in got.items() if n > 1]
+        print(f"accepted={len(accepted)} delivered={len(accepted & set(got))} lost={len(lost)} "
+              f"delivered_twice={len(twice)}", flush=True)
+        assert f"link stalled peer={HUB}" in sh.read_log(), "the stall detector never fired"
+        assert not lost, f"{len(lost)} accepted referrals lost"
+        assert not twice, f"{len(twice)} referrals delivered twice to a settling agency"
+    finally:
+        proxy.close()
+        for b in brokers:
+            b.cleanup()
+        t.cleanup()
 
 
 CUT_S = 6.0                      # how long the Shanghai-hub link is cut
@@ -816,4 +901,5 @@ if __name__ == "__main__":
            link_cut_heals_and_other_route_keeps_moving,
            peer_socket_admits_brokers_only,
            paused_hub_is_alerted_and_everything_arrives_after,
+           stalled_then_slow_link_delivers_everything,
            crash_loop_across_the_federation_with_escalation])

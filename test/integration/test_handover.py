@@ -321,6 +321,54 @@ def listener_idle_across_a_broker_restart_hears_the_next_referral():
             league.cleanup()
 
 
+def listener_and_sender_recover_after_the_broker_is_paused():
+    """The broker is stopped (SIGSTOP) for 4 s, four times session_idle_ms
+    and longer than the clients' heartbeat timeout, while a listener and a
+    sender on libreferral are connected (issue 15, item 2). After SIGCONT,
+    neither process restarted, the sender's next referral is ACCEPTED and
+    the listener receives it: both recovered their sessions by themselves."""
+    with h.Broker(limits__session_idle_ms=1000) as b:
+        league = h.Desk(b, LEAGUE)
+        desk_state = tempfile.mkdtemp(prefix="referral-agent-")
+        listener = league.popen("listen", "--count", "2", "--timeout-s", "90", "--json")
+        heard = Lines(listener)
+        sender = subprocess.Popen([AGENT, "send", LEAGUE], env=agent_env(b, DESK, desk_state),
+                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True)
+        said = Lines(sender)
+        try:
+            sender.stdin.write("before the pause\n")
+            sender.stdin.flush()
+            _, line = said.wait(lambda line: line.startswith("{"), 20)
+            first = json.loads(line)
+            assert first["code"] == 0, first
+            heard.wait(lambda line: first["message_id"] in line, 20)
+            b.proc.send_signal(signal.SIGSTOP)
+            try:
+                time.sleep(4.0)          # the pause under test, not synchronisation
+            finally:
+                b.proc.send_signal(signal.SIGCONT)
+            sender.stdin.write("after the pause\n")
+            sender.stdin.flush()
+            _, line = said.wait(lambda line: line.startswith("{")
+                                and json.loads(line)["message_id"] != first["message_id"], 40)
+            second = json.loads(line)
+            assert second["code"] == 0, second
+            heard.wait(lambda line: second["message_id"] in line, 40)
+            listener.wait(timeout=20)
+            assert listener.returncode == 0, listener.stderr.read()
+            assert sender.poll() is None   # the same process throughout
+        finally:
+            stop_process(listener)
+            try:
+                sender.stdin.close()
+            except BrokenPipeError:
+                pass
+            stop_process(sender)
+            league.cleanup()
+            shutil.rmtree(desk_state, ignore_errors=True)
+
+
 
 def every_async_referral_reports_its_outcome():
     """50 referrals sent with ref_send_async, pipelined: the outcome callback
@@ -358,4 +406,5 @@ if __name__ == "__main__":
            idle_listener_receives_a_crisis_within_a_second,
            listener_and_sender_carry_on_across_a_broker_restart,
            listener_idle_across_a_broker_restart_hears_the_next_referral,
+           listener_and_sender_recover_after_the_broker_is_paused,
            every_async_referral_reports_its_outcome])
