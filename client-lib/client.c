@@ -166,6 +166,8 @@ ref_err submit_bytes(ref_client *c, const uint8_t *env_bytes, size_t len)
     f.submit = &s;
     ref_err e = send_frame(c, &f);
     wire_free(env);
+    if (e == REF_OK)
+        c->n_unanswered++;
     return e;
 }
 
@@ -236,6 +238,7 @@ static void on_welcome(ref_client *c, const Referral__V1__Welcome *w)
     c->sessions_opened++;
     c->n_retry = 0;
     grant_session_credit(c);
+    c->n_unanswered = 0;   /* answers to the old connection's submits are gone with it */
     size_t n = state_outbox_count(c->st);
     say(c, c->sessions_opened > 1 ? REF_LOG_INFO : REF_LOG_DEBUG,
         "session open broker=%s sessions=%u outbox=%zu ping_ms=%u", w->broker_id,

@@ -99,6 +99,12 @@ struct ref_client {
         state_sent sent;
     } *pending;                     /* MAX_PENDING_SENDS, made at the first send */
     size_t n_pending;
+    /* Submits on the wire and not answered yet, in this session (a guide
+     * for batching, not a ledger: the outbox is that). While it is 0, a
+     * ref_send_async() referral leaves at once, as nothing else would wake
+     * the application to pump; while answers are awaited it waits for the
+     * pump they cause, with the referrals queued after it. */
+    size_t n_unanswered;
     /* the session */
     session_state session;
     unsigned handshakes;            /* successful CURVE handshakes seen by the monitor */

@@ -242,17 +242,19 @@ REF_API ref_err ref_send(ref_client *client, const ref_referral *referral,
                          char *message_id_hex, char *referral_id_hex);
 
 /*
- * As ref_send() but returns at once, with the ids, once the referral is
- * sealed, signed and queued in the library (at most 256 queued; the 257th
- * commits the queue first). The next call that pumps (ref_pump(),
- * ref_receive(), ref_send(), ref_acknowledge(), ref_status()) or
+ * As ref_send() but does not wait for the broker's answer. When no earlier
+ * submission awaits an answer, the referral is written to the outbox and
+ * put on the wire before the call returns, as with ref_send(). In a burst
+ * (answers awaited) it is sealed, signed and queued in the library (at
+ * most 256; the 257th commits the queue first), and the next call that
+ * pumps (ref_pump(), ref_receive(), ref_send(), ref_acknowledge(),
+ * ref_status(); the awaited answers make ref_client_fd() readable) or
  * ref_client_destroy() writes every queued referral to the outbox in one
- * commit (one fsync for the burst) and only then puts them on the wire;
- * from there they survive a crash as with ref_send(). Until that pump a
- * queued referral lives only in this process: call ref_pump() when you
- * need the burst on disk now. The broker's answer, ACCEPTED or a refusal,
- * comes through ref_client_set_outcome_fn(); show the referral as pending
- * until then.
+ * commit (one fsync for the burst), then puts them on the wire. A queued
+ * referral lives only in this process until that pump: call ref_pump()
+ * after a burst when it must be on disk now. The broker's answer, ACCEPTED
+ * or a refusal, comes through ref_client_set_outcome_fn(); show the
+ * referral as pending until then.
  */
 REF_API ref_err ref_send_async(ref_client *client, const ref_referral *referral,
                                char *message_id_hex, char *referral_id_hex);

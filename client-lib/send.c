@@ -99,6 +99,8 @@ void on_submit_reply(ref_client *c, batch *b, const Referral__V1__SubmitReply *r
     bool is_transient = r->code == R(STORE_FULL) || r->code == R(BUSY) ||
                         r->code == R(SHUTTING_DOWN) || r->code == R(INTERNAL);
     bool has_id = r->message_id.len == 16;
+    if (c->n_unanswered > 0)
+        c->n_unanswered--;
     if (r->code != R(OK))
         set_detail(c, r->detail);
     if (has_id && !is_transient) {
@@ -182,15 +184,23 @@ static void unqueue_send(ref_client *c, const uint8_t id[16])
 }
 
 /* Hand env (owned from here on) over: without wait, it is queued and the
- * next pump commits it with everything else then submits it; with wait,
- * the queue is committed and submitted now and the broker's answer
- * awaited. */
+ * next pump commits it with everything else then submits it, or, when no
+ * submit awaits an answer, committed and submitted now; with wait, the
+ * queue is committed and submitted now and the broker's answer awaited. */
 static ref_err hand_over(ref_client *c, uint8_t *env, size_t len, const uint8_t id[16],
                          const state_sent *sent, bool wait)
 {
     ref_err e = queue_send(c, env, len, id, sent);
-    if (e != REF_OK || !wait)
+    if (e != REF_OK)
         return e;
+    if (!wait && c->n_unanswered > 0)
+        return REF_OK;   /* the answers awaited will wake the pump that sends it */
+    if (!wait) {         /* nothing else would wake the pump: now */
+        e = flush_sends(c);
+        if (e != REF_OK)
+            unqueue_send(c, id);   /* the caller hears it failed: never sent later */
+        return e;
+    }
     e = flush_sends(c);
     if (e != REF_OK) {
         unqueue_send(c, id);   /* the caller hears it failed: never sent later */

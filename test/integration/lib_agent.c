@@ -22,6 +22,11 @@
  *       {"result": "...", "message_id": "..."}; between lines it keeps
  *       pumping so that the session stays alive.
  *
+ *   lib_agent send-and-idle TO SECONDS
+ *       Send one crisis referral to TO with ref_send_async(), print its id
+ *       as a JSON line {"message_id": "..."}, then make no library call for
+ *       SECONDS (an application busy elsewhere), then exit.
+ *
  *   lib_agent send-async TO N
  *       Send N crisis referrals to TO with ref_send_async() (pipelined, no
  *       wait), then pump until every one's outcome came through the outcome
@@ -38,6 +43,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "referral.h"
@@ -199,8 +205,29 @@ static int run_send_async(const char *to, long n)
     return (long)o.n == n ? 0 : 1;
 }
 
+static int run_send_and_idle(const char *to, long seconds)
+{
+    ref_client *c = connect_from_env();
+    if (c == NULL)
+        return 1;
+    ref_referral r = {.to_agency = to, .urgency = REF_URGENCY_CRISIS,
+                      .category = REF_CATEGORY_PSYCHOLOGICAL_SUPPORT,
+                      .narrative = "sent by an application that then does other work"};
+    char mid[REF_ID_HEX_LEN + 1] = "";
+    ref_err e = ref_send_async(c, &r, mid, NULL);
+    printf("{\"result\": \"%s\", \"code\": %d, \"message_id\": \"%s\"}\n", ref_strerror(e),
+           (int)e, mid);
+    fflush(stdout);
+    struct timespec ts = {.tv_sec = seconds, .tv_nsec = 0};
+    nanosleep(&ts, NULL);   /* no pump: what was sent must already be on its way */
+    ref_client_destroy(&c);
+    return e == REF_OK ? 0 : 1;
+}
+
 int main(int argc, char **argv)
 {
+    if (argc == 4 && strcmp(argv[1], "send-and-idle") == 0)
+        return run_send_and_idle(argv[2], strtol(argv[3], NULL, 10));
     if (argc == 4 && strcmp(argv[1], "send-async") == 0)
         return run_send_async(argv[2], strtol(argv[3], NULL, 10));
     if (argc == 6 && strcmp(argv[1], "receive") == 0)
@@ -209,6 +236,6 @@ int main(int argc, char **argv)
     if (argc == 3 && strcmp(argv[1], "send") == 0)
         return run_send(argv[2]);
     fprintf(stderr, "usage: lib_agent receive OUT STEP N IDLE_MS | lib_agent send TO | "
-            "lib_agent send-async TO N\n");
+            "lib_agent send-async TO N | lib_agent send-and-idle TO SECONDS\n");
     return 2;
 }

@@ -399,6 +399,35 @@ def every_async_referral_reports_its_outcome():
         finally:
             shutil.rmtree(state, ignore_errors=True)
 
+def a_lone_async_referral_leaves_without_a_pump():
+    """An application sends one crisis referral with ref_send_async() and
+    then makes no library call for 10 s (busy elsewhere). Nothing else was
+    awaiting an answer, so the library wrote it to the outbox and sent it
+    before returning: the agency has it within 2 s, long before the
+    application would have pumped again."""
+    with h.Broker() as b:
+        state = tempfile.mkdtemp(prefix="referral-async-")
+        p = subprocess.Popen([AGENT, "send-and-idle", LEAGUE, "10"],
+                             env=agent_env(b, DESK, state), stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+        try:
+            sent = json.loads(p.stdout.readline())
+            assert sent["code"] == 0, sent
+            sent_at = time.monotonic()
+            league = h.Client(b, LEAGUE)
+            league.credit(5)
+            d = league.recv_kind("delivery", timeout_s=2.0).delivery
+            waited = time.monotonic() - sent_at
+            assert d.message_id.hex() == sent["message_id"]
+            assert p.poll() is None, "the application stopped idling: the test proves nothing"
+            print(f"delivered {1000 * waited:.0f} ms after ref_send_async returned, "
+                  "with no pump since", flush=True)
+            league.close()
+        finally:
+            stop_process(p)
+            shutil.rmtree(state, ignore_errors=True)
+
+
 if __name__ == "__main__":
     h.run([every_accepted_referral_reaches_the_application_across_kills,
            confirmed_delivery_is_never_handed_again,
@@ -407,4 +436,5 @@ if __name__ == "__main__":
            listener_and_sender_carry_on_across_a_broker_restart,
            listener_idle_across_a_broker_restart_hears_the_next_referral,
            listener_and_sender_recover_after_the_broker_is_paused,
-           every_async_referral_reports_its_outcome])
+           every_async_referral_reports_its_outcome,
+           a_lone_async_referral_leaves_without_a_pump])
