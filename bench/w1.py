@@ -318,31 +318,47 @@ def one_load_run(t, b, work, send_args, count, tag):
     }
 
 
-def w1_run(t, count, window, run, depth=0):
-    """A W1 run on a fresh broker, with depth referrals queued first for
-    IDLE (growth)."""
+def print_w1(r):
+    depth = f" depth={r['depth']}" if r["depth"] else ""
+    print(f"run={r['run']}{depth} handed={r['handed']}/{r['sent']} "
+          f"throughput={r['throughput']:.0f}/s broker_cpu={r['broker_cpu_us']:.0f}us/ref "
+          f"client_cpu={r['client_cpu_us']:.0f}us/ref (sender {r['sender_cpu_us']:.0f}, "
+          f"receiver {r['receiver_cpu_us']:.0f}) commits={r['commits']} "
+          f"({r['refs_per_commit']:.2f} ref/commit, mean {r['commit_mean_ms']:.2f} ms) "
+          f"disk_flushes/ref={r['disk_flushes_per_ref']:.1f} "
+          f"receipts/ref={r['receipts_per_ref']:.2f} notices/ref={r['notices_per_ref']:.2f} "
+          f"load1={r['load1_before']:.2f}->{r['load1']:.2f} "
+          f"fsync_p50={r['fsync_p50_ms']:.2f}ms", flush=True)
+
+
+def w1_rounds(t, count, window, run, depth=0, rounds=1):
+    """rounds W1 runs on one fresh broker, with depth referrals queued
+    first for IDLE (growth: filled once, measured several times)."""
     work = tempfile.mkdtemp(prefix="referral-w1-")
     b = None
     try:
         b = start_broker(t, work)
         fill_s = fill(t, b, work, IDLE, depth, FILLERS, "fill")
-        r = one_load_run(t, b, work, ["--count", str(count), "--window", str(window)],
-                         count, f"run{run}")
-        r.update(run=run, depth=depth, fill_s=round(fill_s, 1))
-        print(f"run={run}{f' depth={depth}' if depth else ''} handed={r['handed']}/{r['sent']} "
-              f"throughput={r['throughput']:.0f}/s broker_cpu={r['broker_cpu_us']:.0f}us/ref "
-              f"client_cpu={r['client_cpu_us']:.0f}us/ref (sender {r['sender_cpu_us']:.0f}, "
-              f"receiver {r['receiver_cpu_us']:.0f}) commits={r['commits']} "
-              f"({r['refs_per_commit']:.2f} ref/commit, mean {r['commit_mean_ms']:.2f} ms) "
-              f"disk_flushes/ref={r['disk_flushes_per_ref']:.1f} "
-              f"receipts/ref={r['receipts_per_ref']:.2f} notices/ref={r['notices_per_ref']:.2f} "
-              f"load1={r['load1_before']:.2f}->{r['load1']:.2f} "
-              f"fsync_p50={r['fsync_p50_ms']:.2f}ms", flush=True)
-        return r
+        rs = []
+        for k in range(rounds):
+            label = f"run{run}" if rounds == 1 else f"run{run}-{k + 1}"
+            r = one_load_run(t, b, work, ["--count", str(count), "--window", str(window)],
+                             count, label)
+            r.update(run=run if rounds == 1 else f"{run}.{k + 1}", depth=depth,
+                     fill_s=round(fill_s, 1))
+            print_w1(r)
+            rs.append(r)
+        return rs
     finally:
         if b is not None:
             b.cleanup()
         shutil.rmtree(work, ignore_errors=True)
+
+
+def w1_run(t, count, window, run, depth=0):
+    """A W1 run on a fresh broker, with depth referrals queued first for
+    IDLE (growth)."""
+    return w1_rounds(t, count, window, run, depth)[0]
 
 
 def w2_run(t, rate, seconds, run):
@@ -666,14 +682,23 @@ def mode_w2(t, a, runs):
         "send_rate", "throughput", "p50_ms", "p99_ms", "max_ms", "due_p99_ms", "load1"))}, rs
 
 
-def mode_growth(t, a, count):
+def mode_growth(t, a, count, runs):
+    """Per depth, one broker filled once and runs W1 rounds on it; the
+    medians are compared (one run per depth cannot tell growth from noise:
+    W1's own run-to-run spread is wider than 10% on this machine)."""
     depths = [int(x) for x in a.depths.split(",")]
-    rs = [w1_run(t, count, a.window, i + 1, depth=d) for i, d in enumerate(depths)]
-    rates = [r["throughput"] for r in rs]
-    print("growth: W1 " + ", ".join(f"{r['throughput']:.0f}/s with {r['depth']} queued"
-                                    for r in rs)
-          + f"; max/min {max(rates) / min(rates):.2f}", flush=True)
-    return {"runs": rs, "max_over_min": max(rates) / min(rates)}, rs
+    rs, medians = [], []
+    for i, d in enumerate(depths):
+        got = w1_rounds(t, count, a.window, i + 1, depth=d, rounds=runs)
+        rs += got
+        rates = [r["throughput"] for r in got]
+        medians.append((d, statistics.median(rates), min(rates), max(rates)))
+    mids = [m for _, m, _, _ in medians]
+    print("growth: W1 median " + ", ".join(f"{m:.0f}/s ({lo:.0f}-{hi:.0f}) with {d} queued"
+                                           for d, m, lo, hi in medians)
+          + f"; max/min of the medians {max(mids) / min(mids):.2f} ({runs} runs per depth)",
+          flush=True)
+    return {"runs": rs, "medians": medians, "max_over_min": max(mids) / min(mids)}, rs
 
 
 def main():
@@ -683,7 +708,7 @@ def main():
     ap.add_argument("mode", nargs="?", default="w1", choices=("w1", "bare", "w2", "w5", "growth"))
     ap.add_argument("--count", type=int, help="referrals (w1, bare, growth: 20000; w5: 1000000)")
     ap.add_argument("--window", type=int, default=256, help="w1, bare, growth: window")
-    ap.add_argument("--runs", type=int, help="runs (w1, w2: 3; bare: 1)")
+    ap.add_argument("--runs", type=int, help="runs (w1, w2: 3; bare: 1; growth: 3 per depth)")
     ap.add_argument("--rate", type=int, default=1000, help="w2: referrals per second")
     ap.add_argument("--seconds", type=int, default=10, help="w2: seconds of load")
     ap.add_argument("--drain-seconds", type=int, default=10, help="w5: seconds of draining")
@@ -703,7 +728,7 @@ def main():
         elif a.mode == "w5":
             more = {"w5": w5(t, count, a.drain_seconds)}
         else:
-            more, rs = mode_growth(t, a, count)
+            more, rs = mode_growth(t, a, count, a.runs or 3)
         result.update(more)
         print(json.dumps(result))
         sys.exit(1 if any(r["handed"] != r["sent"] for r in rs) else 0)
