@@ -324,6 +324,8 @@ static void on_frame(ref_client *c, batch *b, const Referral__V1__BrokerFrame *f
             break;
         }
         set_detail(c, f->error->detail);
+        if (f->error->request_id != 0 && c->n_unanswered > 0)
+            c->n_unanswered--;   /* an answer too (a submit the broker could not read) */
         say(c, REF_LOG_WARN, "broker error code=%s detail=%s",
             enum_name(&referral__v1__result_code__descriptor, (int)f->error->code),
             f->error->detail);

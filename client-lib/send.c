@@ -195,17 +195,13 @@ static ref_err hand_over(ref_client *c, uint8_t *env, size_t len, const uint8_t 
         return e;
     if (!wait && c->n_unanswered > 0)
         return REF_OK;   /* the answers awaited will wake the pump that sends it */
-    if (!wait) {         /* nothing else would wake the pump: now */
-        e = flush_sends(c);
-        if (e != REF_OK)
-            unqueue_send(c, id);   /* the caller hears it failed: never sent later */
-        return e;
-    }
-    e = flush_sends(c);
+    e = flush_sends(c);  /* now: the caller waits, or nothing else would wake the pump */
     if (e != REF_OK) {
         unqueue_send(c, id);   /* the caller hears it failed: never sent later */
         return e;
     }
+    if (!wait)
+        return REF_OK;
     memcpy(c->awaited_id, id, 16);
     c->is_awaiting = true;
     c->has_answer = false;
