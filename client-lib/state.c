@@ -532,20 +532,6 @@ int state_copy_ref_put(state_txn *t, const uint8_t id[16], const state_copy_ref 
     return put(t, t->s->copies, id, buf, sizeof buf);
 }
 
-int state_outbox_put1(state *s, const uint8_t id[16], const uint8_t *env, size_t len)
-{
-    state_txn *t;
-    int e = state_begin(s, &t);
-    if (e != REF_OK)
-        return e;
-    e = state_outbox_put(t, id, env, len);
-    if (e != REF_OK) {
-        state_abort(&t);
-        return e;
-    }
-    return state_commit(&t);
-}
-
 /* ---- reads ---------------------------------------------------------------- */
 
 typedef void (*raw_fn)(const uint8_t id[16], const MDB_val *v, void *ctx);

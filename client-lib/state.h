@@ -119,9 +119,6 @@ int state_sent_put(state_txn *txn, const uint8_t id[16], const state_sent *sent)
  * copy of the same message replaces the earlier one. */
 int state_copy_ref_put(state_txn *txn, const uint8_t id[16], const state_copy_ref *ref);
 
-/* Each of these commits one write on its own (for the rare single write). */
-int state_outbox_put1(state *s, const uint8_t id[16], const uint8_t *env, size_t len);
-
 /* Call fn for each outbox entry, in id order (data borrowed during the
  * call). */
 typedef void (*state_outbox_fn)(const uint8_t id[16], const uint8_t *env, size_t len, void *ctx);

@@ -654,6 +654,31 @@ def header_of(envelope):
     return h
 
 
+class Preload:
+    """A fault shim (test/fault/) preloaded, with its settings, into every
+    process started inside `with`: the environment is set on entry and put
+    back on exit. The shim comes ahead of the ASan runtime in the preload
+    order, hence verify_asan_link_order=0."""
+
+    def __init__(self, shim, **settings):
+        self.env = dict(settings, LD_PRELOAD=shim, ASAN_OPTIONS=":".join(
+            x for x in (os.environ.get("ASAN_OPTIONS", ""), "verify_asan_link_order=0") if x))
+        self.saved = {}
+
+    def __enter__(self):
+        for k, v in self.env.items():
+            self.saved[k] = os.environ.get(k)
+            os.environ[k] = v
+        return self
+
+    def __exit__(self, *exc):
+        for k, v in self.saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
 def run(tests):
     """Run test functions in order; print one line each; exit 1 on failure.
     With arguments, run only the tests of those names (meson registers each

@@ -428,6 +428,58 @@ def a_lone_async_referral_leaves_without_a_pump():
             shutil.rmtree(state, ignore_errors=True)
 
 
+def async_burst_killed_midway_keeps_what_it_reported():
+    """A desk sends 300 referrals with ref_send_async() and is killed with
+    kill -9 at a random moment of the burst, three times over on one state
+    directory; the next start sends again what its outbox still holds.
+    Every referral the outcome callback reported ACCEPTED reaches the
+    agency, once, and nothing reaches it that the desk never made."""
+    rng = random.Random(1437)
+    with h.Broker() as b:
+        state = tempfile.mkdtemp(prefix="referral-async-")
+        reported = set()
+        try:
+            for _ in range(3):
+                p = subprocess.Popen([AGENT, "send-async", LEAGUE, "300"],
+                                     env=agent_env(b, DESK, state), stdout=subprocess.PIPE,
+                                     stderr=subprocess.DEVNULL, text=True)
+                stop_after = rng.randint(1, 120)
+                for line in p.stdout:
+                    out = json.loads(line)
+                    if out["code"] == 0:
+                        reported.add(out["message_id"])
+                    stop_after -= 1
+                    if stop_after == 0:
+                        break
+                p.kill()                                 # mid-burst
+                p.wait(timeout=10)
+                p.stdout.close()
+            # A last start sends what the outbox still holds (its outcomes
+            # come too, so more than the one it asks for: exit 1 is fine).
+            r = subprocess.run([AGENT, "send-async", LEAGUE, "1"], env=agent_env(b, DESK, state),
+                               capture_output=True, text=True, timeout=60)
+            assert r.returncode in (0, 1) and "lib_agent:" not in r.stderr, r.stderr
+            league = h.Client(b, LEAGUE)
+            league.credit(1000)
+            got = {}
+            deadline = time.monotonic() + 30
+            while not reported <= set(got) and time.monotonic() < deadline:
+                try:
+                    d = league.recv_kind("delivery", timeout_s=1.0).delivery
+                except TimeoutError:
+                    continue
+                league.settle(d.message_id, wait=False)
+                mid = d.message_id.hex()
+                got[mid] = got.get(mid, 0) + 1
+            lost = reported - set(got)
+            print(f"reported_accepted={len(reported)} delivered={len(got)} lost={len(lost)}",
+                  flush=True)
+            assert reported and not lost, f"{len(lost)} reported ACCEPTED never arrived"
+            assert all(n == 1 for n in got.values()), "a referral was delivered twice"
+        finally:
+            shutil.rmtree(state, ignore_errors=True)
+
+
 if __name__ == "__main__":
     h.run([every_accepted_referral_reaches_the_application_across_kills,
            confirmed_delivery_is_never_handed_again,
@@ -437,4 +489,5 @@ if __name__ == "__main__":
            listener_idle_across_a_broker_restart_hears_the_next_referral,
            listener_and_sender_recover_after_the_broker_is_paused,
            every_async_referral_reports_its_outcome,
-           a_lone_async_referral_leaves_without_a_pump])
+           a_lone_async_referral_leaves_without_a_pump,
+           async_burst_killed_midway_keeps_what_it_reported])

@@ -25,7 +25,7 @@ SHIM = os.environ.get("REFERRAL_POWERLOSS", "")
 CYCLES = int(os.environ.get("REFERRAL_POWERLOSS_CYCLES", "20"))
 
 
-class PowerLoss:
+class PowerLoss(h.Preload):
     """The shim preloaded into brokers started inside `with`."""
 
     def __init__(self, broker):
@@ -36,25 +36,7 @@ class PowerLoss:
         os.makedirs(store, exist_ok=True)
         self.file = os.path.join(os.path.realpath(store), "data.mdb")
         self.shadow = os.path.join(broker.dir, "data.mdb.synced")
-        self.env = {
-            "LD_PRELOAD": SHIM, "POWERLOSS_FILE": self.file, "POWERLOSS_SHADOW": self.shadow,
-            "ASAN_OPTIONS": ":".join(x for x in (os.environ.get("ASAN_OPTIONS", ""),
-                                                 "verify_asan_link_order=0") if x),
-        }
-        self.saved = {}
-
-    def __enter__(self):
-        for k, v in self.env.items():
-            self.saved[k] = os.environ.get(k)
-            os.environ[k] = v
-        return self
-
-    def __exit__(self, *exc):
-        for k, v in self.saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+        super().__init__(SHIM, POWERLOSS_FILE=self.file, POWERLOSS_SHADOW=self.shadow)
 
     def cut(self, copy=None):
         """After kill -9: the file as of its last sync (or of copy)."""

@@ -252,7 +252,7 @@ def burst_cannot_overshoot_the_disk_guard():
 FAILIO = os.environ.get("REFERRAL_FAILIO", "")
 
 
-class FailingDisk:
+class FailingDisk(h.Preload):
     """Preload failio into the brokers started inside `with`; fail() and
     heal() create and remove the trigger."""
 
@@ -261,30 +261,10 @@ class FailingDisk:
             print(f"skipped: the failio shim is not built ({FAILIO!r})", flush=True)
             sys.exit(77)
         self.trigger = os.path.join(broker.dir, "fail-now")
-        self.env = {
-            "LD_PRELOAD": FAILIO,
-            "FAILIO_FILE": os.path.realpath(os.path.join(broker.dir, "store", "data.mdb")),
-            "FAILIO_TRIGGER": self.trigger,
-            "FAILIO_ERRNO": errno_name,
-            "FAILIO_CALLS": calls or "",
-            # The shim comes ahead of the ASan runtime in the preload order.
-            "ASAN_OPTIONS": ":".join(x for x in (os.environ.get("ASAN_OPTIONS", ""),
-                                                 "verify_asan_link_order=0") if x),
-        }
-        self.saved = {}
-
-    def __enter__(self):
-        for k, v in self.env.items():
-            self.saved[k] = os.environ.get(k)
-            os.environ[k] = v
-        return self
-
-    def __exit__(self, *exc):
-        for k, v in self.saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+        super().__init__(
+            FAILIO,
+            FAILIO_FILE=os.path.realpath(os.path.join(broker.dir, "store", "data.mdb")),
+            FAILIO_TRIGGER=self.trigger, FAILIO_ERRNO=errno_name, FAILIO_CALLS=calls or "")
 
     def fail(self):
         open(self.trigger, "w").close()
