@@ -301,6 +301,9 @@ def one_load_run(t, b, work, send_args, count, tag):
     n = len(lat)
     return {
         "sent": len(sent), "accepted": s_sum.get("accepted", 0), "handed": n,
+        # Referrals the receiver was handed that this run's sender did not
+        # send (a previous run's, handed again to a fresh receiver state).
+        "foreign": len(handed) - n,
         "throughput": n / ((last - first) / 1e6),
         "send_rate": (len(sent) - 1) / max(1e-6, (last_call - first) / 1e6),
         "broker_cpu_us": d["cpu"] * 1e6 / n,
@@ -320,7 +323,8 @@ def one_load_run(t, b, work, send_args, count, tag):
 
 def print_w1(r):
     depth = f" depth={r['depth']}" if r["depth"] else ""
-    print(f"run={r['run']}{depth} handed={r['handed']}/{r['sent']} "
+    foreign = f" foreign={r['foreign']}" if r["foreign"] else ""
+    print(f"run={r['run']}{depth} handed={r['handed']}/{r['sent']}{foreign} "
           f"throughput={r['throughput']:.0f}/s broker_cpu={r['broker_cpu_us']:.0f}us/ref "
           f"client_cpu={r['client_cpu_us']:.0f}us/ref (sender {r['sender_cpu_us']:.0f}, "
           f"receiver {r['receiver_cpu_us']:.0f}) commits={r['commits']} "

@@ -57,6 +57,7 @@ typedef struct broker_s {
     } *sent;
     size_t n_sent, cap_sent;
     void *monitor;                /* the ROUTER's socket monitor: disconnects end sessions */
+    size_t n_gone;                /* sessions whose connection closed, not yet ended (at most) */
     struct verifier *verifier;    /* signature checks on worker threads (verify.h) */
     struct held_frames *held;     /* frames in arrival order, some awaiting checks (loop.c) */
     struct peer_set *peers;       /* links to peer brokers (peer.h); empty without federation */

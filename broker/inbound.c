@@ -20,6 +20,7 @@ struct held_frames {
     size_t count;
     size_t n_to_check;      /* frames in HELD_TO_CHECK */
     bool is_unread;         /* the last read of the client socket stopped before it was empty */
+    uint64_t n_drains;      /* reads of the client socket that found it empty */
     uint64_t next_seq;
 };
 
@@ -111,8 +112,11 @@ size_t inbound_read(held_frames *ib, void *router, bool is_peer, size_t max,
     while (n < max && ib->count < ib->cap) {
         held *h = at(ib, ib->count);
         memset(h, 0, sizeof *h);
-        if (!receive(h, router))
+        if (!receive(h, router)) {
+            if (!is_peer)
+                ib->n_drains++;
             return n;
+        }
         h->seq = ib->next_seq++;
         h->state = HELD_READY;
         h->fd = -1;
@@ -207,6 +211,11 @@ void inbound_pop(held_frames *ib)
 size_t inbound_count(const held_frames *ib)
 {
     return ib->count;
+}
+
+uint64_t inbound_drains(const held_frames *ib)
+{
+    return ib->n_drains;
 }
 
 bool inbound_may_hold(const held_frames *ib, const uint8_t *rid, size_t rid_len)

@@ -92,4 +92,11 @@ size_t inbound_count(const held_frames *ib);
  * socket (the last read stopped before the socket was empty)? */
 bool inbound_may_hold(const held_frames *ib, const uint8_t *rid, size_t rid_len);
 
+/* How many reads of the client socket have ended because it was empty.
+ * A connection's frames that arrived before the monitor reported it
+ * closed are all read once this count has grown past its value at that
+ * report: the close is reported after them, but they may still sit in the
+ * socket when the report is read. */
+uint64_t inbound_drains(const held_frames *ib);
+
 #endif

@@ -599,6 +599,17 @@ void loop_return_later(broker *b, const uint8_t id[IDS_BYTES])
 
 /* ---- the client link's view of its frames (link.h, link_ops) ---------- */
 
+/* s's connection closed: no more deliveries to it; it ends once every
+ * frame it sent before is read and handled (end_gone_sessions). */
+static void mark_gone(broker *b, session *s)
+{
+    s->is_gone = true;
+    s->credit = 0;
+    s->gone_drain = inbound_drains(b->held);
+    b->n_gone++;
+    b->is_busy = true;   /* the next turn reads the socket to its end */
+}
+
 /* A delivery goes only to the session it was taken for, while it is open. */
 static bool client_frame_is_wanted(void *ctx, const link_frame *f)
 {
@@ -632,9 +643,7 @@ static void client_gone(void *ctx, const uint8_t *rid, size_t rid_len, const cha
         return;
     log_info("session", "connection gone agency=%s serial=%llu why=%s", s->agency,
              (unsigned long long)s->serial, why);
-    s->is_gone = true;
-    s->credit = 0;
-    b->is_busy = true;
+    mark_gone(b, s);
 }
 
 static const link_ops client_link_ops = {
@@ -690,24 +699,36 @@ static void read_disconnects(broker *b)
     while (monitor_next(b->monitor, &event, &fd)) {
         session *s = event == ZMQ_EVENT_DISCONNECTED ? session_find_fd(&b->sessions, (int)fd)
                                                      : NULL;
-        if (s != NULL && !s->is_gone) {
-            s->is_gone = true;   /* no more deliveries; ended by end_gone_sessions() */
-            s->credit = 0;
-        }
+        if (s != NULL && !s->is_gone)
+            mark_gone(b, s);
     }
 }
 
 /* End the sessions whose connection closed, once every frame they sent
  * before has been handled: a Submit or Settle that arrived just before the
  * close still counts (its answer has nowhere to go; the client's outbox
- * sends it again and hears it is a duplicate). */
+ * sends it again and hears it is a duplicate), and the settles a client
+ * sent just before it closed make their deliveries DELIVERED instead of
+ * returning them to the queue. Those frames may still be unread when the
+ * close is reported, so a session ends only after a later read found the
+ * socket empty (inbound_drains) and none of them is held. */
 static void end_gone_sessions(broker *b)
 {
+    if (b->n_gone == 0)
+        return;
+    uint64_t drains = inbound_drains(b->held);
+    b->n_gone = 0;   /* counted again: other paths end gone sessions too */
     for (size_t i = 0; i < b->sessions.cap; i++) {
         session *s = &b->sessions.items[i];
-        if (s->is_used && s->is_gone && !inbound_may_hold(b->held, s->rid, s->rid_len))
+        if (!s->is_used || !s->is_gone)
+            continue;
+        if (drains > s->gone_drain && !inbound_may_hold(b->held, s->rid, s->rid_len))
             end_session(b, s, "disconnected", true);
+        else
+            b->n_gone++;
     }
+    if (b->n_gone > 0)
+        b->is_busy = true;
 }
 
 /* Remove what retention no longer keeps (retention.h): at most
@@ -778,7 +799,7 @@ int loop_turn(broker *b)
     }
     if (items[1].revents & ZMQ_POLLIN)
         zap_handle(b->zap, b->dir);
-    read_inbound(b, (items[0].revents & ZMQ_POLLIN) != 0,
+    read_inbound(b, (items[0].revents & ZMQ_POLLIN) != 0 || b->n_gone > 0,
                  peer_socket != NULL && (items[4].revents & ZMQ_POLLIN) != 0);
     if (items[admin_item].revents & ZMQ_POLLIN)
         admin_read(b);

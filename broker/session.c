@@ -69,7 +69,7 @@ session *session_find(session_table *t, const uint8_t *rid, size_t rid_len)
 session *session_find_fd(session_table *t, int fd)
 {
     for (size_t i = 0; fd >= 0 && i < t->cap; i++)
-        if (t->items[i].is_used && t->items[i].fd == fd)
+        if (t->items[i].is_used && !t->items[i].is_gone && t->items[i].fd == fd)
             return &t->items[i];
     return NULL;
 }

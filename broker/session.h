@@ -61,6 +61,7 @@ typedef struct {
     uint64_t last_seen_ms;            /* monotonic */
     bool is_gone;                     /* its connection closed: no more deliveries; it ends
                                          once the frames it sent before are handled */
+    uint64_t gone_drain;              /* inbound_drains() when is_gone was set */
     session_flight *flights;          /* owned ring of max_flights, allocated on first use */
     size_t n_flights, head_flight;
 } session;
@@ -94,7 +95,8 @@ bool session_is_broker_rid(const uint8_t *rid, size_t rid_len);
 /* The session of routing id rid, or NULL. */
 session *session_find(session_table *t, const uint8_t *rid, size_t rid_len);
 
-/* The session of connection socket fd (fd >= 0), or NULL. */
+/* The open session of connection socket fd (fd >= 0), or NULL: not one
+ * whose connection is gone, as a new connection may have its fd. */
 session *session_find_fd(session_table *t, int fd);
 
 /* Is this frame's connection (socket fd, key) the one s belongs to? */

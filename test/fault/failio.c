@@ -10,7 +10,9 @@
  * (without MDB_WRITEMAP, so without msync) uses to write and sync its pages
  * and its meta page. FAILIO_CALLS, when set, names the calls that fail
  * (e.g. "fsync,fdatasync": the pages are written, the sync fails). Every
- * other call and every other file passes through.
+ * other call and every other file passes through. With FAILIO_DELAY_MS set,
+ * the disk is slow instead of failing: each such call waits that many
+ * milliseconds, then goes through (a turn's commit made long on purpose).
  *
  * It must never fail a call while the trigger is absent, and never touch a
  * file other than FAILIO_FILE. Under AddressSanitizer the process needs
@@ -29,6 +31,7 @@
 #include <string.h>
 #include <sys/types.h>
 #include <sys/uio.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "shim.h"
@@ -70,6 +73,14 @@ static bool should_fail(int fd, const char *call)
     char target[PATH_MAX];
     if (!shim_fd_is(fd, file, target))
         return false;
+    const char *delay = getenv("FAILIO_DELAY_MS");
+    if (delay != NULL && delay[0] != '\0') {
+        long ms = strtol(delay, NULL, 10);
+        struct timespec ts = {.tv_sec = ms / 1000, .tv_nsec = ms % 1000 * 1000000L};
+        while (ms > 0 && nanosleep(&ts, &ts) != 0 && errno == EINTR) {
+        }
+        return false;
+    }
     const char *name = getenv("FAILIO_ERRNO");
     int err = name != NULL && strcmp(name, "ENOSPC") == 0 ? ENOSPC : EIO;
     char msg[PATH_MAX + 96];

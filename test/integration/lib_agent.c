@@ -16,6 +16,10 @@
  *       The steps are seen through the library's log callback (its debug
  *       lines), so the library carries no test code. Exits 0 after IDLE_MS
  *       with nothing received.
+ *   lib_agent receive OUT STEP N IDLE_MS COUNT
+ *       The same, but exits (ref_client_destroy, then exit 0) at once after
+ *       the COUNT-th referral is taken: a one-shot job that closes while
+ *       the settles of its last deliveries are still on their way.
  *   lib_agent send TO
  *       For each line on stdin, send a crisis referral with that narrative
  *       to TO (ref_send, waiting for ACCEPTED) and print one JSON line
@@ -85,7 +89,7 @@ static ref_client *connect_from_env(void)
     return c;
 }
 
-static int run_receive(const char *out, const char *step, long n, long idle_ms)
+static int run_receive(const char *out, const char *step, long n, long idle_ms, long count)
 {
     static const struct {
         const char *step, *prefix;
@@ -126,12 +130,14 @@ static int run_receive(const char *out, const char *step, long n, long idle_ms)
             snprintf(line, sizeof line, "%s\n", ref_delivery_message_id(d));
             if (write(fd, line, strlen(line)) != (ssize_t)strlen(line) || fsync(fd) != 0)
                 return 1;
-            if (is_taken_step && ++taken == crash_at)
+            if (++taken == crash_at && is_taken_step)
                 raise(SIGKILL);
         }
         if (ref_delivery_done(c, d) != REF_OK)
             return 1;
         ref_delivery_destroy(&d);
+        if (count > 0 && taken >= count)
+            break;
     }
     ref_client_destroy(&c);
     close(fd);
@@ -230,12 +236,12 @@ int main(int argc, char **argv)
         return run_send_and_idle(argv[2], strtol(argv[3], NULL, 10));
     if (argc == 4 && strcmp(argv[1], "send-async") == 0)
         return run_send_async(argv[2], strtol(argv[3], NULL, 10));
-    if (argc == 6 && strcmp(argv[1], "receive") == 0)
+    if ((argc == 6 || argc == 7) && strcmp(argv[1], "receive") == 0)
         return run_receive(argv[2], argv[3], strtol(argv[4], NULL, 10),
-                           strtol(argv[5], NULL, 10));
+                           strtol(argv[5], NULL, 10), argc == 7 ? strtol(argv[6], NULL, 10) : 0);
     if (argc == 3 && strcmp(argv[1], "send") == 0)
         return run_send(argv[2]);
-    fprintf(stderr, "usage: lib_agent receive OUT STEP N IDLE_MS | lib_agent send TO | "
+    fprintf(stderr, "usage: lib_agent receive OUT STEP N IDLE_MS [COUNT] | lib_agent send TO | "
             "lib_agent send-async TO N | lib_agent send-and-idle TO SECONDS\n");
     return 2;
 }

@@ -186,6 +186,68 @@ def a_burst_is_received_in_few_commits():
             shutil.rmtree(state, ignore_errors=True)
 
 
+def queued_for(b, agency):
+    """(queued, in flight) at broker b for agency, from referralctl queues."""
+    r = subprocess.run([h.REFERRALCTL, "--socket", os.path.join(b.dir, "store", "admin.sock"),
+                        "--operator", "test", "--json", "queues"],
+                       capture_output=True, text=True, timeout=30, check=True)
+    for q in json.loads(r.stdout)["recipients"]:
+        if q["recipient"] == agency:
+            return q["queued"], q["in_flight"]
+    return 0, 0
+
+
+def a_job_that_exits_at_once_leaves_nothing_in_flight():
+    """An application that takes its referrals and exits at once (a one-shot
+    job) has settled each with the broker before it closed: every one is
+    DELIVERED there, none goes back to the queue when the connection closes,
+    and a later session with a fresh state directory is handed none of
+    them. The broker reads the settles that arrived before the close
+    before it ends the session, even while another desk's burst keeps its
+    turns full (3 rounds of 300, each against a burst of 1,500)."""
+    with h.Broker() as b:
+        state = tempfile.mkdtemp(prefix="referral-agent-")
+        sender = h.Client(b, DESK)
+        flooder = h.Client(b, "qd.hospital")
+        burst = [h.make_envelope("qd.hospital", "qd.school", body_size=64) for _ in range(1500)]
+        try:
+            for rnd in range(3):
+                ids = set()
+                for _ in range(300):
+                    e = h.make_envelope(DESK, LEAGUE)
+                    assert sender.submit(e).code == pb.RESULT_OK
+                    ids.add(h.header_of(e).message_id.hex())
+                out = os.path.join(state, f"taken-{rnd}.txt")
+                job = subprocess.Popen([AGENT, "receive", out, "none", "1", "5000", "300"],
+                                       env=agent_env(b, LEAGUE, os.path.join(state, f"lib-{rnd}")),
+                                       stderr=subprocess.PIPE, text=True)
+                try:
+                    while job.poll() is None and len(read_ids(out)) < 150:
+                        time.sleep(0.005)
+                    rids = [flooder.submit(e, wait=False) for e in burst]
+                    _, err = job.communicate(timeout=60)
+                finally:
+                    stop_process(job)
+                assert job.returncode == 0, err
+                for rid in rids:   # OK, again OK after the first round, or BUSY
+                    assert flooder.wait_reply(rid).code in (pb.RESULT_OK, pb.RESULT_BUSY)
+                assert sorted(read_ids(out)) == sorted(ids), rnd
+                waiting = None
+                for _ in range(50):        # the broker sees the close within a turn
+                    waiting = queued_for(b, LEAGUE)
+                    if waiting == (0, 0):
+                        break
+                    time.sleep(0.1)
+                assert waiting == (0, 0), f"round {rnd}: (queued, in flight) = {waiting}"
+            with open(b.log_path) as f:
+                back = [line for line in f if "returned to queue" in line and LEAGUE in line]
+            assert back == [], back[:3]
+        finally:
+            sender.close()
+            flooder.close()
+            shutil.rmtree(state, ignore_errors=True)
+
+
 class Lines:
     """The stdout lines of a process, read by a thread, with their arrival
     times (monotonic)."""
@@ -484,6 +546,7 @@ if __name__ == "__main__":
     h.run([every_accepted_referral_reaches_the_application_across_kills,
            confirmed_delivery_is_never_handed_again,
            a_burst_is_received_in_few_commits,
+           a_job_that_exits_at_once_leaves_nothing_in_flight,
            idle_listener_receives_a_crisis_within_a_second,
            listener_and_sender_carry_on_across_a_broker_restart,
            listener_idle_across_a_broker_restart_hears_the_next_referral,

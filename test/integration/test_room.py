@@ -254,9 +254,10 @@ FAILIO = os.environ.get("REFERRAL_FAILIO", "")
 
 class FailingDisk(h.Preload):
     """Preload failio into the brokers started inside `with`; fail() and
-    heal() create and remove the trigger."""
+    heal() create and remove the trigger. With delay_ms, a slow disk
+    instead: each sync of data.mdb waits that long, then succeeds."""
 
-    def __init__(self, broker, errno_name="EIO", calls=None):
+    def __init__(self, broker, errno_name="EIO", calls=None, delay_ms=None):
         if not FAILIO or not os.path.exists(FAILIO):
             print(f"skipped: the failio shim is not built ({FAILIO!r})", flush=True)
             sys.exit(77)
@@ -264,7 +265,9 @@ class FailingDisk(h.Preload):
         super().__init__(
             FAILIO,
             FAILIO_FILE=os.path.realpath(os.path.join(broker.dir, "store", "data.mdb")),
-            FAILIO_TRIGGER=self.trigger, FAILIO_ERRNO=errno_name, FAILIO_CALLS=calls or "")
+            FAILIO_TRIGGER=self.trigger, FAILIO_ERRNO=errno_name,
+            FAILIO_CALLS=calls or ("fsync,fdatasync" if delay_ms else ""),
+            FAILIO_DELAY_MS=str(delay_ms or ""))
 
     def fail(self):
         open(self.trigger, "w").close()
@@ -429,9 +432,59 @@ def failing_disks_at_the_hub_and_the_destination_lose_nothing():
             b.cleanup()
         f.trust.cleanup()
 
+def settles_sent_during_a_slow_commit_count_after_the_close():
+    """An agency settles its last deliveries and closes its connection while
+    the broker is inside a long commit (a slow disk: each sync of data.mdb
+    waits 300 ms). The monitor reports the close before the broker has read
+    those settles; the broker still reads and applies them before it ends
+    the session, so every delivery is DELIVERED, none returns to the queue,
+    and a new session of the agency is handed none of them."""
+    with unstarted_broker() as b:
+        disk = FailingDisk(b, delay_ms=300)
+        with disk:
+            b.start()
+        desk = h.Client(b, DESK)
+        accepted = accept(desk, "qd.police", 40)
+        police = h.Client(b, "qd.police")
+        police.credit(40)
+        got = [d.message_id for d in police.deliveries(40, ack=False)]
+        assert set(got) == accepted
+        disk.fail()
+        for mid in got[:20]:
+            police.settle(mid, wait=False)
+        time.sleep(0.15)          # the broker reads these and commits, slowly
+        for mid in got[20:]:
+            police.settle(mid, wait=False)
+        police.sock.close(linger=2000)   # the last settles leave, then the close
+        deadline = time.monotonic() + 20
+        log = ""
+        while time.monotonic() < deadline:
+            log = b.read_log()
+            if "session ended agency=qd.police" in log:
+                break
+            time.sleep(0.1)
+        disk.heal()
+        assert "session ended agency=qd.police" in log, log[-2000:]
+        ended = [line for line in log.splitlines() if "session ended agency=qd.police" in line]
+        assert ended[0].endswith("in_flight=0"), ended
+        assert "returned to queue" not in log, \
+            [line for line in log.splitlines() if "returned to queue" in line][:3]
+        again = h.Client(b, "qd.police")
+        again.credit(40)
+        try:
+            f = again.recv_kind("delivery", timeout_s=2)
+            raise AssertionError(f"handed again after it was settled: {f.delivery.message_id.hex()}")
+        except TimeoutError:
+            pass
+        again.close()
+        desk.close()
+        assert b.stop() == 0
+
+
 if __name__ == "__main__":
     h.run([drained_store_accepts_again_and_receipts_flow_while_full,
            burst_cannot_overshoot_the_disk_guard,
            failed_commit_in_a_turn_exits_3_and_answers_nothing,
            failed_commit_in_a_reload_exits_3, failed_commit_at_start_exits_3,
-           failing_disks_at_the_hub_and_the_destination_lose_nothing])
+           failing_disks_at_the_hub_and_the_destination_lose_nothing,
+           settles_sent_during_a_slow_commit_count_after_the_close])
