@@ -2,7 +2,9 @@
 # Command (b) of the README: install what is missing, build with
 # AddressSanitizer and UndefinedBehaviorSanitizer, run every test suite
 # (unit, integration, fault, security, fuzz; never bench), then build the
-# fuzz targets with clang's libFuzzer and fuzz each for a fixed short run,
+# fuzz targets with clang's libFuzzer (protobuf-c's parser instrumented too,
+# from Debian's source package: tools/protobuf-c-source.sh) and fuzz each
+# for a fixed short run,
 # then compile (no tests) optimised release builds with GCC and with clang,
 # warnings as errors, each in its own build directory. It prints
 # "N skipped" and then, as its very last line, "N passed, N failed": the
@@ -30,11 +32,22 @@ meson test -C "$builddir" --no-rebuild --print-errorlogs --num-processes 2 \
   || status=$?
 
 # libFuzzer: each decoder of untrusted bytes, a fixed short run from its
-# seed corpus (test/fuzz/meson.build).
+# seed corpus (test/fuzz/meson.build), with protobuf-c's parser built from
+# Debian's source package so the fuzzer steers inside it too. Without the
+# source (no network to the mirror), the targets use the system's library
+# and the script says so.
 fuzzdir=build-fuzz
+pbc_opt=-Dprotobuf_c_source=
+if pbc_src=$(bash tools/protobuf-c-source.sh build-protobuf-c-src); then
+  pbc_opt="-Dprotobuf_c_source=$pbc_src"
+else
+  echo "NOTE: protobuf-c's source package is unavailable: fuzzing without coverage inside protobuf-c" >&2
+fi
 if [ ! -f "$fuzzdir/build.ninja" ]; then
   CC=clang meson setup "$fuzzdir" -Dfuzz_engine=libfuzzer -Db_lundef=false \
-    -Dbuildtype=debug >/dev/null
+    -Dbuildtype=debug "$pbc_opt" >/dev/null
+else
+  meson configure "$fuzzdir" "$pbc_opt" >/dev/null
 fi
 # A build that fails counts as one failed check (its tests cannot run) and
 # the script goes on, so the closing line is always printed.
