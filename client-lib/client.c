@@ -115,11 +115,9 @@ int ref_client_fd(const ref_client *c)
 
 /* ---- frames --------------------------------------------------------------- */
 
-ref_err send_frame(ref_client *c, Referral__V1__ClientFrame *f)
+/* Send buf (a packed ClientFrame, len bytes) and free it; NULL: out of memory. */
+static ref_err send_packed(ref_client *c, uint8_t *buf, size_t len)
 {
-    f->version = REFERRAL__V1__PROTOCOL_VERSION__PROTOCOL_VERSION_1;
-    size_t len;
-    uint8_t *buf = wire_pack(f, &len);
     if (buf == NULL)
         return REF_E_NO_MEMORY;
     int rc = zmq_send(c->sock, buf, len, ZMQ_DONTWAIT);
@@ -128,6 +126,14 @@ ref_err send_frame(ref_client *c, Referral__V1__ClientFrame *f)
         return REF_E_TRANSPORT;
     c->last_sent_ms = clock_mono_ms();
     return REF_OK;
+}
+
+ref_err send_frame(ref_client *c, Referral__V1__ClientFrame *f)
+{
+    f->version = REFERRAL__V1__PROTOCOL_VERSION__PROTOCOL_VERSION_1;
+    size_t len = 0;
+    uint8_t *buf = wire_pack(f, &len);
+    return send_packed(c, buf, len);
 }
 
 ref_err send_credit(ref_client *c, uint32_t n)
@@ -155,20 +161,21 @@ ref_err send_settle(ref_client *c, const uint8_t id[16], Referral__V1__SettleVer
 
 ref_err submit_bytes(ref_client *c, const uint8_t *env_bytes, size_t len)
 {
-    Referral__V1__Envelope *env = NULL;
-    if (wire_decode_envelope(env_bytes, len, NULL, &env, NULL, 0) != WIRE_OK)
-        return REF_E_STATE;
-    Referral__V1__Submit s = REFERRAL__V1__SUBMIT__INIT;
-    s.request_id = ++c->next_request;
-    s.envelope = env;
-    Referral__V1__ClientFrame f = REFERRAL__V1__CLIENT_FRAME__INIT;
-    f.body_case = REFERRAL__V1__CLIENT_FRAME__BODY_SUBMIT;
-    f.submit = &s;
-    ref_err e = send_frame(c, &f);
-    wire_free(env);
+    size_t n = 0;
+    uint8_t *buf = wire_pack_submit(++c->next_request, env_bytes, len, &n);
+    ref_err e = send_packed(c, buf, n);
     if (e == REF_OK)
         c->n_unanswered++;
     return e;
+}
+
+ref_err submit_stored(ref_client *c, const uint8_t *env_bytes, size_t len)
+{
+    Referral__V1__Envelope *env = NULL;
+    if (wire_decode_envelope(env_bytes, len, NULL, &env, NULL, 0) != WIRE_OK)
+        return REF_E_STATE;
+    wire_free(env);
+    return submit_bytes(c, env_bytes, len);
 }
 
 static ref_err send_hello(ref_client *c)
@@ -206,7 +213,7 @@ static ref_err send_ping(ref_client *c)
 static void resend_one(const uint8_t id[16], const uint8_t *env, size_t len, void *ctx)
 {
     (void)id;
-    submit_bytes(ctx, env, len);
+    submit_stored(ctx, env, len);
 }
 
 /* Credit for a new session: what the configuration asks, less deliveries

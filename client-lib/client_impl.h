@@ -149,8 +149,12 @@ ref_err send_frame(ref_client *c, Referral__V1__ClientFrame *f);
 ref_err send_credit(ref_client *c, uint32_t n);
 ref_err send_settle(ref_client *c, const uint8_t id[16], Referral__V1__SettleVerb verb,
                     const char *reason);
-/* Submit a packed envelope (from the outbox) under a new request id. */
+/* Submit a packed envelope this process made (it is not decoded again)
+ * under a new request id. */
 ref_err submit_bytes(ref_client *c, const uint8_t *env_bytes, size_t len);
+/* The same for an envelope read back from the outbox: decoded first, so a
+ * damaged entry is never sent (REF_E_STATE). */
+ref_err submit_stored(ref_client *c, const uint8_t *env_bytes, size_t len);
 /* Read and act on every frame waiting, without blocking. */
 ref_err pump(ref_client *c);
 /* Pump until cond(c) or timeout_ms: REF_OK, REF_E_TIMEOUT, or pump's error. */

@@ -78,7 +78,7 @@ void resend_due(ref_client *c)
         uint8_t *env = NULL;
         size_t len = 0;
         if (state_outbox_get(c->st, c->retry[i].id, &env, &len) == REF_OK)
-            submit_bytes(c, env, len);
+            submit_stored(c, env, len);
         free(env);
     }
     c->n_retry = kept;

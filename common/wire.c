@@ -965,6 +965,32 @@ uint8_t *wire_pack_delivery(const uint8_t message_id[16], uint32_t attempt, uint
     return buf;
 }
 
+uint8_t *wire_pack_submit(uint64_t request_id, const uint8_t *env, size_t env_len, size_t *len)
+{
+    /* Submit: 1 request_id, 2 envelope; zero-valued scalars are omitted. */
+    size_t inner = (request_id != 0 ? 1 + varint_len(request_id) : 0) + 1 +
+                   varint_len(env_len) + env_len;
+    size_t total = 2 + 1 + varint_len(inner) + inner;   /* version, submit */
+    uint8_t *buf = malloc(total), *p = buf;
+    if (buf == NULL)
+        return NULL;
+    *p++ = TAG(1, 0);
+    *p++ = 1;
+    *p++ = TAG(3, 2);
+    p = put_varint(p, inner);
+    if (request_id != 0) {
+        *p++ = TAG(1, 0);
+        p = put_varint(p, request_id);
+    }
+    *p++ = TAG(2, 2);
+    p = put_varint(p, env_len);
+    if (env_len > 0)
+        memcpy(p, env, env_len);
+    p += env_len;
+    *len = (size_t)(p - buf);
+    return buf;
+}
+
 /* ---- the admin socket ------------------------------------------------------ */
 
 #define MAX_ADMIN_REQUEST_BYTES 4096u

@@ -167,4 +167,12 @@ uint8_t *wire_pack_delivery(const uint8_t message_id[16], uint32_t attempt, uint
                             wire_payload kind, const uint8_t *payload, size_t payload_len,
                             size_t *len);
 
+/*
+ * Pack a ClientFrame{version 1, submit{request_id, envelope}} whose
+ * envelope is already serialised (env, env_len), without decoding it: the
+ * canonical encoding protobuf-c would produce. Returns a new buffer (caller
+ * frees with free()) and its size in *len; NULL when out of memory.
+ */
+uint8_t *wire_pack_submit(uint64_t request_id, const uint8_t *env, size_t env_len, size_t *len);
+
 #endif

@@ -1295,6 +1295,30 @@ static void pack_delivery_matches_protobuf_c(void **state)
     }
 }
 
+/* wire_pack_submit writes by hand what protobuf-c would pack. */
+static void pack_submit_matches_protobuf_c(void **state)
+{
+    (void)state;
+    static const uint64_t request_ids[] = {0, 1, 127, 128, 300, UINT64_MAX};
+    for (size_t i = 0; i < sizeof request_ids / sizeof request_ids[0]; i++) {
+        Referral__V1__ClientFrame *f = sample_message("client-submit");
+        f->submit->request_id = request_ids[i];
+        size_t env_len, want_len, got_len;
+        uint8_t *env = wire_pack(f->submit->envelope, &env_len);
+        uint8_t *want = wire_pack(f, &want_len);
+        assert_non_null(env);
+        assert_non_null(want);
+        uint8_t *got = wire_pack_submit(request_ids[i], env, env_len, &got_len);
+        assert_non_null(got);
+        assert_int_equal(got_len, want_len);
+        assert_memory_equal(got, want, want_len);
+        free(got);
+        free(want);
+        free(env);
+        wire_free(f);
+    }
+}
+
 int main(int argc, char **argv)
 {
     schema_path = argc > 1 ? argv[1] : NULL;
@@ -1330,6 +1354,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(notice_for_a_512_byte_reject_reason_decodes),
         cmocka_unit_test(decoders_accept_no_why_buffer),
         cmocka_unit_test(pack_delivery_matches_protobuf_c),
+        cmocka_unit_test(pack_submit_matches_protobuf_c),
     };
     return cmocka_run_group_tests_name("wire", tests, NULL, NULL);
 }
