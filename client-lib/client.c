@@ -311,14 +311,23 @@ static void on_frame(ref_client *c, batch *b, const Referral__V1__BrokerFrame *f
     case REFERRAL__V1__BROKER_FRAME__BODY_SUBMIT_REPLY:
         on_submit_reply(c, b, f->submit_reply);
         break;
-    case REFERRAL__V1__BROKER_FRAME__BODY_DELIVERY:
+    case REFERRAL__V1__BROKER_FRAME__BODY_DELIVERY: {
+        size_t kept = b->n_arrived;
         if (f->delivery->payload_case == REFERRAL__V1__DELIVERY__PAYLOAD_ENVELOPE)
             on_envelope(c, b, f->delivery);
         else if (f->delivery->payload_case == REFERRAL__V1__DELIVERY__PAYLOAD_COPY)
             on_copy(c, b, f->delivery);
         else
             on_notice(c, b, f->delivery);
+        /* Each delivery took one unit of credit. One kept for the
+         * application gives it back when it is taken (ref_receive); one
+         * that is not (a duplicate settled again, one refused, one left
+         * unsettled to come again) gives it back now, or the session
+         * would run dry on duplicates after a restart. */
+        if (b->n_arrived == kept)
+            c->credit_to_send++;
         break;
+    }
     case REFERRAL__V1__BROKER_FRAME__BODY_STATUS:
         if (f->status->request_id == c->status_request) {
             c->has_status = true;
@@ -390,10 +399,9 @@ ref_err pump(ref_client *c)
         if (e != REF_OK)
             result = e;
     }
-    if (c->credit_to_send > 0 && c->session == SESSION_OPEN) {
-        send_credit(c, c->credit_to_send);
-        c->credit_to_send = 0;
-    }
+    if (c->credit_to_send > 0 && c->session == SESSION_OPEN &&
+        send_credit(c, c->credit_to_send) == REF_OK)
+        c->credit_to_send = 0;   /* kept for the next pump when it could not leave */
     return result;
 }
 

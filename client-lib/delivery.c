@@ -438,6 +438,7 @@ ref_err batch_finish(ref_client *c, batch *b)
     for (size_t i = 0; i < b->n_arrived; i++) {
         if (b->is_failed) {
             ref_delivery_destroy(&b->arrived[i]);
+            c->credit_to_send++;   /* not settled: it comes again, and needs credit */
             continue;
         }
         say(c, REF_LOG_DEBUG, "delivery stored msg=%s", b->arrived[i]->message_id);

@@ -39,7 +39,8 @@
  *
  * Connection from the environment, as referral-desk: REFERRAL_AGENCY,
  * REFERRAL_KEYS, REFERRAL_DIRECTORY, REFERRAL_ROOT, REFERRAL_BROKER,
- * REFERRAL_ENDPOINT (optional), REFERRAL_STATE.
+ * REFERRAL_ENDPOINT (optional), REFERRAL_STATE; REFERRAL_CREDIT (optional)
+ * sets ref_config.credit.
  */
 #include <fcntl.h>
 #include <poll.h>
@@ -76,6 +77,8 @@ static ref_client *connect_from_env(void)
         .broker_id = getenv("REFERRAL_BROKER"),
         .endpoint = getenv("REFERRAL_ENDPOINT"),
         .state_dir = getenv("REFERRAL_STATE"),
+        .credit = getenv("REFERRAL_CREDIT") != NULL
+                      ? (uint32_t)strtoul(getenv("REFERRAL_CREDIT"), NULL, 10) : 0,
         .timeout_ms = 10000,
         .log = on_log,
     };

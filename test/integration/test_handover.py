@@ -186,6 +186,40 @@ def a_burst_is_received_in_few_commits():
             shutil.rmtree(state, ignore_errors=True)
 
 
+def duplicates_after_a_crash_give_their_credit_back():
+    """An application (credit 1) is killed after the library stored a
+    delivery and before it settled it. After the restart the library hands
+    it from its inbox, and the broker, which never heard the settle, sends
+    it again: a duplicate, settled again and not handed twice. The credit it
+    used comes back, so the other referrals still come: all 10 reach the
+    application, each once (a duplicate used to keep its credit, and the
+    session then waited for ever)."""
+    with h.Broker() as b:
+        state = tempfile.mkdtemp(prefix="referral-agent-")
+        out = os.path.join(state, "taken.txt")
+        env = dict(agent_env(b, LEAGUE, os.path.join(state, "lib")), REFERRAL_CREDIT="1")
+        sender = h.Client(b, DESK)
+        try:
+            ids = set()
+            for _ in range(10):
+                e = h.make_envelope(DESK, LEAGUE)
+                assert sender.submit(e).code == pb.RESULT_OK
+                ids.add(h.header_of(e).message_id.hex())
+            r = subprocess.run([AGENT, "receive", out, "stored", "1", "3000"], env=env,
+                               capture_output=True, text=True, timeout=60)
+            assert r.returncode == -signal.SIGKILL, (r.returncode, r.stderr)
+            assert read_ids(out) == []
+            r = subprocess.run([AGENT, "receive", out, "none", "1", "3000"], env=env,
+                               capture_output=True, text=True, timeout=60)
+            assert r.returncode == 0, r.stderr
+            got = read_ids(out)
+            assert len(got) == len(set(got)), "handed twice"
+            assert set(got) == ids, f"{len(ids - set(got))} of 10 never came"
+        finally:
+            sender.close()
+            shutil.rmtree(state, ignore_errors=True)
+
+
 def queued_for(b, agency):
     """(queued, in flight) at broker b for agency, from referralctl queues."""
     r = subprocess.run([h.REFERRALCTL, "--socket", os.path.join(b.dir, "store", "admin.sock"),
@@ -545,6 +579,7 @@ def async_burst_killed_midway_keeps_what_it_reported():
 if __name__ == "__main__":
     h.run([every_accepted_referral_reaches_the_application_across_kills,
            confirmed_delivery_is_never_handed_again,
+           duplicates_after_a_crash_give_their_credit_back,
            a_burst_is_received_in_few_commits,
            a_job_that_exits_at_once_leaves_nothing_in_flight,
            idle_listener_receives_a_crisis_within_a_second,
