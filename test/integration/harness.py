@@ -68,7 +68,10 @@ if _WRAP:
         program of the build, wherever a test starts it."""
 
         def __init__(self, args, *rest, **kw):
+            # A program of the build is named by its path; a bare name
+            # ("meson", "cc") is the system's, whatever the working folder.
             if (isinstance(args, (list, tuple)) and args and isinstance(args[0], str)
+                    and os.sep in args[0]
                     and os.path.realpath(args[0]).startswith(_BUILD_ROOT)):
                 args = [*_WRAP, *args]
             super().__init__(args, *rest, **kw)

@@ -477,7 +477,7 @@ def crash_loop_across_the_federation_with_escalation():
             sup = h.Client(f.qd, SUPERVISOR)
             sup.credit(1000)
             alerts = {}
-            deadline = time.monotonic() + 60
+            deadline = time.monotonic() + 60 + len(accepted) / 50
             while time.monotonic() < deadline:
                 try:
                     d = sup.recv_kind("delivery", timeout_s=2.0).delivery
@@ -486,6 +486,7 @@ def crash_loop_across_the_federation_with_escalation():
                         break
                     continue
                 sup.settle(d.message_id, wait=False)
+                sup.credit(1)                         # one more as each is settled
                 n = pb.Notice()
                 n.ParseFromString(d.notice.notice)
                 alerts.setdefault(n.alert.message_id.hex(), set()).add(n.notice_id)
