@@ -691,6 +691,17 @@ static void unwatch_connections(broker *b)
     b->monitor = NULL;
 }
 
+/* Could s still have spoken unheard? Its frames may be held or unread,
+ * or it had not been silent for session_idle_ms by the last moment the
+ * socket was read to its end: a broker that did not run (stopped, starved,
+ * a long turn) cannot tell silence from frames it has not read yet. */
+static bool may_have_frames(const void *ctx, const session *s)
+{
+    const broker *b = ctx;
+    return inbound_may_hold(b->held, s->rid, s->rid_len) ||
+           inbound_drained_at(b->held) <= s->last_seen_ms + b->cfg.session_idle_ms;
+}
+
 /* End the sessions of the connections the monitor reports closed. */
 static void read_disconnects(broker *b)
 {
@@ -799,7 +810,7 @@ int loop_turn(broker *b)
     }
     if (items[1].revents & ZMQ_POLLIN)
         zap_handle(b->zap, b->dir);
-    read_inbound(b, (items[0].revents & ZMQ_POLLIN) != 0 || b->n_gone > 0,
+    read_inbound(b, true,   /* always: a read that finds it empty dates what was heard */
                  peer_socket != NULL && (items[4].revents & ZMQ_POLLIN) != 0);
     if (items[admin_item].revents & ZMQ_POLLIN)
         admin_read(b);
@@ -863,7 +874,8 @@ int loop_turn(broker *b)
     peers_tick(b, clock_mono_ms());
     trace_tick(b);
     flush(b);
-    session_expire_idle(&b->sessions, clock_mono_ms(), b->cfg.session_idle_ms);
+    session_expire_idle(&b->sessions, clock_mono_ms(), b->cfg.session_idle_ms,
+                        may_have_frames, b);
     metrics_observe_turn(b->sessions.count, inbound_count(b->held),
                          verifier_in_flight(b->verifier));
     return -1;

@@ -233,12 +233,14 @@ void session_retrack(const session_table *t, session *s, const uint8_t id[IDS_BY
         f->due_at_ms = due_at_ms;
 }
 
-size_t session_expire_idle(session_table *t, uint64_t now_ms, uint64_t idle_ms)
+size_t session_expire_idle(session_table *t, uint64_t now_ms, uint64_t idle_ms,
+                           bool (*may_speak)(const void *ctx, const session *s),
+                           const void *ctx)
 {
     size_t n = 0;
     for (size_t i = 0; i < t->cap; i++) {
         session *s = &t->items[i];
-        if (s->is_used && now_ms - s->last_seen_ms > idle_ms) {
+        if (s->is_used && now_ms - s->last_seen_ms > idle_ms && !may_speak(ctx, s)) {
             log_info("session", "session ended agency=%s serial=%llu why=idle in_flight=%zu",
                      s->agency, (unsigned long long)s->serial, s->n_flights);
             session_close(t, s);
@@ -247,3 +249,4 @@ size_t session_expire_idle(session_table *t, uint64_t now_ms, uint64_t idle_ms)
     }
     return n;
 }
+

@@ -129,7 +129,11 @@ void session_untrack(const session_table *t, session *s, const uint8_t id[IDS_BY
 void session_retrack(const session_table *t, session *s, const uint8_t id[IDS_BYTES],
                      uint64_t due_at_ms);
 
-/* Close sessions silent since before now_ms - idle_ms; returns how many. */
-size_t session_expire_idle(session_table *t, uint64_t now_ms, uint64_t idle_ms);
+/* Close sessions silent since before now_ms - idle_ms, except those for
+ * which may_speak(ctx, s) says frames from them may still wait unread or
+ * unhandled (a turn cut short, a paused broker); returns how many. */
+size_t session_expire_idle(session_table *t, uint64_t now_ms, uint64_t idle_ms,
+                           bool (*may_speak)(const void *ctx, const session *s),
+                           const void *ctx);
 
 #endif

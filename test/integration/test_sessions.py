@@ -6,6 +6,7 @@ counts only a delivery that left for a live connection. Real referrald on
 line), never a fixed sleep."""
 
 import secrets
+import signal
 import time
 
 import zmq
@@ -201,9 +202,35 @@ def session_ends_with_its_connection():
         assert desk.status(mid).attempts == 2
 
 
+def a_paused_broker_does_not_end_sessions_it_could_not_hear():
+    """The broker is stopped (SIGSTOP) for 4 s, longer than session_idle_ms
+    (3 s), while an agency's session holds a delivery and keeps pinging.
+    After SIGCONT the broker reads those pings before it judges anyone
+    idle, so the session is still there: its settle is answered OK (not
+    NOT_IDENTIFIED) and the session did not end. (It used to end every
+    session at once if the stop came in the middle of a turn.)"""
+    with h.Broker(limits__session_idle_ms=3000, delivery__ack_timeout_ms=60000) as b:
+        desk, mid = submit(b, POLICE)
+        police = h.Client(b, POLICE)
+        police.credit(1)
+        d = police.deliveries(1, ack=False)[0]
+        b.proc.send_signal(signal.SIGSTOP)
+        try:
+            for nonce in range(8):          # the pause under test, not synchronisation
+                police.send(ping=pb.Ping(nonce=nonce + 1))
+                time.sleep(0.5)
+        finally:
+            b.proc.send_signal(signal.SIGCONT)
+        assert police.settle(d.message_id).code == pb.RESULT_OK
+        assert f"session ended agency={POLICE}" not in b.read_log()
+        desk.hello(DESK)                    # the desk stayed silent: its session went idle
+        assert desk.status(mid).attempts == 1
+
+
 TESTS = [routing_id_takeover_gets_nothing, one_agency_cannot_lock_out_others,
          oldest_session_of_an_agency_is_evicted, first_delivery_is_attempt_one,
-         session_ends_with_its_connection]
+         session_ends_with_its_connection,
+         a_paused_broker_does_not_end_sessions_it_could_not_hear]
 
 if __name__ == "__main__":
     h.run(TESTS)
