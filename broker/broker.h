@@ -68,6 +68,7 @@ typedef struct broker_s {
     uint64_t next_due_ms;         /* earliest deadline, UINT64_MAX if none */
     uint64_t next_escalation_ms;  /* earliest escalation deadline: a turn's frames stop there */
     bool is_busy;                 /* more work waits: poll without sleeping */
+    uint64_t checked_ms;          /* monotonic, the last notice_stall() (loop.c) */
     bool is_holding;              /* a link holds frames for a full pipe: poll briefly */
     volatile sig_atomic_t *stop;  /* set by SIGTERM / SIGINT */
     volatile sig_atomic_t *reload; /* set by SIGHUP: load the directory again */

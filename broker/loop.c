@@ -134,11 +134,22 @@ static void handle_hello(broker *b, session *s, const uint8_t *rid, size_t rid_l
         s->last_seen_ms = clock_mono_ms();
     } else {
         session *victim;
-        if (!session_room(&b->sessions, agency, &victim)) {
+        session_room_result room = session_room(&b->sessions, agency, clock_mono_ms(),
+                                                b->cfg.session_idle_ms / 2, &victim);
+        if (room == SESSION_ROOM_TABLE_FULL) {
             log_warn("session", "refused hello: session table full, one session per agency "
                      "agency=%s max_sessions=%u", agency, b->cfg.max_sessions);
             queue_error(b, rid, rid_len, R(BUSY), "broker has no room for another session; "
                         "retry later (operators: raise [limits] max_sessions)");
+            return;
+        }
+        if (room == SESSION_ROOM_AGENCY_FULL) {
+            log_warn("session", "refused hello: the agency holds its cap of live sessions "
+                     "agency=%s max_sessions_per_agency=%u", agency,
+                     b->cfg.max_sessions_per_agency);
+            queue_error(b, rid, rid_len, R(BUSY), "this agency already holds "
+                        "max_sessions_per_agency live sessions; retry later or close one "
+                        "(operators: raise [limits] max_sessions_per_agency)");
             return;
         }
         if (victim != NULL) {
@@ -702,6 +713,25 @@ static bool may_have_frames(const void *ctx, const session *s)
            inbound_drained_at(b->held) <= s->last_seen_ms + b->cfg.session_idle_ms;
 }
 
+/* A broker that did not run for a while (stopped, a frozen machine,
+ * starved of CPU, a turn held up by a slow disk) heard nobody meanwhile,
+ * and what clients sent may not even have reached its socket yet when it
+ * runs again. When more than STALL_MS passed since the last call beyond
+ * the expected_ms it meant to wait, every session's silence is counted
+ * from now. Called after the poll and before the idle check. */
+#define STALL_MS 1000u
+static void notice_stall(broker *b, uint64_t expected_ms)
+{
+    uint64_t now = clock_mono_ms();
+    uint64_t since = b->checked_ms;
+    b->checked_ms = now;
+    if (since == 0 || now - since <= expected_ms + STALL_MS)
+        return;
+    log_warn("loop", "the broker did not run, or a turn took long, for %llu ms; the sessions' "
+             "silence is counted from now", (unsigned long long)(now - since - expected_ms));
+    session_heard_all(&b->sessions, now);
+}
+
 /* End the sessions of the connections the monitor reports closed. */
 static void read_disconnects(broker *b)
 {
@@ -789,11 +819,13 @@ int loop_turn(broker *b)
     size_t admin_item = n_items;
     items[n_items++] = (zmq_pollitem_t){.socket = admin_socket(b->admin), .events = ZMQ_POLLIN};
     peers_poll_items(b->peers, items, &n_items);
-    int rc = zmq_poll(items, (int)n_items, wait_ms(b));
+    int waited = wait_ms(b);
+    int rc = zmq_poll(items, (int)n_items, waited);
     if (rc < 0 && errno != EINTR) {
         log_error("loop", "poll failed err=%s", zmq_strerror(errno));
         return BROKER_EXIT_TRANSPORT;
     }
+    notice_stall(b, (uint64_t)waited);
     b->is_busy = false;
     read_disconnects(b);
     if (*b->reload) {
@@ -874,6 +906,7 @@ int loop_turn(broker *b)
     peers_tick(b, clock_mono_ms());
     trace_tick(b);
     flush(b);
+    notice_stall(b, 0);
     session_expire_idle(&b->sessions, clock_mono_ms(), b->cfg.session_idle_ms,
                         may_have_frames, b);
     metrics_observe_turn(b->sessions.count, inbound_count(b->held),

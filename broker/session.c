@@ -80,27 +80,32 @@ bool session_is_connection(const session *s, int fd, const char *agency,
     return s->fd == fd && strcmp(s->agency, agency) == 0 && memcmp(s->key_id, key_id, 16) == 0;
 }
 
-bool session_room(const session_table *t, const char *agency, session **victim)
+session_room_result session_room(const session_table *t, const char *agency, uint64_t now_ms,
+                                 uint64_t silent_ms, session **victim)
 {
     *victim = NULL;
     size_t own = 0;
-    session *own_oldest = NULL, *free_slot = NULL;
+    session *own_quiet = NULL, *free_slot = NULL;
     for (size_t i = 0; i < t->cap; i++) {
         session *s = &t->items[i];
         if (!s->is_used) {
             free_slot = free_slot != NULL ? free_slot : s;
         } else if (strcmp(s->agency, agency) == 0) {
             own++;
-            if (own_oldest == NULL || s->serial < own_oldest->serial)
-                own_oldest = s;
+            bool is_quiet = s->is_gone || now_ms - s->last_seen_ms > silent_ms;
+            if (is_quiet && (own_quiet == NULL || s->serial < own_quiet->serial))
+                own_quiet = s;
         }
     }
     if (own >= t->max_per_agency || (free_slot == NULL && own > 0)) {
-        *victim = own_oldest;   /* the agency makes room among its own */
-        return true;
+        *victim = own_quiet;   /* the agency makes room among its own */
+        if (own_quiet != NULL)
+            return SESSION_ROOM_EVICT;
+        if (own >= t->max_per_agency)
+            return SESSION_ROOM_AGENCY_FULL;
     }
     if (free_slot != NULL)
-        return true;
+        return SESSION_ROOM_FREE;
     /* Full, and the agency has none: the agency holding the most gives up
      * its oldest, if it holds two or more (ties: the older oldest). */
     size_t best = 0;
@@ -122,9 +127,9 @@ bool session_room(const session_table *t, const char *agency, session **victim)
         }
     }
     if (best >= 2)
-        return true;
+        return SESSION_ROOM_EVICT;
     *victim = NULL;
-    return false;
+    return SESSION_ROOM_TABLE_FULL;
 }
 
 session *session_open(session_table *t, const uint8_t *rid, size_t rid_len, const char *agency,
@@ -248,5 +253,12 @@ size_t session_expire_idle(session_table *t, uint64_t now_ms, uint64_t idle_ms,
         }
     }
     return n;
+}
+
+void session_heard_all(session_table *t, uint64_t now_ms)
+{
+    for (size_t i = 0; i < t->cap; i++)
+        if (t->items[i].is_used && t->items[i].last_seen_ms < now_ms)
+            t->items[i].last_seen_ms = now_ms;
 }
 

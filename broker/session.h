@@ -103,11 +103,26 @@ session *session_find_fd(session_table *t, int fd);
 bool session_is_connection(const session *s, int fd, const char *agency,
                            const uint8_t key_id[16]);
 
-/* Room for a new session of agency: true with *victim NULL (a free slot),
- * true with *victim set (close it first: the agency's own oldest beyond
- * its cap, or the oldest of the agency holding the most when the table is
- * full), or false (full, every session another agency's: refuse BUSY). */
-bool session_room(const session_table *t, const char *agency, session **victim);
+/* Room for a new session of agency, at now_ms:
+ *   SESSION_ROOM_FREE      a free slot (*victim NULL);
+ *   SESSION_ROOM_EVICT     close *victim first: at the agency's cap (or in
+ *                          a full table), its oldest session that is gone
+ *                          or silent for more than silent_ms; in a full
+ *                          table where the agency has none such, the oldest
+ *                          of the agency holding the most, if two or more;
+ *   SESSION_ROOM_AGENCY_FULL  the agency holds its cap of live sessions
+ *                          (none gone or silent): refuse, evict nobody, so
+ *                          that clients beyond the cap cannot evict each
+ *                          other in turn for ever;
+ *   SESSION_ROOM_TABLE_FULL   full, every session another agency's. */
+typedef enum {
+    SESSION_ROOM_FREE,
+    SESSION_ROOM_EVICT,
+    SESSION_ROOM_AGENCY_FULL,
+    SESSION_ROOM_TABLE_FULL,
+} session_room_result;
+session_room_result session_room(const session_table *t, const char *agency, uint64_t now_ms,
+                                 uint64_t silent_ms, session **victim);
 
 /* Open a session in a free slot. NULL when there is none or rid_len is out
  * of range (call session_room first). */
@@ -135,5 +150,9 @@ void session_retrack(const session_table *t, session *s, const uint8_t id[IDS_BY
 size_t session_expire_idle(session_table *t, uint64_t now_ms, uint64_t idle_ms,
                            bool (*may_speak)(const void *ctx, const session *s),
                            const void *ctx);
+
+/* The broker could not hear anyone until now_ms (it did not run): count
+ * every session's silence from now_ms. */
+void session_heard_all(session_table *t, uint64_t now_ms);
 
 #endif

@@ -118,9 +118,12 @@ def one_agency_cannot_lock_out_others():
         mark = len(b.read_log())
         desk.close()
         wait_log(b, f"session ended agency={DESK}", since=mark)
-        # One agency opens as many sessions as the whole table holds: each
-        # Hello is welcomed, its own oldest sessions make room.
-        schools = [h.Client(b, SCHOOL) for _ in range(4)]
+        # One agency opens its cap of sessions; one more is refused (its
+        # sessions are live), never at the cost of another agency.
+        schools = [h.Client(b, SCHOOL) for _ in range(2)]
+        extra = h.Client(b, key_of=SCHOOL)
+        extra.send(hello=pb.Hello(agency_id=SCHOOL, client_name="harness"))
+        assert extra.recv_kind("error").error.code == pb.RESULT_BUSY
         # Two agencies fill the table between them.
         hospitals = [h.Client(b, HOSPITAL) for _ in range(2)]
         # A third agency still gets in, and gets its referral.
@@ -131,17 +134,23 @@ def one_agency_cannot_lock_out_others():
         # The newest sessions of the others still work.
         for c in (schools[-1], hospitals[-1]):
             assert c.status(mid).state == pb.MESSAGE_STATE_UNKNOWN
-        assert "refused hello" not in b.read_log()
+        assert "refused hello: session table full" not in b.read_log()
 
 
 def oldest_session_of_an_agency_is_evicted():
-    with h.Broker(limits__max_sessions_per_agency=2, delivery__ack_timeout_ms=60000) as b:
+    """Beyond max_sessions_per_agency, a Hello ends the agency's oldest
+    session that has been silent for more than session_idle_ms / 2 (here
+    2 s: a crashed client's session whose connection is not yet seen
+    closed); its delivery goes back to the queue at once."""
+    with h.Broker(limits__max_sessions_per_agency=2, limits__session_idle_ms=4000,
+                  delivery__ack_timeout_ms=60000) as b:
         desk, mid = submit(b, POLICE)
         first = h.Client(b, POLICE)
         first.credit(1)
         d1 = first.deliveries(1, ack=False)[0]
         assert d1.message_id == mid and d1.attempt == 1, d1
         second = h.Client(b, POLICE)
+        time.sleep(2.3)                      # both silent for over 2 s
         third = h.Client(b, POLICE)          # beyond the cap: the first goes
         e = first.recv_kind("error").error
         assert e.code == pb.RESULT_NOT_IDENTIFIED and "max_sessions_per_agency" in e.detail, e
@@ -155,6 +164,28 @@ def oldest_session_of_an_agency_is_evicted():
         assert d2.message_id == mid and d2.attempt == 2, d2
         assert third.settle(mid).code == pb.RESULT_OK
         assert f"agency={POLICE}" in b.read_log() and "why=evicted" in b.read_log()
+
+
+def live_sessions_are_not_evicted_beyond_the_cap():
+    """At max_sessions_per_agency live sessions (each heard from within
+    session_idle_ms / 2), a further Hello of that agency is refused BUSY and
+    nobody is evicted: clients beyond the cap cannot evict each other in
+    turn for ever, handing the same deliveries to one desk after another.
+    The sessions that were there carry on."""
+    with h.Broker(limits__max_sessions_per_agency=2, limits__session_idle_ms=60000) as b:
+        first = h.Client(b, POLICE)
+        second = h.Client(b, POLICE)
+        third = h.Client(b, key_of=POLICE)
+        third.send(hello=pb.Hello(agency_id=POLICE, client_name="harness"))
+        e = third.recv_kind("error").error
+        assert e.code == pb.RESULT_BUSY and "max_sessions_per_agency" in e.detail, e
+        for c in (first, second):
+            assert round_trip(c).WhichOneof("body") == "pong"
+        desk, mid = submit(b, POLICE)
+        first.credit(1)
+        assert first.deliveries(1)[0].message_id == mid
+        assert "why=evicted" not in b.read_log()
+        assert "refused hello: the agency holds its cap of live sessions" in b.read_log()
 
 
 def first_delivery_is_attempt_one():
@@ -228,7 +259,8 @@ def a_paused_broker_does_not_end_sessions_it_could_not_hear():
 
 
 TESTS = [routing_id_takeover_gets_nothing, one_agency_cannot_lock_out_others,
-         oldest_session_of_an_agency_is_evicted, first_delivery_is_attempt_one,
+         oldest_session_of_an_agency_is_evicted, live_sessions_are_not_evicted_beyond_the_cap,
+         first_delivery_is_attempt_one,
          session_ends_with_its_connection,
          a_paused_broker_does_not_end_sessions_it_could_not_hear]
 
