@@ -231,8 +231,11 @@ uint64_t inbound_drained_at(const held_frames *ib)
 
 bool inbound_may_hold(const held_frames *ib, const uint8_t *rid, size_t rid_len)
 {
-    if (ib->is_unread)
-        return true;
+    return ib->is_unread || inbound_holds(ib, rid, rid_len);
+}
+
+bool inbound_holds(const held_frames *ib, const uint8_t *rid, size_t rid_len)
+{
     for (size_t k = 0; k < ib->count; k++) {
         const held *h = &ib->items[(ib->head + k) % ib->cap];
         if (zmq_msg_size((zmq_msg_t *)&h->rid) == rid_len &&

@@ -92,6 +92,9 @@ size_t inbound_count(const held_frames *ib);
  * socket (the last read stopped before the socket was empty)? */
 bool inbound_may_hold(const held_frames *ib, const uint8_t *rid, size_t rid_len);
 
+/* Are frames of routing id rid held here (read, not yet handled)? */
+bool inbound_holds(const held_frames *ib, const uint8_t *rid, size_t rid_len);
+
 /* How many reads of the client socket have ended because it was empty.
  * A connection's frames that arrived before the monitor reported it
  * closed are all read once this count has grown past its value at that

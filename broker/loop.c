@@ -617,6 +617,7 @@ static void mark_gone(broker *b, session *s)
     s->is_gone = true;
     s->credit = 0;
     s->gone_drain = inbound_drains(b->held);
+    s->gone_at_ms = clock_mono_ms();
     b->n_gone++;
     b->is_busy = true;   /* the next turn reads the socket to its end */
 }
@@ -752,18 +753,24 @@ static void read_disconnects(broker *b)
  * sent just before it closed make their deliveries DELIVERED instead of
  * returning them to the queue. Those frames may still be unread when the
  * close is reported, so a session ends only after a later read found the
- * socket empty (inbound_drains) and none of them is held. */
+ * socket empty (inbound_drains) and none of them is held. Under a load
+ * that never lets the socket empty, it ends GONE_WAIT_MS after the close
+ * once none of its frames is held (reads are fair among connections, so
+ * its last frames were read long before): its deliveries must not wait
+ * for ack_timeout_ms. */
+#define GONE_WAIT_MS 1000u
 static void end_gone_sessions(broker *b)
 {
     if (b->n_gone == 0)
         return;
-    uint64_t drains = inbound_drains(b->held);
+    uint64_t drains = inbound_drains(b->held), now = clock_mono_ms();
     b->n_gone = 0;   /* counted again: other paths end gone sessions too */
     for (size_t i = 0; i < b->sessions.cap; i++) {
         session *s = &b->sessions.items[i];
         if (!s->is_used || !s->is_gone)
             continue;
-        if (drains > s->gone_drain && !inbound_may_hold(b->held, s->rid, s->rid_len))
+        bool is_read = drains > s->gone_drain || now - s->gone_at_ms > GONE_WAIT_MS;
+        if (is_read && !inbound_holds(b->held, s->rid, s->rid_len))
             end_session(b, s, "disconnected", true);
         else
             b->n_gone++;

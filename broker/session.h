@@ -62,6 +62,7 @@ typedef struct {
     bool is_gone;                     /* its connection closed: no more deliveries; it ends
                                          once the frames it sent before are handled */
     uint64_t gone_drain;              /* inbound_drains() when is_gone was set */
+    uint64_t gone_at_ms;              /* monotonic, when is_gone was set */
     session_flight *flights;          /* owned ring of max_flights, allocated on first use */
     size_t n_flights, head_flight;
 } session;

@@ -7,6 +7,7 @@ line), never a fixed sleep."""
 
 import secrets
 import signal
+import threading
 import time
 
 import zmq
@@ -258,11 +259,48 @@ def a_paused_broker_does_not_end_sessions_it_could_not_hear():
         assert desk.status(mid).attempts == 1
 
 
+def a_closed_session_ends_under_sustained_load():
+    """Another client keeps more frames waiting than a turn reads
+    (max_batch 1), so the broker never finds its socket empty. An agency
+    closes its connection holding an unsettled delivery: the session still
+    ends within about a second, and the delivery comes to the agency's
+    next session long before the minute-long ack timeout."""
+    with h.Broker(limits__max_batch=1, delivery__ack_timeout_ms=60000) as b:
+        desk, mid = submit(b, POLICE)
+        first = h.Client(b, POLICE)
+        first.credit(1)
+        first.deliveries(1, ack=False)
+        flood = h.Client(b, HOSPITAL)
+        stop = threading.Event()
+
+        def pings():                         # this thread alone uses flood
+            nonce = 0
+            while not stop.is_set():
+                nonce += 1
+                flood.send(ping=pb.Ping(nonce=nonce))
+
+        t = threading.Thread(target=pings, daemon=True)
+        t.start()
+        try:
+            time.sleep(0.5)
+            mark = len(b.read_log())
+            first.sock.close(linger=0)
+            wait_log(b, f"session ended agency={POLICE}", timeout_s=15, since=mark)
+        finally:
+            stop.set()
+            t.join(timeout=10)
+        second = h.Client(b, POLICE)
+        second.credit(1)
+        d2 = second.deliveries(1, timeout_s=10, ack=False)[0]
+        assert d2.message_id == mid and d2.attempt == 2, d2
+
+
 TESTS = [routing_id_takeover_gets_nothing, one_agency_cannot_lock_out_others,
          oldest_session_of_an_agency_is_evicted, live_sessions_are_not_evicted_beyond_the_cap,
          first_delivery_is_attempt_one,
          session_ends_with_its_connection,
-         a_paused_broker_does_not_end_sessions_it_could_not_hear]
+         a_paused_broker_does_not_end_sessions_it_could_not_hear,
+         a_closed_session_ends_under_sustained_load]
 
 if __name__ == "__main__":
     h.run(TESTS)
