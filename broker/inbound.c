@@ -9,8 +9,6 @@
  */
 #include "inbound.h"
 
-#include "clock.h"
-
 #include <assert.h>
 #include <stdlib.h>
 #include <string.h>
@@ -23,7 +21,6 @@ struct held_frames {
     size_t n_to_check;      /* frames in HELD_TO_CHECK */
     bool is_unread;         /* the last read of the client socket stopped before it was empty */
     uint64_t n_drains;      /* reads of the client socket that found it empty */
-    uint64_t drained_at_ms; /* monotonic, when the last such read began */
     uint64_t next_seq;
 };
 
@@ -109,7 +106,6 @@ size_t inbound_read(held_frames *ib, void *router, bool is_peer, size_t max,
                     bool *is_more)
 {
     size_t n = 0;
-    uint64_t began_ms = clock_mono_ms();
     *is_more = false;
     if (!is_peer)
         ib->is_unread = false;   /* is_unread speaks of the client socket */
@@ -117,10 +113,8 @@ size_t inbound_read(held_frames *ib, void *router, bool is_peer, size_t max,
         held *h = at(ib, ib->count);
         memset(h, 0, sizeof *h);
         if (!receive(h, router)) {
-            if (!is_peer) {
+            if (!is_peer)
                 ib->n_drains++;
-                ib->drained_at_ms = began_ms;
-            }
             return n;
         }
         h->seq = ib->next_seq++;
@@ -224,10 +218,6 @@ uint64_t inbound_drains(const held_frames *ib)
     return ib->n_drains;
 }
 
-uint64_t inbound_drained_at(const held_frames *ib)
-{
-    return ib->drained_at_ms;
-}
 
 bool inbound_may_hold(const held_frames *ib, const uint8_t *rid, size_t rid_len)
 {

@@ -102,8 +102,4 @@ bool inbound_holds(const held_frames *ib, const uint8_t *rid, size_t rid_len);
  * socket when the report is read. */
 uint64_t inbound_drains(const held_frames *ib);
 
-/* When (clock_mono_ms) the last read of the client socket that found it
- * empty began: every frame sent before then has been read. 0 before any. */
-uint64_t inbound_drained_at(const held_frames *ib);
-
 #endif

@@ -703,15 +703,13 @@ static void unwatch_connections(broker *b)
     b->monitor = NULL;
 }
 
-/* Could s still have spoken unheard? Its frames may be held or unread,
- * or it had not been silent for session_idle_ms by the last moment the
- * socket was read to its end: a broker that did not run (stopped, starved,
- * a long turn) cannot tell silence from frames it has not read yet. */
+/* Could s still have spoken unheard? Its frames may be held or unread
+ * (a turn cut short); a broker that did not run is covered by
+ * notice_stall(). */
 static bool may_have_frames(const void *ctx, const session *s)
 {
     const broker *b = ctx;
-    return inbound_may_hold(b->held, s->rid, s->rid_len) ||
-           inbound_drained_at(b->held) <= s->last_seen_ms + b->cfg.session_idle_ms;
+    return inbound_may_hold(b->held, s->rid, s->rid_len);
 }
 
 /* A broker that did not run for a while (stopped, a frozen machine,
@@ -849,7 +847,7 @@ int loop_turn(broker *b)
     }
     if (items[1].revents & ZMQ_POLLIN)
         zap_handle(b->zap, b->dir);
-    read_inbound(b, true,   /* always: a read that finds it empty dates what was heard */
+    read_inbound(b, (items[0].revents & ZMQ_POLLIN) != 0 || b->n_gone > 0,
                  peer_socket != NULL && (items[4].revents & ZMQ_POLLIN) != 0);
     if (items[admin_item].revents & ZMQ_POLLIN)
         admin_read(b);

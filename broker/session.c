@@ -261,4 +261,3 @@ void session_heard_all(session_table *t, uint64_t now_ms)
         if (t->items[i].is_used && t->items[i].last_seen_ms < now_ms)
             t->items[i].last_seen_ms = now_ms;
 }
-

@@ -566,6 +566,27 @@ def case_file(narrative="A 17-year-old caller in Qingdao at risk; school counsel
                        narrative=narrative, requested_action="contact within the hour")
 
 
+def take_all(client, expected, timeout_s, verb=pb.SETTLE_VERB_ACK, quiet_s=None):
+    """Deliveries to client until every message id in expected (bytes) has
+    come, timeout_s has passed, or (with quiet_s) nothing came for quiet_s;
+    each is settled with verb and its credit granted again (a long run
+    outlasts any single grant). Returns {message id: times delivered}."""
+    client.credit(1000)
+    got = {}
+    deadline = time.monotonic() + timeout_s
+    while not expected.issubset(got) and time.monotonic() < deadline:
+        try:
+            d = client.recv_kind("delivery", timeout_s=quiet_s or 1.0).delivery
+        except TimeoutError:
+            if quiet_s is not None:
+                break
+            continue
+        client.settle(d.message_id, wait=False, verb=verb)
+        client.credit(1)
+        got[d.message_id] = got.get(d.message_id, 0) + 1
+    return got
+
+
 def make_envelope(sender, recipient, urgency=pb.URGENCY_ROUTINE, body_size=256, ttl_ms=3600_000,
                   created_at_ms=None, message_id=None, hops=(), kind=pb.MESSAGE_KIND_REFERRAL,
                   case=None, trust=None, signer=None, backups=(), header_edit=None, body=None,

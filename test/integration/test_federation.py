@@ -3,7 +3,6 @@ national hub, the Qingdao region), each with its own store and keys,
 carrying referrals store-and-forward between them (docs/federation.md)."""
 
 import itertools
-import json
 import multiprocessing
 import os
 import random
@@ -549,16 +548,7 @@ def stalled_then_slow_link_delivers_everything():
         refer(3.0)                         # the slow link under test
         proxy.delay_s = 0.0
         league = h.Client(qd, LEAGUE)
-        league.credit(1000)
-        got = {}
-        deadline = time.monotonic() + 60
-        while not accepted <= set(got) and time.monotonic() < deadline:
-            try:
-                d = league.recv_kind("delivery", timeout_s=1.0).delivery
-            except TimeoutError:
-                continue
-            league.settle(d.message_id, wait=False)
-            got[d.message_id] = got.get(d.message_id, 0) + 1
+        got = h.take_all(league, accepted, 60)
         lost = accepted - set(got)
         twice = [m for m, n in got.items() if n > 1]
         print(f"accepted={len(accepted)} delivered={len(accepted & set(got))} lost={len(lost)} "

@@ -48,19 +48,10 @@ def stored_ids(b, expect):
     (each settled, and its credit granted again: 100 cycles store more
     than one grant of credit)."""
     police = h.Client(b, POLICE)
-    police.credit(1000)
-    got = set()
-    deadline = time.monotonic() + 30 + len(expect) / 50
-    while not expect <= got and time.monotonic() < deadline:
-        try:
-            d = police.recv_kind("delivery", timeout_s=3.0).delivery
-        except TimeoutError:
-            break
-        police.settle(d.message_id, wait=False)
-        police.credit(1)
-        got.add(d.message_id.hex())
+    got = h.take_all(police, {bytes.fromhex(m) for m in expect}, 30 + len(expect) / 50,
+                     quiet_s=3.0)
     police.close()
-    return got
+    return {m.hex() for m in got}
 
 
 def run_cycles(b, pl, rng, cycles):
@@ -229,17 +220,8 @@ def the_federation_loses_nothing_across_power_cuts():
                     cuts[b].cut()
             power_on()
         league = h.Client(f.qd, fed.LEAGUE)
-        league.credit(1000)
-        got = set()
-        deadline = time.monotonic() + 60 + len(accepted) / 50
-        while not accepted <= got and time.monotonic() < deadline:
-            try:
-                d = league.recv_kind("delivery", timeout_s=1.0).delivery
-            except TimeoutError:
-                continue
-            league.settle(d.message_id, wait=False)
-            league.credit(1)                     # granted again as each is settled
-            got.add(d.message_id.hex())
+        got = {m.hex() for m in h.take_all(league, {bytes.fromhex(m) for m in accepted},
+                                           60 + len(accepted) / 50)}
         lost = accepted - got
         print(f"cycles={CYCLES} accepted={len(accepted)} delivered={len(accepted & got)} "
               f"lost={len(lost)}", flush=True)
